@@ -1,0 +1,52 @@
+// Torch-side helpers shared by the CPU op files: dtype mapping, ISA dispatch, threading.
+#pragma once
+
+#include <ATen/Functions.h>
+#include <ATen/Parallel.h>
+#include <ATen/core/Tensor.h>
+#include <c10/util/Exception.h>
+
+#include <algorithm>
+
+#include "cpu/isa.h"
+#include "cpu/kernels/kernels.h"
+
+namespace fastdiff::cpu {
+
+inline DType to_dtype(const at::Tensor& t, const char* op, const char* arg) {
+  switch (t.scalar_type()) {
+    case at::kFloat: return DType::f32;
+    case at::kHalf: return DType::f16;
+    case at::kBFloat16: return DType::bf16;
+    default:
+      TORCH_CHECK(false, "fastdiff.", op, ": argument '", arg, "' expected dtype float32, float16 or bfloat16, got ",
+                  t.scalar_type());
+  }
+}
+
+// Calls isa::fn(args...) for the best compiled ISA.
+#define FASTDIFF_CPU_CALL(fn, ...)                                                   \
+  (::fastdiff::cpu::best_isa() == ::fastdiff::cpu::Isa::avx2 ? ::fastdiff::cpu::avx2::fn(__VA_ARGS__) \
+                                                             : ::fastdiff::cpu::base::fn(__VA_ARGS__))
+
+// Elements per parallel task: large enough to amortise the task, small enough to balance 2+ threads.
+constexpr int64_t kGrain = 1 << 15;
+
+// Runs body(b, begin, end) over every (sample, element range) of a (batch, n) problem, in parallel.
+template <typename Body>
+void for_each_segment(int64_t batch, int64_t n, const Body& body) {
+  at::parallel_for(0, batch * n, kGrain, [&](int64_t lo, int64_t hi) {
+    while (lo < hi) {
+      const int64_t b = lo / n, begin = lo - b * n, end = std::min(n, begin + (hi - lo));
+      body(b, begin, end);
+      lo += end - begin;
+    }
+  });
+}
+
+inline void check_cpu_contiguous(const at::Tensor& t, const char* op, const char* arg) {
+  TORCH_CHECK(t.device().is_cpu(), "fastdiff.", op, ": argument '", arg, "' expected a CPU tensor, got ", t.device());
+  TORCH_CHECK(t.is_contiguous(), "fastdiff.", op, ": argument '", arg, "' expected a contiguous tensor");
+}
+
+}  // namespace fastdiff::cpu

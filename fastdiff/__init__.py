@@ -1,0 +1,19 @@
+"""fastdiff: fused CUDA, Triton and CPU kernels for diffusion sampling and training."""
+
+from __future__ import annotations
+
+__version__ = "0.1.0"
+
+from . import _backend
+
+if _backend.compiled() is None:  # the op schemas live in the extension
+    raise ImportError(
+        "fastdiff: the compiled extension fastdiff._C could not be imported; reinstall with "
+        "`pip install --no-build-isolation .` against the installed torch"
+    )
+
+from . import ops  # noqa: E402
+from ._backend import BackendUnavailable, backend  # noqa: E402
+from ._info import info  # noqa: E402
+
+__all__ = ["__version__", "backend", "BackendUnavailable", "info", "ops"]

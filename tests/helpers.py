@@ -1,0 +1,19 @@
+"""Comparison helpers shared by the tests."""
+
+import torch
+
+_ULP = {torch.float16: 2.0**-10, torch.bfloat16: 2.0**-7}
+
+
+def assert_close_to_reference(out: torch.Tensor, ref: torch.Tensor, *, ulps: float = 2.0, rtol32: float = 1e-5):
+    """fp32 within rtol32 (relative to the output's scale), fp16/bf16 within `ulps` ulp; NaN never passes."""
+    assert out.shape == ref.shape, (out.shape, ref.shape)
+    assert not torch.isnan(out).any(), "output holds NaN"
+    scale = ref.abs().max().item() if ref.numel() else 0.0
+    if out.dtype == torch.float32:
+        torch.testing.assert_close(out.double(), ref, rtol=rtol32, atol=rtol32 * scale)
+    elif out.dtype in _ULP:
+        eps = _ULP[out.dtype]
+        torch.testing.assert_close(out.double(), ref, rtol=ulps * eps, atol=1e-3 * eps * scale + 1e-7)
+    else:
+        torch.testing.assert_close(out.double(), ref, rtol=1e-12, atol=1e-12 * scale)
