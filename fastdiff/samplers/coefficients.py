@@ -26,6 +26,8 @@ def scaled_linear_alphas_cumprod(num_train_timesteps: int = 1000, beta_start: fl
 def to_data_prediction(alpha: float, sigma: float, prediction_type: str) -> tuple[float, float]:
     """(a, b) with x0 = a x + b m for a model output m of the given type, at x = alpha x0 + sigma eps."""
     if prediction_type == "epsilon":
+        if alpha == 0.0:  # zero terminal SNR: x0 is not recoverable from epsilon; _finished refuses it
+            return math.inf, -math.inf
         return 1.0 / alpha, -sigma / alpha
     if prediction_type == "v_prediction":
         return alpha, -sigma
