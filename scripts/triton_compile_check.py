@@ -43,27 +43,33 @@ SIZES = {
 
 
 def cases():
-    """(kernel, argument types or constant values, num_warps) for each specialisation."""
-    blk, rblk = _common.BLOCK, _common.REDUCE_BLOCK
+    """(kernel, argument types or constant values, num_warps, size label) for each specialisation."""
+
+    def block(size, default):  # what the wrappers pick: one-element samples get the smallest block
+        return _common.block_for(1, None, default) if size == "one" else default
+
     for dt, has_s, has_f, size in itertools.product(DTYPES, (False, True), (False, True), SIZES):
+        blk = block(size, _common.BLOCK)
         yield G._combine_kernel, dict(
             m_ptr=PTR[dt], out_ptr=PTR[dt], scale_ptr="*fp32", factor_ptr="*fp32", scale="fp32", **SIZES[size],
             HAS_SCALE=has_s, HAS_FACTOR=has_f, BLOCK=blk, WIDE=size == "huge",
         ), _common.warps_for(blk), size
     for dt, has_s, size in itertools.product(DTYPES, (False, True), SIZES):
+        blk = block(size, _common.REDUCE_BLOCK)
         yield G._moments_kernel, dict(
-            m_ptr=PTR[dt], part_ptr="*fp32", scale_ptr="*fp32", scale="fp32", parts="i32", **SIZES[size],
-            HAS_SCALE=has_s, BLOCK=rblk, WIDE=size == "huge",
-        ), _common.warps_for(rblk), size
+            m_ptr=PTR[dt], part_ptr="*fp32", scale_ptr="*fp32", scale="fp32", parts=1 if size == "one" else "i32", **SIZES[size],
+            HAS_SCALE=has_s, BLOCK=blk, WIDE=size == "huge",
+        ), _common.warps_for(blk), size
     for size, nblk in (("odd", "i32"), ("one", 1), ("huge", "i32")):
         yield G._factor_kernel, dict(
-            part_ptr="*fp32", out_ptr="*fp32", rescale="fp32", n=SIZES[size]["n"], nblk=nblk, parts="i32",
-            REDUCE=rblk, PBLOCK=_common.COMBINE_BLOCK,
+            part_ptr="*fp32", out_ptr="*fp32", rescale="fp32", n=SIZES[size]["n"], nblk=nblk, parts=1 if size == "one" else "i32",
+            REDUCE=block(size, _common.REDUCE_BLOCK), PBLOCK=1 if nblk == 1 else _common.COMBINE_BLOCK,
         ), 1, size
 
     idx = dict(I_A=A, I_B=B, I_CX=CX, I_CD=CD, I_CZ=CZ, I_SLOT=SLOT, I_HIST=HISTORY)
 
     def update(xdt, mdt, k, guided, noise, has_s, has_f, size):
+        blk = block(size, _common.BLOCK)
         return S._update_kernel, dict(
             x_ptr=PTR[xdt], m_ptr=PTR[mdt], coeff_ptr="*fp32", hist_ptr=PTR[xdt], noise_ptr=PTR[xdt],
             out_ptr=PTR[xdt], scale_ptr="*fp32", factor_ptr="*fp32", scale="fp32", **SIZES[size],

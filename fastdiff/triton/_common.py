@@ -57,9 +57,8 @@ def grid_for(op: str, batch: int, n: int, block: int) -> tuple[int]:
 
 
 def check_runnable(op: str, arg: str, t: torch.Tensor) -> None:
-    why = _backend.device_reason("triton", t.device)
-    if why is not None:
-        fail(op, arg, "a tensor the triton backend can serve", why)
+    if _backend.device_reason("triton", t.device) is not None:
+        fail(op, arg, "a CUDA tensor (or a CPU tensor with TRITON_INTERPRET=1 set before triton is imported)", f"a tensor on {t.device}")
 
 
 def check_input(op: str, arg: str, t: object, *, device: Optional[torch.device] = None,

@@ -79,26 +79,17 @@ def _moments_kernel(
 
 
 @triton.jit
-def _variance(first, parts, nblk, n, REDUCE: tl.constexpr, PBLOCK: tl.constexpr):
-    """Population variance of one sample from its nblk partials: m at first[0..nblk), sum(x - m) and
-    sum((x - m)^2) `parts` and 2 `parts` further."""
-    ref = tl.load(first).to(tl.float64)
-    total = tl.zeros((PBLOCK,), tl.float64)
-    t1 = tl.zeros((PBLOCK,), tl.float64)
-    t2 = tl.zeros((PBLOCK,), tl.float64)
-    for p0 in range(0, nblk, PBLOCK):
-        idx = p0 + tl.arange(0, PBLOCK)
-        pm = idx < nblk
-        count = tl.where(pm, tl.minimum(n - idx.to(tl.int64) * REDUCE, REDUCE), 0).to(tl.float64)
-        q = first + idx
-        d = tl.load(q, mask=pm, other=0.0).to(tl.float64) - ref
-        s1 = tl.load(q + parts, mask=pm, other=0.0).to(tl.float64)
-        s2 = tl.load(q + 2 * parts, mask=pm, other=0.0).to(tl.float64)
-        # sum(x - ref) = s1 + count d;  sum((x - ref)^2) = s2 + 2 d s1 + count d^2  (d = m - ref)
-        t1 += s1 + count * d
-        t2 += s2 + d * (2.0 * s1 + count * d)
-        total += count
-    nf = tl.sum(total, axis=0)
+def _shifted_sums(q, pm, count, ref, parts):
+    """Partials at q (m; sum(x - m) `parts` further; sum((x - m)^2) 2 `parts` further) as float64
+    (sum(x - ref), sum((x - ref)^2)): with d = m - ref, s1 + count d and s2 + 2 d s1 + count d^2."""
+    d = tl.load(q, mask=pm, other=0.0).to(tl.float64) - ref
+    s1 = tl.load(q + parts, mask=pm, other=0.0).to(tl.float64)
+    s2 = tl.load(q + 2 * parts, mask=pm, other=0.0).to(tl.float64)
+    return s1 + count * d, s2 + d * (2.0 * s1 + count * d)
+
+
+@triton.jit
+def _population_variance(t1, t2, nf):
     mean = tl.sum(t1, axis=0) / nf
     return tl.maximum(tl.sum(t2, axis=0) / nf - mean * mean, 0.0)
 
@@ -106,13 +97,38 @@ def _variance(first, parts, nblk, n, REDUCE: tl.constexpr, PBLOCK: tl.constexpr)
 @triton.jit
 def _factor_kernel(part_ptr, out_ptr, rescale, n, nblk, parts, REDUCE: tl.constexpr, PBLOCK: tl.constexpr):
     """One program per sample: fold its partials in float64 and write 1 - phi + phi * std(c) / std(g)."""
-    first = part_ptr + tl.program_id(0).to(tl.int64) * nblk
-    var_c = _variance(first, parts, nblk, n, REDUCE, PBLOCK)
-    var_g = _variance(first + 3 * parts, parts, nblk, n, REDUCE, PBLOCK)
+    b = tl.program_id(0)
+    first_c = part_ptr + b.to(tl.int64) * nblk
+    first_g = first_c + 3 * parts
+    ref_c = tl.load(first_c).to(tl.float64)
+    ref_g = tl.load(first_g).to(tl.float64)
+    total = tl.zeros((PBLOCK,), tl.float64)
+    c1 = tl.zeros((PBLOCK,), tl.float64)
+    c2 = tl.zeros((PBLOCK,), tl.float64)
+    g1 = tl.zeros((PBLOCK,), tl.float64)
+    g2 = tl.zeros((PBLOCK,), tl.float64)
+    # A while loop, not range(0, nblk, PBLOCK): Triton 3.6's interpreter cannot take a runtime bound
+    # in range() under NumPy >= 2.4 (it converts a 1-element array with int()).
+    p0 = tl.program_id(0) * 0
+    while p0 < nblk:
+        idx = p0 + tl.arange(0, PBLOCK)
+        pm = idx < nblk
+        count = tl.where(pm, tl.minimum(n - idx.to(tl.int64) * REDUCE, REDUCE), 0).to(tl.float64)
+        a1, a2 = _shifted_sums(first_c + idx, pm, count, ref_c, parts)
+        c1 += a1
+        c2 += a2
+        a1, a2 = _shifted_sums(first_g + idx, pm, count, ref_g, parts)
+        g1 += a1
+        g2 += a2
+        total += count
+        p0 += PBLOCK
+    nf = tl.sum(total, axis=0)
+    var_c = _population_variance(c1, c2, nf)
+    var_g = _population_variance(g1, g2, nf)
     # Population std ratio; 1 where the guided output is constant (std 0), as the reference says.
     ratio = tl.where(var_g > 0.0, tl.sqrt(var_c / tl.where(var_g > 0.0, var_g, 1.0)), 1.0)
     # ratio is float64, so phi (a float32 scalar when compiled) is promoted before the multiply.
-    tl.store(out_ptr + tl.program_id(0), ((1.0 - rescale) + rescale * ratio).to(tl.float32))
+    tl.store(out_ptr + b, ((1.0 - rescale) + rescale * ratio).to(tl.float32))
 
 
 def _check(op: str, model_out: Tensor, scale_per_sample: Optional[Tensor]) -> tuple[int, int]:

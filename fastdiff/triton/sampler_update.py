@@ -65,8 +65,9 @@ def _update_kernel(
         # Written after every read above (the slot may also be read); out-of-range or
         # non-integer slots write nothing, like the reference.
         slot = tl.load(coeff_ptr + I_SLOT)
-        slot_i = tl.minimum(tl.maximum(slot, -1.0), K).to(tl.int32)
-        if (slot >= 0.0) & (slot < K) & (slot_i.to(tl.float32) == slot):
+        in_range = (slot >= 0.0) & (slot < K)  # false for NaN too
+        slot_i = tl.where(in_range, slot, 0.0).to(tl.int32)
+        if in_range & (slot_i.to(tl.float32) == slot):
             dst = hist_ptr + slot_i.to(tl.int64) * bn + base + offs
             tl.store(dst, d.to(hist_ptr.dtype.element_ty), mask=mask)
 

@@ -110,3 +110,15 @@ def test_direct_op_calls_refuse_bad_input_clearly(name, args, match):
     op = name.removesuffix("_triton")
     with pytest.raises(InputError, match=rf"fastdiff\.{op}: " + match):
         getattr(torch.ops.fastdiff, name)(*args())
+
+
+def test_cpu_tensors_without_the_interpreter_are_refused_clearly(monkeypatch):
+    # Import the kernels first: Triton 3.6 picks interpreter or compiler when a kernel is defined.
+    import fastdiff.triton.guidance  # noqa: F401
+    import fastdiff.triton.sampler_update  # noqa: F401
+
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    with pytest.raises(InputError, match=r"fastdiff\.guidance_combine: argument 'model_out' expected a CUDA tensor .*got a tensor on cpu"):
+        torch.ops.fastdiff.guidance_combine_triton(torch.randn(4, 3), 2.0, None, None)
+    with pytest.raises(InputError, match=r"fastdiff\.sampler_update: argument 'x' expected a CUDA tensor"):
+        torch.ops.fastdiff.sampler_update_triton(torch.randn(2, 3), torch.randn(2, 3), torch.zeros(6), None, None, 1.0, None, None)
