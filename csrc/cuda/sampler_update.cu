@@ -17,8 +17,10 @@ __global__ void __launch_bounds__(kThreads) update_kernel(UpdateParams p, TX* __
   const float ca = __ldg(p.coeffs + 0), cb = __ldg(p.coeffs + 1), cx = __ldg(p.coeffs + 2);
   const float cd = __ldg(p.coeffs + 3), cz = __ldg(p.coeffs + 4), slot_f = __ldg(p.coeffs + 5);
   const int64_t K = p.history_len;
-  // A NaN or out-of-range slot fails both tests: nothing is written.
-  const int64_t slot = (slot_f >= 0.0f && slot_f < static_cast<float>(K)) ? static_cast<int64_t>(slot_f) : -1;
+  // Only a whole number in [0, K) names a slot (as in the reference); NaN, fractions and
+  // out-of-range values write nothing.
+  const int64_t slot =
+      (slot_f >= 0.0f && slot_f < static_cast<float>(K) && slot_f == floorf(slot_f)) ? static_cast<int64_t>(slot_f) : -1;
 
   const int64_t n = p.per_sample, total = p.batch * n;
   const TX* x = static_cast<const TX*>(p.x);
