@@ -116,6 +116,8 @@ def _demo(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
                                seed=args.seed, device=str(device) if device is not None else None)
     except _backend.BackendUnavailable as e:
         parser.error(f"argument --backend: {e}")
+    except ImportError as e:  # a backend whose kernels module is missing from this installation
+        parser.error(f"argument --backend: the {args.backend} backend could not load its kernels: {e}")
     demo.render(result).save(args.out)
     print(f"fastdiff {fastdiff.__version__} demo: 2-D ring mixture, class 0 of 2, guidance {result.guidance:g}, "
           f"{result.samples} samples on {result.device}, backend {result.backend}")

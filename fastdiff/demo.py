@@ -294,10 +294,10 @@ def render(result: DemoResult):
 
     panels: list[tuple[str, str, Optional[Tensor]]] = [
         ("target p(x | class 0)", "grey x: class 1 (unconditional only)", None),
-        (f"exact samples (n={result.samples})", f"SW1 to a 2nd exact set {result.floor:.4f}", result.exact),
+        (f"exact samples (n={result.samples})", f"SW1 to a 2nd exact set = {result.floor:.4f}", result.exact),
     ]
     for r in result.runs:
-        panels.append((f"{r.label}, {r.steps} steps", f"SW1 {r.distance:.4f}   {1e3 * r.seconds:.1f} ms ({r.ms_per_step:.2f}/step)", r.samples))
+        panels.append((f"{r.label}, {r.steps} steps", f"SW1 = {r.distance:.4f},  {1e3 * r.seconds:.1f} ms ({r.ms_per_step:.2f} ms/step)", r.samples))
     w, h = figure_size(len(panels))
     img = Image.new("RGB", (w, h), _BG)
     draw = ImageDraw.Draw(img)
@@ -332,7 +332,7 @@ def render(result: DemoResult):
     caption = (
         f"exact 8-component ring mixture, cond = class 0 (even components), uncond = all; guidance {result.guidance:g} "
         f"folded into fastdiff.ops.sampler_update; backend {result.backend} on {result.device}; "
-        f"SD scaled_linear schedule; seed {result.seed}"
+        f"SD scaled_linear schedule, log-SNR-uniform timesteps; seed {result.seed}"
     )
     draw.text((PAD, TITLE_H + PANEL + TICK_H + 8), caption, fill=(40, 40, 40), font=small_font)
     return img

@@ -1,5 +1,6 @@
 """The `fastdiff` command line: demo, info, bench forwarding, --version, and bad arguments."""
 
+import importlib.util
 import json
 import os
 import subprocess
@@ -154,3 +155,22 @@ def test_python_dash_m_fastdiff_info_runs_in_a_subprocess():
     assert proc.returncode == 0, proc.stderr
     for name in _backend.BACKENDS:
         assert name in proc.stdout
+
+
+@pytest.mark.slow  # the Triton interpreter takes ~1-2 s per update on this CPU
+@pytest.mark.skipif(importlib.util.find_spec("fastdiff.triton") is None, reason="the Triton kernels (fastdiff.triton) are not in this checkout")
+def test_demo_runs_on_the_triton_backend(tmp_path, capsys):
+    # CPU tensors reach Triton through its interpreter (conftest sets TRITON_INTERPRET=1 without a GPU).
+    run_demo_cli(tmp_path, "--backend", "triton", "--samples", "8", "--steps", "2")
+    rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith(("DDIM", "DPM-Solver++(2M)"))]
+    assert [line.split()[-1] for line in rows] == ["triton", "triton"]
+
+
+def test_demo_without_the_triton_kernels_says_so(tmp_path, capsys, monkeypatch):
+    monkeypatch.setitem(sys.modules, "fastdiff.triton", None)  # as if fastdiff.triton were missing
+    monkeypatch.setitem(sys.modules, "fastdiff.triton.sampler_update", None)
+    monkeypatch.setattr(_backend, "device_reason", lambda name, device: None)  # pretend triton serves here
+    with pytest.raises(SystemExit) as e:
+        main(["demo", "--backend", "triton", "--out", str(tmp_path / "x.png"), *SMALL])
+    assert e.value.code == 2
+    assert "argument --backend: the triton backend could not load its kernels" in capsys.readouterr().err
