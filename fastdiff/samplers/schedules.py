@@ -86,7 +86,7 @@ def make_alphas_cumprod(betas: Tensor, *, clamp_last: bool = False) -> Tensor:
 
 def vp_sigmas(alphas_cumprod: Tensor) -> np.ndarray:
     """The VE sigma of every training timestep, ``sqrt((1 - abar) / abar)``, in float32 like diffusers."""
-    return np.array(((1 - alphas_cumprod) / alphas_cumprod) ** 0.5)
+    return (((1 - alphas_cumprod) / alphas_cumprod) ** 0.5).numpy().copy()
 
 
 # ---------------------------------------------------------------------------------------------

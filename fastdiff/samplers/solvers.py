@@ -447,10 +447,14 @@ def _unipc_update(lam, levels, s, t, o, ds, x, model_t, solver_type, predict_x0,
 # Flow matching (state: x = (1 - s) x0 + s eps; the model predicts v = eps - x0)
 # ---------------------------------------------------------------------------------------------
 def flow_euler(sigmas: Sequence[float], *, stochastic: bool = False, begin: int = 0) -> ProgramBuilder:
-    """Euler on the rectified-flow ODE dx/ds = v; ``stochastic`` re-noises x0 to the next level instead."""
+    """Euler on the rectified-flow ODE dx/ds = v; ``stochastic`` re-noises x0 to the next level instead.
+
+    Nothing is read back from history, so D is the velocity itself (a = 0, b = 1): the rows stay
+    valid at s = 0, where x0 = x - s v would not determine v (inverted sigmas start there).
+    """
     prog = ProgramBuilder()
     for i in range(begin, len(sigmas) - 1):
         s, s_next = sigmas[i], sigmas[i + 1]
-        x, m, z, d = prog.eval(1.0, -s, draw=stochastic)
-        prog.advance((1.0 - s_next) * d + s_next * z if stochastic else x + (s_next - s) * m)
+        x, m, z, _ = prog.eval(0.0, 1.0, draw=stochastic)
+        prog.advance((1.0 - s_next) * (x - s * m) + s_next * z if stochastic else x + (s_next - s) * m)
     return prog

@@ -114,7 +114,8 @@ class DPMSolverMultistepScheduler(FusedScheduler):
                 ts = ts.round()
         elif cfg.use_lu_lambdas:
             lams = np.flip(log_sigmas.copy())
-            lams = lams[0] + np.linspace(0, 1, num_inference_steps) * (lams[-1] - lams[0])  # Lu et al.: uniform in log-SNR
+            hi, lo = float(lams[0]), float(lams[-1])
+            lams = hi + np.linspace(0, 1, num_inference_steps) * (lo - hi)  # Lu et al.: uniform in log-SNR
             sig = np.exp(lams)
             ts = np.array([schedules.sigma_to_t(s, log_sigmas) for s in sig])
             if round_ts:
