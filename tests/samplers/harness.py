@@ -26,7 +26,7 @@ def quiet_diffusers():
 
 
 def trajectory(s, *, steps=None, set_kw=None, step_kw=None, seed=0, shape=SHAPE, begin=None, x0=None, model=toy_model):
-    """Every prev_sample of a full run (and pred_original_sample / denoised where returned)."""
+    """The initial sample and every prev_sample of a run (and pred_original_sample / denoised where returned)."""
     if steps is not None:
         s.set_timesteps(steps, **(set_kw or {}))
     else:
