@@ -212,6 +212,18 @@ class FusedScheduler:
         """Whether step() returns the converted output (pred_original_sample / denoised)."""
         return False
 
+    def _model_frame(self, begin: int) -> tuple[list[float], list[tuple[float, float]]]:  # pragma: no cover - abstract
+        """For the state before each evaluation from ``begin`` on, then the final output: the factor n
+        with x_scheduler = n x_model (1 at the final output), and (p, q) with x = p x0 + q eps in
+        those coordinates (model coordinates at evaluations, the scheduler's own at the end)."""
+        raise NotImplementedError
+
+    def model_program(self, begin: int = 0, key: tuple = ()) -> Program:
+        """The table in model coordinates (the state is what the model sees, so no per-step input
+        scaling is needed); its final output is in this scheduler's coordinates, as step() returns."""
+        scale, _ = self._model_frame(begin)
+        return self._builder(begin, key).build(scale=scale)
+
     def _program(self, begin: int, key: tuple = ()) -> Program:
         ck = (begin, key)
         if ck not in self._programs:

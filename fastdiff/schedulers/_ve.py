@@ -43,9 +43,11 @@ class VEScheduler(FusedScheduler):
             sigma = sigma.unsqueeze(-1)
         return original_samples + noise * sigma
 
-    def _model_scale(self, i: int) -> float:
-        """x_state = n_i * x_model at evaluation i (VE state, VP model input)."""
-        return math.sqrt(self._sig[i] ** 2 + 1.0)
+    def _model_frame(self, begin: int):
+        sig = self._sig[begin:]
+        scale = [math.sqrt(s * s + 1.0) for s in sig[:-1]] + [1.0]
+        levels = [(1.0 / n, s / n) for s, n in zip(sig[:-1], scale)] + [(1.0, sig[-1])]
+        return scale, levels
 
     def _check_float_timestep(self, timestep: Any) -> None:
         if isinstance(timestep, int) or (isinstance(timestep, Tensor) and not torch.is_floating_point(timestep)):

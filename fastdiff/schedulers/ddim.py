@@ -79,6 +79,11 @@ class DDIMScheduler(FusedScheduler):
         abar, prev = self._abar_pairs(begin)
         return solvers.ddim(abar, prev, prediction_type=self.config.prediction_type, eta=eta)
 
+    def _model_frame(self, begin: int):
+        abar, prev = self._abar_pairs(begin)
+        ab = abar + prev[-1:]
+        return [1.0] * len(ab), [(a**0.5, (1.0 - a) ** 0.5) for a in ab]
+
     def _expose(self) -> bool:
         return True
 

@@ -96,6 +96,11 @@ class DDPMScheduler(FusedScheduler):
         return solvers.ddpm(abar, prev, prediction_type=self.config.prediction_type,
                             variance_type=self.config.variance_type, draws=[t > 0 for t in ts])
 
+    def _model_frame(self, begin: int):
+        ac = self.alphas_cumprod.double().tolist()
+        ab = [ac[t] for t in self._ts_host.tolist()[begin:]] + [1.0]
+        return [1.0] * len(ab), [(a**0.5, (1.0 - a) ** 0.5) for a in ab]
+
     def _expose(self) -> bool:
         return True
 

@@ -150,6 +150,10 @@ class DPMSolverMultistepScheduler(FusedScheduler):
     def _data_is_x0(self) -> bool:
         return self.config.algorithm_type in ("dpmsolver++", "sde-dpmsolver++")
 
+    def _model_frame(self, begin: int):
+        sig = self._sig[begin:]
+        return [1.0] * len(sig), [self._alpha_sigma(s) for s in sig]
+
     def _builder(self, begin: int, key: tuple):
         cfg = self.config
         levels = [self._alpha_sigma(s) for s in self._sig]

@@ -121,6 +121,10 @@ class FlowMatchEulerDiscreteScheduler(FusedScheduler):
         self._store()
         self._warm(0)
 
+    def _model_frame(self, begin: int):
+        sig = self._sig[begin:]
+        return [1.0] * len(sig), [(1.0 - s, s) for s in sig]
+
     def _builder(self, begin: int, key: tuple):
         return solvers.flow_euler(self._sig, stochastic=bool(self.config.stochastic_sampling), begin=begin)
 

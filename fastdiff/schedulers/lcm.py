@@ -123,6 +123,12 @@ class LCMScheduler(FusedScheduler):
         return solvers.lcm(abar, prev, cs, co, prediction_type=self.config.prediction_type,
                            last=self.num_inference_steps - 1 - begin, store_denoised=True)
 
+    def _model_frame(self, begin: int):
+        ac = self.alphas_cumprod.double().tolist()
+        ab = [ac[t] for t in self._ts_host.tolist()[begin:]]
+        # the last step returns the denoised sample itself
+        return [1.0] * (len(ab) + 1), [(a**0.5, (1.0 - a) ** 0.5) for a in ab] + [(1.0, 0.0)]
+
     def _expose(self) -> bool:
         return True
 

@@ -140,6 +140,10 @@ class UniPCMultistepScheduler(FusedScheduler):
     def _alpha_sigma(self, s: float) -> tuple[float, float]:
         return schedules.flow_alpha_sigma(s) if self.config.use_flow_sigmas else schedules.vp_alpha_sigma(s)
 
+    def _model_frame(self, begin: int):
+        sig = self._sig[begin:]
+        return [1.0] * len(sig), [self._alpha_sigma(s) for s in sig]
+
     def _builder(self, begin: int, key: tuple):
         cfg = self.config
         levels = [self._alpha_sigma(s) for s in self._sig]
