@@ -239,3 +239,31 @@ def test_bad_arguments_are_refused_with_clear_messages():
         fastdiff.sample(model, noise, steps=0)
     with pytest.raises(TypeError, match="configure a named sampler"):
         fastdiff.sample(model, noise, sampler=fastdiff.samplers.DDIM(), eta=0.5)
+
+
+def test_cuda_graph_needs_cuda_tensors():
+    with pytest.raises(ValueError, match="cuda_graph=True needs CUDA tensors"):
+        fastdiff.sample(model, noise_for(), steps=3, cuda_graph=True, progress=False)
+
+
+@pytest.mark.parametrize("name", ["dpmpp_3m", "heun", "euler_ancestral", "unipc"])
+def test_graphed_step_logic_replays_the_eager_loop(name):
+    """The captured step reads its row, timestep and inpainting level through a device counter; with
+    a recorder that just calls the step (CUDA graph capture itself is tested on a GPU), replaying it
+    must give the eager loop's result, noise draws and inpainting included."""
+    from fastdiff.samplers import loop
+    from fastdiff.samplers.graph import Recorder, run_graphed
+
+    noise = noise_for(9)
+    mask = (torch.arange(SHAPE[-1]) < 2).float().expand(SHAPE)
+    plan = make_sampler(name).plan(6, noise.device, strength=0.8)
+    p, q = plan.levels[0]
+    x = IMAGE * p + q * noise
+    kw = dict(guidance_scale=3.0, guidance_rescale=0.3, progress=False)
+    eager = loop.run(plan, model, x, generator=torch.Generator().manual_seed(4),
+                     inpaint=loop.Inpaint(plan, IMAGE, mask, noise), **kw)
+    seen = []
+    graphed = run_graphed(plan, model, x, generator=torch.Generator().manual_seed(4), recorder=Recorder(),
+                          inpaint=loop.Inpaint(plan, IMAGE, mask, noise), callback=lambda i, t, s: seen.append(int(t)), **kw)
+    torch.testing.assert_close(graphed, eager, rtol=0, atol=0)
+    assert seen == [int(t) for t in plan.timesteps]
