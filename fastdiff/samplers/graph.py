@@ -16,12 +16,13 @@ first (a warm-up for lazy initialisation and autotuning) and then captured twice
 
 from __future__ import annotations
 
-from typing import Any, Callable, Optional
+from typing import Callable, Optional
 
 import torch
 from torch import Tensor
 
 from .. import ops
+from . import loop as _loop
 from .loop import Inpaint, _progress_bar
 from .sampler import Plan
 
@@ -112,8 +113,8 @@ class _GraphedSteps:
         self.known = None
         if inpaint is not None:
             if inpaint.known is None:
-                raise ValueError("fastdiff.sample: cuda_graph=True with inpainting needs the per-level known table "
-                                 f"(at most {INPAINT_LIMIT_MIB} MiB; see fastdiff.samplers.loop.INPAINT_TABLE_BYTES)")
+                raise ValueError("fastdiff.sample: cuda_graph=True with inpainting needs the per-level known table, "
+                                 f"larger here than fastdiff.samplers.loop.INPAINT_TABLE_BYTES ({_loop.INPAINT_TABLE_BYTES})")
             self.known = inpaint.known
         start = self.x.clone()
 
@@ -141,5 +142,3 @@ class _GraphedSteps:
     def replay(self, draw: bool) -> None:
         self.graphs[draw]()
 
-
-INPAINT_LIMIT_MIB = 256

@@ -19,6 +19,7 @@ An expression that would need an earlier noise draw or an unrecoverable model ou
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass, field
 from typing import Iterable, Optional, Sequence
@@ -107,6 +108,11 @@ class Program:
     draws: list[bool]
     history: int
     slots: list[int] = field(default_factory=list)
+
+    @functools.cached_property
+    def reads_noise(self) -> list[bool]:
+        """Whether row i's noise coefficient is nonzero (a drawn noise with coefficient 0 need not be passed)."""
+        return [v != 0.0 for v in self.rows[:, 4].tolist()]
 
     def __len__(self) -> int:
         return self.rows.shape[0]

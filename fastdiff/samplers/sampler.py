@@ -151,7 +151,7 @@ class Sampler:
             table=prog.device_table(device),
             timesteps=ts.to(device),
             draws=list(prog.draws),
-            noise_read=[float(c) != 0.0 for c in prog.rows[:, 4]],
+            noise_read=prog.reads_noise,
             levels=levels,
             init_scale=init,
             begin=begin,

@@ -19,7 +19,6 @@ otherwise by value, as diffusers does.
 from __future__ import annotations
 
 import inspect
-import math
 from typing import Any, Mapping, Optional
 
 import numpy as np
@@ -27,7 +26,6 @@ import torch
 from torch import Tensor
 
 from .. import ops
-from ..ops.sampler_update import CZ
 from ..samplers.program import Program, ProgramBuilder
 
 
@@ -234,7 +232,7 @@ class FusedScheduler:
         """The program and its float32 table on ``device``; ``as_sample`` gives the variant that reads an
         already converted output (a = 0, b = 1), used where a clipped or thresholded x0 replaces the model's."""
         prog = self._program(begin, key)
-        tk = (begin, key, str(device), as_sample)
+        tk = (begin, key, device, as_sample)
         if tk not in self._device_tables:
             rows = prog.rows.clone()
             if as_sample:
@@ -280,7 +278,7 @@ class FusedScheduler:
             if noise is None:
                 noise = torch.randn(sample.shape, generator=generator, device=sample.device, dtype=noise_dtype or sample.dtype)
             z = noise.to(sample.dtype) if noise.dtype != sample.dtype else noise
-            if float(prog.rows[r, CZ]) == 0.0:
+            if not prog.reads_noise[r]:
                 z = None  # drawn for seeded parity with diffusers, multiplied by 0
         hist = None
         if prog.history:

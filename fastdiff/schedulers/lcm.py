@@ -9,7 +9,7 @@ import torch
 from torch import Tensor
 
 from ..samplers import solvers
-from ._base import FusedScheduler, SchedulerOutput, threshold_sample, x0_from_row
+from ._base import FusedScheduler, SchedulerOutput, threshold_sample
 from ._common import training_schedule, vp_add_noise, vp_velocity
 
 

@@ -267,3 +267,13 @@ def test_graphed_step_logic_replays_the_eager_loop(name):
                           inpaint=loop.Inpaint(plan, IMAGE, mask, noise), callback=lambda i, t, s: seen.append(int(t)), **kw)
     torch.testing.assert_close(graphed, eager, rtol=0, atol=0)
     assert seen == [int(t) for t in plan.timesteps]
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_half_precision_sampling_tracks_float32(dtype):
+    """The state and history live in the noise's dtype; the update itself runs in float32."""
+    noise = noise_for(10)
+    ref = fused("dpmpp_2m", noise, steps=8, guidance_scale=3.0)
+    out = fused("dpmpp_2m", noise.to(dtype), steps=8, guidance_scale=3.0, fn=lambda x, t: model(x.float(), t).to(dtype))
+    assert out.dtype == dtype
+    torch.testing.assert_close(out.float(), ref, rtol=0, atol=(2e-2 if dtype == torch.bfloat16 else 4e-3) * ref.abs().max().item())
