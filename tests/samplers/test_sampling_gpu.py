@@ -33,8 +33,8 @@ def kernel_backend():
 def model(x, t):
     """Sync-free toy denoiser: t stays a device tensor; a doubled batch gets a conditional offset."""
     out = torch.tanh(x) * 0.5 + 0.1 * x + t.float() * 1e-5
-    if x.shape[0] == 2 * SHAPE[0]:
-        out = out + torch.tensor([0.0, 0.05], device=x.device).repeat_interleave(SHAPE[0]).view(-1, 1, 1, 1)
+    if x.shape[0] == 2 * SHAPE[0]:  # built on the device (torch.tensor(list) would be a host->device copy)
+        out = out + 0.05 * (torch.arange(x.shape[0], device=x.device) >= SHAPE[0]).to(x.dtype).view(-1, 1, 1, 1)
     return out
 
 
