@@ -14,6 +14,9 @@ the same initial noise, as diffusers' inpainting pipelines do:
 loop, so each step adds a single fused elementwise pass, ``torch.addcmul(known[j], mask, x)``
 (when that table would exceed ``INPAINT_TABLE_BYTES`` the known part is formed per step instead,
 two passes). It cannot fold into sampler_update's scalar coefficients: the mask is per element.
+Heun's corrector and UniPC's corrector recover the state before their predictor from the current
+state; with a binary mask that is exact where the image is generated (the kept region is replaced
+anyway), with a soft mask the blended fraction of the known region leaks into that recovery.
 """
 
 from __future__ import annotations
