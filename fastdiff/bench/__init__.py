@@ -61,6 +61,13 @@ def choose_device(name: Optional[str]) -> torch.device:
     return torch.device(name)
 
 
+def _has_module(name: str) -> bool:
+    try:
+        return importlib.util.find_spec(name) is not None
+    except ImportError:  # a missing parent package
+        return False
+
+
 def choose_backends(spec: str, device: torch.device, family: str) -> list[str]:
     """The fastdiff backends to time for `family` on `device`."""
     from .. import _backend
@@ -69,7 +76,7 @@ def choose_backends(spec: str, device: torch.device, family: str) -> list[str]:
         if name == "triton" and device.type == "cpu":
             return "the Triton interpreter on CPU tensors is a correctness tool, not a kernel: it is not timed"
         reason = _backend.device_reason(name, device)
-        if reason is None and name == "triton" and importlib.util.find_spec(f"fastdiff.triton.{family}") is None:
+        if reason is None and name == "triton" and not _has_module(f"fastdiff.triton.{family}"):
             reason = f"fastdiff.triton.{family} is not part of this fastdiff"
         return reason
 
