@@ -36,7 +36,8 @@ constexpr int kWarpModeThreads = 128;     // block size when rows go to sub-warp
 constexpr int kMaxElems = 16;             // row elements per thread, block mode, vector accesses
 constexpr int kMaxElemsScalar = 4;        // idem, scalar accesses (each slot costs its own addresses)
 constexpr int kMaxElemsWarp = 8;          // row elements per lane, sub-warp mode (rows up to 256 long)
-constexpr int kStaticSmem = 48 * 1024;    // dynamic shared memory beyond this needs an opt-in
+constexpr int kDefaultSmem = 48 * 1024;   // shared memory per block beyond this needs an opt-in
+constexpr int kSmemReserve = 1024;        // room for a kernel's static shared memory (256 bytes here)
 
 // Slots of the backward's partial sums (those a call needs are numbered densely, in this order).
 enum Slot : int { kShift = 0, kScale, kWeight, kBias, kGate, kNumSlots };
@@ -718,7 +719,7 @@ bool all_aligned16(const P*... ptrs) {
 
 inline int elem_bytes(DType t) { return t == DType::f32 ? 4 : 2; }
 
-// Tokens per chunk of the backward (and of gated_residual): a function of the shape only. At least 16
+// Tokens per chunk of adaln's backward: a function of the shape only. At least 16
 // tokens, so that the partial sums (slots * D floats per block) stay small next to the rows a block
 // reads; at most ~1024 chunks over the whole batch.
 int64_t backward_rows_per_chunk(int64_t batch, int64_t tokens) {
@@ -843,7 +844,7 @@ template <typename T, int V, int K, bool kBlock>
 struct LaunchBackward {
   static cudaError_t run(const RowPlan& p, BackwardLaunch& l) {
     const auto kernel = adaln_backward_kernel<T, V, K, kBlock>;
-    if (l.smem > static_cast<size_t>(kStaticSmem)) {
+    if (l.smem + kSmemReserve > static_cast<size_t>(kDefaultSmem)) {
       const cudaError_t e = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                                  static_cast<int>(l.smem));
       if (e != cudaSuccess) return e;
@@ -946,7 +947,7 @@ cudaError_t adaln_backward(const AdalnBackwardArgs& a, void* workspace, cudaStre
     int smem_optin = 0;
     if (const cudaError_t e = device_attrs(nullptr, &smem_optin); e != cudaSuccess) return e;
     const size_t smem = static_cast<size_t>(geo.groups) * sm.count * a.dim * sizeof(float);
-    if (smem > static_cast<size_t>(smem_optin)) p.streaming = true;  // accumulators in the workspace instead
+    if (smem + kSmemReserve > static_cast<size_t>(smem_optin)) p.streaming = true;  // accumulators in the workspace
     BackwardLaunch l{&a, ch, sm, geo, smem, ws, stream};
     const cudaError_t e =
         p.streaming ? dispatch_dtype<LaunchBackwardStreaming>(a.dtype, l) : dispatch_rows<LaunchBackward>(a.dtype, p, l);
@@ -981,10 +982,19 @@ ResidualPlan plan_residual(const GatedResidualArgs& a) {
                       all_aligned16(a.x, a.gate, a.h, a.out, a.grad_out, a.grad_gate, a.grad_h);
   p.vec = vec_ok ? 16 / elem_bytes(a.dtype) : 1;
   const int64_t dv = a.dim / p.vec;
-  const int tx = static_cast<int>(std::min<int64_t>(kResidualThreads, pow2_ceil(std::max<int64_t>(dv, 1))));
+  // Short rows: a power of two dividing the warp; else whole warps, at most 256 threads across.
+  const int tx = static_cast<int>(dv <= 32 ? pow2_ceil(std::max<int64_t>(dv, 1))
+                                           : std::min<int64_t>(kResidualThreads, round_up(dv, 32)));
   p.block = dim3(tx, kResidualThreads / tx);
   p.col_tiles = static_cast<unsigned>(ceil_div(dv, tx));
   return p;
+}
+
+// Tokens per chunk of gated_residual's backward: a function of the shape (and of the block's token
+// lanes) only, so that its per-sample sums are reproducible; at least 4 tokens per partial.
+int64_t residual_backward_rows(const GatedResidualArgs& a, const ResidualPlan& p) {
+  const int64_t rows = std::max<int64_t>({4, p.block.y, ceil_div(a.batch * a.tokens, 2048)});
+  return std::max<int64_t>(1, std::min(rows, a.tokens));
 }
 
 template <typename T>
@@ -1020,14 +1030,19 @@ cudaError_t gated_residual_forward(const GatedResidualArgs& a, cudaStream_t stre
   GatedResidualArgs f = a;
   f.grad_out = nullptr, f.grad_gate = nullptr, f.grad_h = nullptr;
   const ResidualPlan p = plan_residual(f);
-  const Chunks ch = make_chunks(a.tokens, backward_rows_per_chunk(a.batch, a.tokens));
+  // Tokens per chunk: about two waves of blocks (the forward's results do not depend on it).
+  int sms = 0;
+  if (const cudaError_t e = device_attrs(&sms, nullptr); e != cudaSuccess) return e;
+  const int64_t want_chunks = std::max<int64_t>(1, int64_t{16} * sms / p.col_tiles);
+  const int64_t rows = std::max<int64_t>(p.block.y, ceil_div(a.batch * a.tokens, want_chunks));
+  const Chunks ch = make_chunks(a.tokens, std::min(rows, a.tokens));
   if (!residual_grid_ok(f, p, ch)) return cudaErrorInvalidConfiguration;
   return dispatch_dtype<LaunchResidual>(a.dtype, f, p, ch, false, static_cast<float*>(nullptr), stream);
 }
 
 size_t gated_residual_backward_workspace_bytes(const GatedResidualArgs& a) {
   if (!shape_ok(a.batch, a.tokens, a.dim) || a.gate_per_token) return 0;
-  const Chunks ch = make_chunks(a.tokens, backward_rows_per_chunk(a.batch, a.tokens));
+  const Chunks ch = make_chunks(a.tokens, residual_backward_rows(a, plan_residual(a)));
   return static_cast<size_t>(a.batch * ch.count * a.dim) * sizeof(float);
 }
 
@@ -1037,7 +1052,7 @@ cudaError_t gated_residual_backward(const GatedResidualArgs& a, void* workspace,
   GatedResidualArgs bw = a;
   bw.x = nullptr, bw.out = nullptr;
   const ResidualPlan p = plan_residual(bw);
-  const Chunks ch = make_chunks(a.tokens, backward_rows_per_chunk(a.batch, a.tokens));
+  const Chunks ch = make_chunks(a.tokens, residual_backward_rows(a, p));
   if (!residual_grid_ok(bw, p, ch)) return cudaErrorInvalidConfiguration;
   float* const ws = static_cast<float*>(workspace);
   const bool sums = !a.gate_per_token;
