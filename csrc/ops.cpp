@@ -22,4 +22,69 @@ TORCH_LIBRARY(fastdiff, m) {
   m.def("guidance_rescale_factor_triton(Tensor model_out, float scale, Tensor? scale_per_sample, float rescale) -> Tensor");
   m.def("sampler_update_triton(Tensor x, Tensor model_out, Tensor coeffs, Tensor(a!)? history, Tensor? noise, "
         "float scale, Tensor? scale_per_sample, Tensor? factor) -> Tensor");
+
+  // ---- adaln: normalisation + adaptive modulation and gated residuals of DiT blocks --------------
+  // Layout and dtypes (all ops of this block, every backend):
+  //   x, h, out, grad_*: (B, N, D), contiguous, one dtype (float32, float16 or bfloat16) for every tensor
+  //   except the statistics. Modulation tensors shift, scale, gate: each independently (B, D) "per sample"
+  //   (broadcast over the N tokens) or (B, N, D) "per token", contiguous, told apart by dim(). weight, bias:
+  //   (D,) or absent. Statistics mean, rstd: float32 (B, N), contiguous; arithmetic in float32.
+  //   Row r = b*N + n of x is normalised on its own; a per-sample tensor is read at [b, :], a per-token one
+  //   at [b, n, :].
+  // Normalisation of one row v (length D):
+  //   layer (rms=False): mean = sum(v)/D, var = sum((v-mean)^2)/D, rstd = 1/sqrt(var + eps)
+  //   rms   (rms=True):  mean = 0 (stored as 0), rstd = 1/sqrt(sum(v^2)/D + eps)
+  //   xhat = (v - mean) * rstd;  nrm = xhat * weight + bias  (weight = 1, bias = 0 when absent)
+  //   out = nrm * (1 + scale) + shift
+  // Backward, per row, with g = grad_out (float32 arithmetic):
+  //   gn = g * (1 + scale);  gx = gn * weight
+  //   grad_x = rstd * (gx - sum(gx)/D - xhat * sum(gx*xhat)/D)   (layer; rms drops the sum(gx)/D term)
+  //   grad_shift = g, grad_scale = g * nrm            (per token), or their sums over the N tokens (per sample)
+  //   grad_weight = sum over all B*N rows of gn * xhat, grad_bias = sum of gn   ((D,); shape (0,) when absent)
+  //   Sums over tokens/rows must be deterministic (no float atomics): fixed per-block partials, then a second
+  //   reduction in a fixed order. grad_* come back in the dtype of the tensor they belong to.
+  //
+  // out, mean, rstd = adaln_modulate(...): mean/rstd are saved for the backward (mean is 0 for rms).
+  m.def("adaln_modulate(Tensor x, Tensor shift, Tensor scale, Tensor? weight, Tensor? bias, float eps, bool rms) "
+        "-> (Tensor out, Tensor mean, Tensor rstd)");
+  // Recomputes xhat from x, mean, rstd. shift_per_token: whether grad_shift is (B, N, D) or (B, D)
+  // (shift itself is not needed). Returns (grad_x, grad_shift, grad_scale, grad_weight, grad_bias).
+  m.def("adaln_modulate_backward(Tensor grad_out, Tensor x, Tensor scale, Tensor? weight, Tensor? bias, "
+        "Tensor mean, Tensor rstd, bool rms, bool shift_per_token) "
+        "-> (Tensor grad_x, Tensor grad_shift, Tensor grad_scale, Tensor grad_weight, Tensor grad_bias)");
+  // out = x + gate * h. Nothing is saved but the inputs gate and h.
+  m.def("gated_residual(Tensor x, Tensor gate, Tensor h) -> Tensor");
+  // grad_gate = g * h (per token) or its sum over the N tokens (per sample, deterministic); grad_h = g * gate.
+  // (grad_x = g is returned by autograd itself.)
+  m.def("gated_residual_backward(Tensor grad_out, Tensor gate, Tensor h) -> (Tensor grad_gate, Tensor grad_h)");
+  // The seam between the attention and MLP halves of a DiT block, one pass:
+  //   x_out = x + gate * h (float32, then stored in x's dtype);
+  //   out, mean, rstd = adaln_modulate(x_out, shift, scale, weight, bias, eps, rms), with the statistics and out
+  //   computed from the float32 value of x_out before it is rounded to x's dtype.
+  // Saved for the backward: x_out (an output), gate, h, scale, weight, bias, mean, rstd.
+  m.def("gated_residual_adaln(Tensor x, Tensor gate, Tensor h, Tensor shift, Tensor scale, Tensor? weight, "
+        "Tensor? bias, float eps, bool rms) -> (Tensor x_out, Tensor out, Tensor mean, Tensor rstd)");
+  // g_total = grad_x_out + (grad_x of adaln_modulate_backward(grad_out, x_out, ...)), in float32; then
+  //   grad_x = g_total, grad_h = g_total * gate, grad_gate = g_total * h (per token) or its sum over tokens,
+  //   grad_shift, grad_scale, grad_weight, grad_bias as in adaln_modulate_backward (xhat recomputed from the
+  //   stored x_out). Returns (grad_x, grad_gate, grad_h, grad_shift, grad_scale, grad_weight, grad_bias).
+  m.def("gated_residual_adaln_backward(Tensor grad_x_out, Tensor grad_out, Tensor x_out, Tensor gate, Tensor h, "
+        "Tensor scale, Tensor? weight, Tensor? bias, Tensor mean, Tensor rstd, bool rms, bool shift_per_token) "
+        "-> (Tensor grad_x, Tensor grad_gate, Tensor grad_h, Tensor grad_shift, Tensor grad_scale, "
+        "Tensor grad_weight, Tensor grad_bias)");
+
+  // ---- adaln Triton variants: same schemas, kernels in fastdiff/triton/adaln.py -----------------
+  m.def("adaln_modulate_triton(Tensor x, Tensor shift, Tensor scale, Tensor? weight, Tensor? bias, float eps, "
+        "bool rms) -> (Tensor out, Tensor mean, Tensor rstd)");
+  m.def("adaln_modulate_backward_triton(Tensor grad_out, Tensor x, Tensor scale, Tensor? weight, Tensor? bias, "
+        "Tensor mean, Tensor rstd, bool rms, bool shift_per_token) "
+        "-> (Tensor grad_x, Tensor grad_shift, Tensor grad_scale, Tensor grad_weight, Tensor grad_bias)");
+  m.def("gated_residual_triton(Tensor x, Tensor gate, Tensor h) -> Tensor");
+  m.def("gated_residual_backward_triton(Tensor grad_out, Tensor gate, Tensor h) -> (Tensor grad_gate, Tensor grad_h)");
+  m.def("gated_residual_adaln_triton(Tensor x, Tensor gate, Tensor h, Tensor shift, Tensor scale, Tensor? weight, "
+        "Tensor? bias, float eps, bool rms) -> (Tensor x_out, Tensor out, Tensor mean, Tensor rstd)");
+  m.def("gated_residual_adaln_backward_triton(Tensor grad_x_out, Tensor grad_out, Tensor x_out, Tensor gate, "
+        "Tensor h, Tensor scale, Tensor? weight, Tensor? bias, Tensor mean, Tensor rstd, bool rms, "
+        "bool shift_per_token) -> (Tensor grad_x, Tensor grad_gate, Tensor grad_h, Tensor grad_shift, "
+        "Tensor grad_scale, Tensor grad_weight, Tensor grad_bias)");
 }

@@ -5,11 +5,25 @@ registration of its Triton variant.
 """
 
 from ._common import InputError
+from .adaln import (
+    adaln_modulate,
+    adaln_modulate_reference,
+    gated_residual,
+    gated_residual_adaln,
+    gated_residual_adaln_reference,
+    gated_residual_reference,
+)
 from .guidance import guidance_combine, guidance_combine_reference
 from .sampler_update import sampler_update, sampler_update_reference
 
 __all__ = [
     "InputError",
+    "adaln_modulate",
+    "adaln_modulate_reference",
+    "gated_residual",
+    "gated_residual_adaln",
+    "gated_residual_adaln_reference",
+    "gated_residual_reference",
     "guidance_combine",
     "guidance_combine_reference",
     "sampler_update",
