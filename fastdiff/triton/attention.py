@@ -24,6 +24,12 @@ base-2 units inside the kernels (exp2 is the native instruction); the saved log-
 Backward (recomputation, no N^2 storage): delta = rowsum(dO * O); one kernel per key block
 accumulates dK and dV over all query blocks, another per query block accumulates dQ over all key
 blocks. No atomics, so gradients are bitwise reproducible.
+
+Under the CPU interpreter (TRITON_INTERPRET=1) with bfloat16 the kernels take an EMULATE_BF16
+branch: Triton 3.9's interpreter multiplies bf16 bit patterns as integers in tl.dot and truncates
+float32 -> bf16 casts, so there products run in float32 (exact for bf16 inputs, float32
+accumulation as on the GPU) and downcasts round to nearest even in integer arithmetic. Compiled
+GPU kernels never take that branch.
 """
 
 from __future__ import annotations
@@ -76,23 +82,35 @@ def _load_chunk(base, rows, row_stride, n_rows, OFF: tl.constexpr, W: tl.constex
 
 
 @triton.jit
-def _store_chunk(base, val, rows, row_stride, n_rows, OFF: tl.constexpr, W: tl.constexpr, D: tl.constexpr):
+def _to(x, dtype: tl.constexpr, EMULATE_BF16: tl.constexpr):
+    """Round float32 `x` to `dtype` to nearest even.
+
+    Under EMULATE_BF16 the rounding is done in integer arithmetic first: Triton 3.9's interpreter
+    truncates float32 -> bfloat16 casts, where a GPU rounds to nearest even.
+    """
+    if EMULATE_BF16:
+        bits = x.to(tl.uint32, bitcast=True)
+        bits = (bits + 0x7FFF + ((bits >> 16) & 1)) & 0xFFFF0000
+        x = bits.to(tl.float32, bitcast=True)
+    return x.to(dtype)
+
+
+@triton.jit
+def _store_chunk(
+    base, val, rows, row_stride, n_rows, OFF: tl.constexpr, W: tl.constexpr, D: tl.constexpr, EMULATE_BF16: tl.constexpr,
+):
     cols = OFF + tl.arange(0, W)
     ptrs = base + rows.to(tl.int64)[:, None] * row_stride + cols[None, :]
     mask = rows[:, None] < n_rows
     if OFF + W > D:
         mask = mask & (cols[None, :] < D)
-    tl.store(ptrs, val.to(base.dtype.element_ty), mask=mask)
+    tl.store(ptrs, _to(val, base.dtype.element_ty, EMULATE_BF16), mask=mask)
 
 
 @triton.jit
-def _mm(a, b, F32_DOT: tl.constexpr):
-    """a @ b with float32 accumulation.
-
-    F32_DOT multiplies in float32 instead (exact for fp16/bf16 inputs): set only under the Triton
-    interpreter for bfloat16, whose 16-bit tl.dot there multiplies the raw bit patterns.
-    """
-    if F32_DOT:
+def _mm(a, b, EMULATE_BF16: tl.constexpr):
+    """a @ b with float32 accumulation (EMULATE_BF16: multiplied in float32, exact for bf16 inputs)."""
+    if EMULATE_BF16:
         out = tl.dot(a.to(tl.float32), b.to(tl.float32), input_precision="ieee")
     else:
         out = tl.dot(a, b)
@@ -100,9 +118,9 @@ def _mm(a, b, F32_DOT: tl.constexpr):
 
 
 @triton.jit
-def _dot_nt(a, b, W: tl.constexpr, F32_DOT: tl.constexpr):
+def _dot_nt(a, b, W: tl.constexpr, EMULATE_BF16: tl.constexpr):
     """a @ b^T (float32) for a (M, W) and b (N, W): a product reduced over a head-dim chunk."""
-    if F32_DOT:
+    if EMULATE_BF16:
         out = tl.dot(a.to(tl.float32), tl.trans(b.to(tl.float32)), input_precision="ieee")
     elif W < 16:
         # 16-bit tl.dot needs depth >= 16 on NVIDIA; fp16/bf16 are exact in TF32 (docstring).
@@ -113,13 +131,13 @@ def _dot_nt(a, b, W: tl.constexpr, F32_DOT: tl.constexpr):
 
 
 @triton.jit
-def _dot3_nt(a0, a1, a2, b0, b1, b2, D0: tl.constexpr, D1: tl.constexpr, D2: tl.constexpr, F32_DOT: tl.constexpr):
+def _dot3_nt(a0, a1, a2, b0, b1, b2, D0: tl.constexpr, D1: tl.constexpr, D2: tl.constexpr, EMULATE_BF16: tl.constexpr):
     """sum over the head-dim chunks of a_c @ b_c^T."""
-    out = _dot_nt(a0, b0, D0, F32_DOT)
+    out = _dot_nt(a0, b0, D0, EMULATE_BF16)
     if D1 > 0:
-        out += _dot_nt(a1, b1, D1, F32_DOT)
+        out += _dot_nt(a1, b1, D1, EMULATE_BF16)
     if D2 > 0:
-        out += _dot_nt(a2, b2, D2, F32_DOT)
+        out += _dot_nt(a2, b2, D2, EMULATE_BF16)
     return out
 
 
@@ -160,7 +178,7 @@ def _attn_fwd(
     sbb, sbh, sbq, sbk,
     H, Nq, Nk, scale2,
     D: tl.constexpr, D0: tl.constexpr, D1: tl.constexpr, D2: tl.constexpr,
-    HAS_MASK: tl.constexpr, HAS_BIAS: tl.constexpr, ONE_PASS: tl.constexpr, F32_DOT: tl.constexpr,
+    HAS_MASK: tl.constexpr, HAS_BIAS: tl.constexpr, ONE_PASS: tl.constexpr, EMULATE_BF16: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
     pid_m = tl.program_id(0)
@@ -201,18 +219,18 @@ def _attn_fwd(
             k1 = _load_chunk(k_base, cols, skn, Nk, D0, D1, D)
         if D2 > 0:
             k2 = _load_chunk(k_base, cols, skn, Nk, D0 + D1, D2, D)
-        s = _dot3_nt(q0, q1, q2, k0, k1, k2, D0, D1, D2, F32_DOT)
+        s = _dot3_nt(q0, q1, q2, k0, k1, k2, D0, D1, D2, EMULATE_BF16)
         s = _scores(s, rows, cols, Nq, Nk, scale2, kmask_base, bias_base, sbq, sbk, HAS_MASK, HAS_BIAS, False)
         m_i = tl.max(s, 1)
         m_use = tl.where(m_i == float("-inf"), 0.0, m_i)  # fully masked row: every p is 0
         p = tl.exp2(s - m_use[:, None])
         l_i = tl.sum(p, 1)
-        p = p.to(V.dtype.element_ty)
-        acc0 = _mm(p, _load_chunk(v_base, cols, svn, Nk, 0, D0, D), F32_DOT)
+        p = _to(p, V.dtype.element_ty, EMULATE_BF16)
+        acc0 = _mm(p, _load_chunk(v_base, cols, svn, Nk, 0, D0, D), EMULATE_BF16)
         if D1 > 0:
-            acc1 = _mm(p, _load_chunk(v_base, cols, svn, Nk, D0, D1, D), F32_DOT)
+            acc1 = _mm(p, _load_chunk(v_base, cols, svn, Nk, D0, D1, D), EMULATE_BF16)
         if D2 > 0:
-            acc2 = _mm(p, _load_chunk(v_base, cols, svn, Nk, D0 + D1, D2, D), F32_DOT)
+            acc2 = _mm(p, _load_chunk(v_base, cols, svn, Nk, D0 + D1, D2, D), EMULATE_BF16)
     else:
         m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
         l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
@@ -225,7 +243,7 @@ def _attn_fwd(
                 k1 = _load_chunk(k_base, cols, skn, Nk, D0, D1, D)
             if D2 > 0:
                 k2 = _load_chunk(k_base, cols, skn, Nk, D0 + D1, D2, D)
-            s = _dot3_nt(q0, q1, q2, k0, k1, k2, D0, D1, D2, F32_DOT)
+            s = _dot3_nt(q0, q1, q2, k0, k1, k2, D0, D1, D2, EMULATE_BF16)
             s = _scores(s, rows, cols, Nq, Nk, scale2, kmask_base, bias_base, sbq, sbk, HAS_MASK, HAS_BIAS, False)
             m_new = tl.maximum(m_i, tl.max(s, 1))
             # Rows with no attended key so far keep m = -inf; measuring from 0 keeps p = 0, not NaN.
@@ -233,22 +251,22 @@ def _attn_fwd(
             alpha = tl.exp2(m_i - m_use)
             p = tl.exp2(s - m_use[:, None])
             l_i = l_i * alpha + tl.sum(p, 1)
-            p = p.to(V.dtype.element_ty)
-            acc0 = acc0 * alpha[:, None] + _mm(p, _load_chunk(v_base, cols, svn, Nk, 0, D0, D), F32_DOT)
+            p = _to(p, V.dtype.element_ty, EMULATE_BF16)
+            acc0 = acc0 * alpha[:, None] + _mm(p, _load_chunk(v_base, cols, svn, Nk, 0, D0, D), EMULATE_BF16)
             if D1 > 0:
-                acc1 = acc1 * alpha[:, None] + _mm(p, _load_chunk(v_base, cols, svn, Nk, D0, D1, D), F32_DOT)
+                acc1 = acc1 * alpha[:, None] + _mm(p, _load_chunk(v_base, cols, svn, Nk, D0, D1, D), EMULATE_BF16)
             if D2 > 0:
-                acc2 = acc2 * alpha[:, None] + _mm(p, _load_chunk(v_base, cols, svn, Nk, D0 + D1, D2, D), F32_DOT)
+                acc2 = acc2 * alpha[:, None] + _mm(p, _load_chunk(v_base, cols, svn, Nk, D0 + D1, D2, D), EMULATE_BF16)
             m_i = m_new
 
     alive = l_i > 0.0
     inv_l = tl.where(alive, 1.0 / tl.where(alive, l_i, 1.0), 0.0)  # fully masked rows write zeros
     o_base = O + b * sob + h * soh
-    _store_chunk(o_base, acc0 * inv_l[:, None], rows, son, Nq, 0, D0, D)
+    _store_chunk(o_base, acc0 * inv_l[:, None], rows, son, Nq, 0, D0, D, EMULATE_BF16)
     if D1 > 0:
-        _store_chunk(o_base, acc1 * inv_l[:, None], rows, son, Nq, D0, D1, D)
+        _store_chunk(o_base, acc1 * inv_l[:, None], rows, son, Nq, D0, D1, D, EMULATE_BF16)
     if D2 > 0:
-        _store_chunk(o_base, acc2 * inv_l[:, None], rows, son, Nq, D0 + D1, D2, D)
+        _store_chunk(o_base, acc2 * inv_l[:, None], rows, son, Nq, D0 + D1, D2, D, EMULATE_BF16)
     # Natural-log lse; +inf marks a fully masked row so the backward's exp(s - lse) is 0 there.
     lse = tl.where(alive, (m_i + tl.log2(tl.where(alive, l_i, 1.0))) * 0.6931471805599453, float("inf"))
     tl.store(LSE + pid_bh.to(tl.int64) * Nq + rows, lse, mask=rows < Nq)
@@ -291,7 +309,7 @@ def _attn_bwd_dkdv(
     sbb, sbh, sbq, sbk,
     H, Nq, Nk, scale, scale2,
     D: tl.constexpr, D0: tl.constexpr, D1: tl.constexpr, D2: tl.constexpr,
-    HAS_MASK: tl.constexpr, HAS_BIAS: tl.constexpr, F32_DOT: tl.constexpr,
+    HAS_MASK: tl.constexpr, HAS_BIAS: tl.constexpr, EMULATE_BF16: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
     """One key block per program: dV = P^T dO and dK = scale * dS^T Q, summed over every query block.
@@ -352,31 +370,31 @@ def _attn_bwd_dkdv(
         # lse = +inf (fully masked rows, and padding rows past Nq) makes their probabilities 0.
         lse2 = tl.load(LSE + stat_base + qs, mask=qs < Nq, other=float("inf")) * 1.4426950408889634
         delta = tl.load(DELTA + stat_base + qs, mask=qs < Nq, other=0.0)
-        s_t = _dot3_nt(k0, k1, k2, q0, q1, q2, D0, D1, D2, F32_DOT)
+        s_t = _dot3_nt(k0, k1, k2, q0, q1, q2, D0, D1, D2, EMULATE_BF16)
         s_t = _scores(s_t, keys, qs, Nq, Nk, scale2, kmask_base, bias_base, sbq, sbk, HAS_MASK, HAS_BIAS, True)
         p_t = tl.exp2(s_t - lse2[None, :])
-        dp_t = _dot3_nt(v0, v1, v2, do0, do1, do2, D0, D1, D2, F32_DOT)
-        ds_t = (p_t * (dp_t - delta[None, :])).to(Q.dtype.element_ty)
-        p_t = p_t.to(DO.dtype.element_ty)
-        dv0 += _mm(p_t, do0, F32_DOT)
-        dk0 += _mm(ds_t, q0, F32_DOT)
+        dp_t = _dot3_nt(v0, v1, v2, do0, do1, do2, D0, D1, D2, EMULATE_BF16)
+        ds_t = _to(p_t * (dp_t - delta[None, :]), Q.dtype.element_ty, EMULATE_BF16)
+        p_t = _to(p_t, DO.dtype.element_ty, EMULATE_BF16)
+        dv0 += _mm(p_t, do0, EMULATE_BF16)
+        dk0 += _mm(ds_t, q0, EMULATE_BF16)
         if D1 > 0:
-            dv1 += _mm(p_t, do1, F32_DOT)
-            dk1 += _mm(ds_t, q1, F32_DOT)
+            dv1 += _mm(p_t, do1, EMULATE_BF16)
+            dk1 += _mm(ds_t, q1, EMULATE_BF16)
         if D2 > 0:
-            dv2 += _mm(p_t, do2, F32_DOT)
-            dk2 += _mm(ds_t, q2, F32_DOT)
+            dv2 += _mm(p_t, do2, EMULATE_BF16)
+            dk2 += _mm(ds_t, q2, EMULATE_BF16)
 
     dk_base = DK + b * sgb + h * sgh
     dv_base = DV + b * sgb + h * sgh
-    _store_chunk(dk_base, dk0 * scale, keys, sgn, Nk, 0, D0, D)
-    _store_chunk(dv_base, dv0, keys, sgn, Nk, 0, D0, D)
+    _store_chunk(dk_base, dk0 * scale, keys, sgn, Nk, 0, D0, D, EMULATE_BF16)
+    _store_chunk(dv_base, dv0, keys, sgn, Nk, 0, D0, D, EMULATE_BF16)
     if D1 > 0:
-        _store_chunk(dk_base, dk1 * scale, keys, sgn, Nk, D0, D1, D)
-        _store_chunk(dv_base, dv1, keys, sgn, Nk, D0, D1, D)
+        _store_chunk(dk_base, dk1 * scale, keys, sgn, Nk, D0, D1, D, EMULATE_BF16)
+        _store_chunk(dv_base, dv1, keys, sgn, Nk, D0, D1, D, EMULATE_BF16)
     if D2 > 0:
-        _store_chunk(dk_base, dk2 * scale, keys, sgn, Nk, D0 + D1, D2, D)
-        _store_chunk(dv_base, dv2, keys, sgn, Nk, D0 + D1, D2, D)
+        _store_chunk(dk_base, dk2 * scale, keys, sgn, Nk, D0 + D1, D2, D, EMULATE_BF16)
+        _store_chunk(dv_base, dv2, keys, sgn, Nk, D0 + D1, D2, D, EMULATE_BF16)
 
 
 @triton.jit
@@ -386,7 +404,7 @@ def _attn_bwd_dq(
     sbb, sbh, sbq, sbk,
     H, Nq, Nk, scale, scale2,
     D: tl.constexpr, D0: tl.constexpr, D1: tl.constexpr, D2: tl.constexpr,
-    HAS_MASK: tl.constexpr, HAS_BIAS: tl.constexpr, F32_DOT: tl.constexpr,
+    HAS_MASK: tl.constexpr, HAS_BIAS: tl.constexpr, EMULATE_BF16: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
     """One query block per program: dQ = scale * dS K summed over every key block (no atomics)."""
@@ -437,23 +455,23 @@ def _attn_bwd_dq(
         if D2 > 0:
             k2 = _load_chunk(k_base, cols, skn, Nk, D0 + D1, D2, D)
             v2 = _load_chunk(v_base, cols, svn, Nk, D0 + D1, D2, D)
-        s = _dot3_nt(q0, q1, q2, k0, k1, k2, D0, D1, D2, F32_DOT)
+        s = _dot3_nt(q0, q1, q2, k0, k1, k2, D0, D1, D2, EMULATE_BF16)
         s = _scores(s, rows, cols, Nq, Nk, scale2, kmask_base, bias_base, sbq, sbk, HAS_MASK, HAS_BIAS, False)
         p = tl.exp2(s - lse2[:, None])
-        dp = _dot3_nt(do0, do1, do2, v0, v1, v2, D0, D1, D2, F32_DOT)
-        ds = (p * (dp - delta[:, None])).to(K.dtype.element_ty)
-        dq0 += _mm(ds, k0, F32_DOT)
+        dp = _dot3_nt(do0, do1, do2, v0, v1, v2, D0, D1, D2, EMULATE_BF16)
+        ds = _to(p * (dp - delta[:, None]), K.dtype.element_ty, EMULATE_BF16)
+        dq0 += _mm(ds, k0, EMULATE_BF16)
         if D1 > 0:
-            dq1 += _mm(ds, k1, F32_DOT)
+            dq1 += _mm(ds, k1, EMULATE_BF16)
         if D2 > 0:
-            dq2 += _mm(ds, k2, F32_DOT)
+            dq2 += _mm(ds, k2, EMULATE_BF16)
 
     dq_base = DQ + b * sgb + h * sgh
-    _store_chunk(dq_base, dq0 * scale, rows, sgn, Nq, 0, D0, D)
+    _store_chunk(dq_base, dq0 * scale, rows, sgn, Nq, 0, D0, D, EMULATE_BF16)
     if D1 > 0:
-        _store_chunk(dq_base, dq1 * scale, rows, sgn, Nq, D0, D1, D)
+        _store_chunk(dq_base, dq1 * scale, rows, sgn, Nq, D0, D1, D, EMULATE_BF16)
     if D2 > 0:
-        _store_chunk(dq_base, dq2 * scale, rows, sgn, Nq, D0 + D1, D2, D)
+        _store_chunk(dq_base, dq2 * scale, rows, sgn, Nq, D0 + D1, D2, D, EMULATE_BF16)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -524,9 +542,10 @@ def _mask_args(q: torch.Tensor, key_mask: Optional[torch.Tensor], bias: Optional
     return kmask, bias_t, bias_strides
 
 
-def _f32_dot(q: torch.Tensor) -> bool:
-    # The Triton interpreter's 16-bit tl.dot multiplies bfloat16 bit patterns as integers
-    # (Triton 3.9); there the products run in float32, which is exact for bfloat16 inputs.
+def _emulate_bf16(q: torch.Tensor) -> bool:
+    # Triton 3.9's interpreter multiplies bfloat16 bit patterns as integers in tl.dot and truncates
+    # float32 -> bfloat16 casts. There the kernels multiply in float32 (exact for bf16 inputs) and
+    # round in integer arithmetic, so the interpreted kernels compute what a GPU computes.
     return _interpreting() and q.dtype == torch.bfloat16
 
 
@@ -558,7 +577,7 @@ def attention_fwd(
     )
     meta = dict(
         D=d, D0=d0, D1=d1, D2=d2, HAS_MASK=key_mask is not None, HAS_BIAS=bias is not None, ONE_PASS=one_pass,
-        F32_DOT=_f32_dot(q),
+        EMULATE_BF16=_emulate_bf16(q),
     )
     short_n = max(16, triton.next_power_of_2(nk))
     with _device_guard(q):
@@ -589,7 +608,7 @@ def attention_bwd(
     kmask, bias_t, bs = _mask_args(q, key_mask, bias)
     delta = torch.empty((b, h, nq), dtype=torch.float32, device=q.device)
     chunks = dict(D=d, D0=d0, D1=d1, D2=d2)
-    meta = dict(**chunks, HAS_MASK=key_mask is not None, HAS_BIAS=bias is not None, F32_DOT=_f32_dot(q))
+    meta = dict(**chunks, HAS_MASK=key_mask is not None, HAS_BIAS=bias is not None, EMULATE_BF16=_emulate_bf16(q))
     common = (
         q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
         v.stride(0), v.stride(1), v.stride(2), grad_out.stride(0), grad_out.stride(1), grad_out.stride(2),
