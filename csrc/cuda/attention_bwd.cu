@@ -4,6 +4,10 @@
 #include "cuda/attention_launchers.h"
 
 namespace fastdiff::cuda {
+namespace attn {
+// Instantiated in attention_bwd_d*.cu.
+FASTDIFF_ATTN_ALL_WIDTHS(FASTDIFF_ATTN_BACKWARD_WIDTH, extern)
+}  // namespace attn
 
 size_t attention_bwd_workspace_bytes(const AttentionParams& p) {
   const auto n = static_cast<size_t>(p.batch * p.heads * p.nq);

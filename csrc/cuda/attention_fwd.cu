@@ -4,6 +4,10 @@
 #include "cuda/attention_launchers.h"
 
 namespace fastdiff::cuda {
+namespace attn {
+// Instantiated in attention_fwd_d*.cu.
+FASTDIFF_ATTN_ALL_WIDTHS(FASTDIFF_ATTN_FORWARD_WIDTH, extern)
+}  // namespace attn
 
 bool attention_head_dim_supported(int64_t head_dim) { return attn::compiled_width(head_dim) != 0; }
 

@@ -1016,13 +1016,9 @@ cudaError_t forward_width(const Args& args, Runner& runner, FwdPath path) {
   return runner.template launch<K>(a, K::grid(a), K::smem_bytes(a));
 }
 
+// dK/dV then dQ (delta already computed).
 template <class Runner, typename T, int kD>
 cudaError_t backward_width(const Args& a, Runner& runner) {
-  {
-    using K = BwdDelta<T>;
-    const cudaError_t e = runner.template launch<K>(a, K::grid(a), 0);
-    if (e != cudaSuccess) return e;
-  }
   if constexpr (Tiles<kD>::kKvSplit) {
     using KV = BwdDkDv<T, kD, 1>;
     using KK = BwdDkDv<T, kD, 2>;
@@ -1132,14 +1128,21 @@ cudaError_t run_backward(const AttentionBwdParams& p, float* delta, void* dq, vo
   a.dq = dq;
   a.dk = dk;
   a.dv = dv;
+  const cudaError_t e = p.fwd.dtype == DType::f16    ? runner.template launch<BwdDelta<half>>(a, BwdDelta<half>::grid(a), 0)
+                        : p.fwd.dtype == DType::bf16 ? runner.template launch<BwdDelta<bf16>>(a, BwdDelta<bf16>::grid(a), 0)
+                                                     : cudaErrorInvalidValue;
+  if (e != cudaSuccess) return e;
   return dispatch(p.fwd.dtype, a.d, [&](auto t, auto w) {
     return backward_width<Runner, typename decltype(t)::type, decltype(w)::value>(a, runner);
   });
 }
 
 #if !defined(FASTDIFF_ATTN_EMULATE) && defined(__CUDACC__)
+// minBlocksPerSM = 2 caps registers at 255 and lets ptxas use what a kernel needs: with only the
+// thread count it settled on 128 or 168 registers for some widths and spilled. Shared memory
+// holds most of these kernels to about 2 blocks per SM anyway.
 template <class K>
-__global__ void __launch_bounds__(K::kThreads) attention_kernel(const Args a) {
+__global__ void __launch_bounds__(K::kThreads, 2) attention_kernel(const Args a) {
   extern __shared__ __align__(16) char smem[];
   K::run(a, smem, static_cast<int>(blockIdx.x), static_cast<int>(threadIdx.x));
 }
@@ -1160,6 +1163,18 @@ struct DeviceRunner {
     return cudaGetLastError();
   }
 };
+
+// Explicit instantiations, spread over attention_{fwd,bwd}_d*.cu so the kernels build in parallel:
+// EXTERN is `extern` in the launcher files (declaration) and empty in the instantiating ones.
+#define FASTDIFF_ATTN_FORWARD_WIDTH(EXTERN, W)                                                                  \
+  EXTERN template cudaError_t forward_width<DeviceRunner, half, W>(const Args&, DeviceRunner&, FwdPath);         \
+  EXTERN template cudaError_t forward_width<DeviceRunner, bf16, W>(const Args&, DeviceRunner&, FwdPath);
+#define FASTDIFF_ATTN_BACKWARD_WIDTH(EXTERN, W)                                                 \
+  EXTERN template cudaError_t backward_width<DeviceRunner, half, W>(const Args&, DeviceRunner&); \
+  EXTERN template cudaError_t backward_width<DeviceRunner, bf16, W>(const Args&, DeviceRunner&);
+#define FASTDIFF_ATTN_ALL_WIDTHS(X, EXTERN) \
+  X(EXTERN, 32) X(EXTERN, 40) X(EXTERN, 64) X(EXTERN, 72) X(EXTERN, 80) X(EXTERN, 96) X(EXTERN, 128) X(EXTERN, 160) \
+  X(EXTERN, 192) X(EXTERN, 256)
 #endif
 
 }  // namespace fastdiff::cuda::attn

@@ -158,6 +158,15 @@ float elem(bool bf16, uint32_t reg, int hi) {
   return __half2float(__half(r));
 }
 
+void make_fiber(Block& b, int t) {
+  b.stacks.emplace_back(new char[kStackBytes]);
+  getcontext(&b.ctx[t]);
+  b.ctx[t].uc_stack.ss_sp = b.stacks.back().get();
+  b.ctx[t].uc_stack.ss_size = kStackBytes;
+  b.ctx[t].uc_link = &b.main_ctx;
+  makecontext(&b.ctx[t], fiber_entry, 0);
+}
+
 }  // namespace
 
 Counters& counters() { return g_counters; }
@@ -174,14 +183,7 @@ void run_block(int threads, char* smem, size_t smem_bytes, const std::function<v
   b.warps.resize(threads / 32);
   b.pending.resize(threads);
   b.committed.assign(threads, 0);
-  for (int t = 0; t < threads; ++t) {
-    b.stacks.emplace_back(new char[kStackBytes]);
-    getcontext(&b.ctx[t]);
-    b.ctx[t].uc_stack.ss_sp = b.stacks.back().get();
-    b.ctx[t].uc_stack.ss_size = kStackBytes;
-    b.ctx[t].uc_link = &b.main_ctx;
-    makecontext(&b.ctx[t], fiber_entry, 0);
-  }
+  for (int t = 0; t < threads; ++t) make_fiber(b, t);
   g_block = &b;
   int idle_rounds = 0;
   for (;;) {
