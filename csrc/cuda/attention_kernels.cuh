@@ -1008,7 +1008,7 @@ cudaError_t forward_width(const Args& args, Runner& runner, FwdPath path) {
   Args a = args;
   const bool short_fits = a.nk <= kShortMaxKeys && FwdShort<T, kD>::smem_bytes_for(a.nk) <= kSmemLimit;
   if (path == FwdPath::kShort || (path == FwdPath::kAuto && short_fits)) {
-    a.rows_per_cta = short_rows_per_cta(a);
+    if (a.rows_per_cta <= 0) a.rows_per_cta = short_rows_per_cta(a);
     using K = FwdShort<T, kD>;
     return runner.template launch<K>(a, K::grid(a), K::smem_bytes(a));
   }
@@ -1090,7 +1090,6 @@ inline Args make_args(const AttentionParams& p) {
   a.d = static_cast<int>(p.head_dim);
   a.scale = p.scale;
   a.scale2 = static_cast<float>(static_cast<double>(p.scale) * 1.4426950408889634);
-  a.rows_per_cta = 64;
   return a;
 }
 
@@ -1104,11 +1103,14 @@ inline bool sizes_ok(const AttentionParams& p) {
          p.batch * p.nq * p.heads <= static_cast<int64_t>(INT_MAX) * 8;
 }
 
+// path and rows_per_block (a multiple of 64; 0 = chosen from the grid size) let tests force
+// a forward path and the short path's slabs per warp.
 template <class Runner>
 cudaError_t run_forward(const AttentionParams& p, void* out, float* lse, Runner& runner,
-                        FwdPath path = FwdPath::kAuto) {
-  if (!sizes_ok(p)) return cudaErrorInvalidValue;
+                        FwdPath path = FwdPath::kAuto, int rows_per_block = 0) {
+  if (!sizes_ok(p) || rows_per_block < 0 || rows_per_block % 64 != 0) return cudaErrorInvalidValue;
   Args a = make_args(p);
+  a.rows_per_cta = rows_per_block;
   a.out = out;
   a.lse = lse;
   return dispatch(p.dtype, a.d, [&](auto t, auto w) {

@@ -39,9 +39,9 @@ struct AttentionBwdParams {
   const float* lse;           // the forward's log-sum-exp, contiguous (B, H, Nq)
 };
 
-// Head dims the kernels take: multiples of 8 in [8, 256]. 40, 64, 72, 80, 96 and 128, 160 run
-// kernels compiled for exactly that width; the others run the next wider compiled width with the
-// extra columns zero-filled.
+// Head dims the kernels take: multiples of 8 in [8, 256]. 40, 64, 72, 80, 96, 128 and 160 (and 32,
+// 192, 256) run kernels compiled for exactly that width; the others run the next wider compiled
+// width with the extra columns zero-filled.
 bool attention_head_dim_supported(int64_t head_dim);
 
 // Largest batch * heads * blocks a launch can address (the grid is one-dimensional).

@@ -123,6 +123,7 @@ struct Case {
   Mask mask = Mask::kNone;
   attn::FwdPath path = attn::FwdPath::kAuto;
   double scale = 0;  // 0: 1/sqrt(D)
+  int short_rows = 0;  // short path: query rows per block (0: the launcher's choice)
 };
 
 // A (B, N, H, D) view into a storage of 16-bit elements.
@@ -343,7 +344,7 @@ Result run_case(const Case& c, std::mt19937& rng) {
 
   Buffer bout(nO * 2), blse(int64_t{B} * H * Nq * 4);
   EmuRunner runner;
-  if (attn::run_forward(p, bout.data(), reinterpret_cast<float*>(blse.data()), runner, c.path) != cudaSuccess) {
+  if (attn::run_forward(p, bout.data(), reinterpret_cast<float*>(blse.data()), runner, c.path, c.short_rows) != cudaSuccess) {
     res.fail("run_forward refused");
     return res;
   }
@@ -455,6 +456,8 @@ int main(int argc, char** argv) {
       {"d64 f16 one query one key", F, 1, 1, 1, 1, 64},
       {"d40 f16 one key tiled", F, 1, 17, 1, 1, 40, Layout::kContig, Mask::kNone, P::kTiled},
       {"d72 f16 scale 0.3", F, 1, 20, 45, 2, 72, Layout::kContig, Mask::kNone, P::kAuto, 0.3},
+      // short path, 128 query rows per block: each warp walks two 16-row slabs (last block partial)
+      {"d64 f16 short 2 slabs per warp", F, 1, 300, 77, 2, 64, Layout::kContig, Mask::kKeyMask, P::kShort, 0, 128},
   };
   const std::string filter = argc > 1 ? argv[1] : "";
   std::mt19937 rng(1234);
