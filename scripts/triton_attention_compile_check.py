@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Compile every attention Triton kernel specialisation for CUDA without a GPU.
 
-    python scripts/triton_attention_compile_check.py [--arch 80 --arch 90] [--quick]
+    python scripts/triton_attention_compile_check.py [--arch 80 --arch 90] [--quick | --dims 72,160]
 
 Lowers each kernel of fastdiff/triton/attention.py through Triton's whole CUDA pipeline (TTIR ->
 TTGIR -> LLVM -> PTX -> cubin with the bundled ptxas) for the given compute capabilities and every
@@ -82,9 +82,12 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--arch", type=int, action="append", help="compute capability, e.g. 80 or 90 (repeatable)")
     ap.add_argument("--quick", action="store_true", help=f"head dims {QUICK_DIMS} only")
+    ap.add_argument("--dims", help="comma-separated head dims (overrides --quick)")
     opts = ap.parse_args()
     archs = opts.arch or [80, 90]
     dims = QUICK_DIMS if opts.quick else HEAD_DIMS
+    if opts.dims:
+        dims = tuple(int(d) for d in opts.dims.split(","))
     failed = skipped = done = 0
     t0 = time.time()
     strides = {"sqb", "sqn", "sqh", "skb", "skn", "skh", "svb", "svn", "svh", "sob", "son", "soh",
