@@ -354,7 +354,7 @@ def test_unsupported_head_dims_fall_back_to_the_reference_when_not_forced():
 
 
 def test_info_lists_the_attention_kernels():
-    table = fastdiff.info()["attention_kernels"]
+    table = fastdiff.info()["attention"]
     assert set(table) == {"cuda", "triton", "cpu", "reference"}
     assert "fp16/bf16" in table["triton"] and "72" in table["triton"]
 
