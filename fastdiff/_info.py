@@ -25,5 +25,5 @@ def info() -> dict[str, Any]:
     }
     from .ops.attention import support as attention_support
 
-    out["attention_kernels"] = attention_support()
+    out["attention"] = attention_support()  # which attention kernels serve what
     return out

@@ -354,7 +354,7 @@ def test_unsupported_head_dims_fall_back_to_the_reference_when_not_forced():
 
 
 def test_info_lists_the_attention_kernels():
-    table = fastdiff.info()["attention_kernels"]
+    table = fastdiff.info()["attention"]
     assert set(table) == {"cuda", "triton", "cpu", "reference"}
     assert "fp16/bf16" in table["triton"] and "72" in table["triton"]
 
@@ -383,3 +383,17 @@ k4 = torch.randn(2, 6, 3, 8)
 def test_bad_input_is_refused_clearly(args, kwargs, match):
     with pytest.raises(InputError, match=r"fastdiff\.attention: " + match):
         attention(*args, **kwargs)
+
+
+def test_head_dims_split_into_power_of_two_chunks_without_padding():
+    tri = pytest.importorskip("fastdiff.triton.attention")
+    assert tri.head_dim_chunks(72) == (64, 8, 0) and tri.head_dim_chunks(40) == (32, 8, 0)
+    assert tri.head_dim_chunks(80) == (64, 16, 0) and tri.head_dim_chunks(160) == (128, 32, 0)
+    assert tri.head_dim_chunks(104) == (64, 32, 8) and tri.head_dim_chunks(120) == (64, 32, 32)
+    for d in range(8, 257, 8):
+        chunks = [c for c in tri.head_dim_chunks(d) if c]
+        assert all(c & (c - 1) == 0 and c >= 8 for c in chunks) and sum(chunks) >= d
+        assert (sum(chunks) == d) == (d in attn_mod.TRITON_EXACT_HEAD_DIMS), d
+    for d in (40, 64, 72, 80, 96, 128, 160):
+        assert d in attn_mod.TRITON_EXACT_HEAD_DIMS
+    assert tri.head_dim_chunks(72, min_chunk=16) == (64, 16, 0)  # FASTDIFF_TRITON_ATTN_MIN_CHUNK=16

@@ -1,0 +1,354 @@
+"""Benchmark fastdiff.ops.attention against every SDPA backend and eager attention on diffusion shapes.
+
+    python -m fastdiff.bench.attention [--models sd15,sdxl,dit,pixart] [--modes fwd,bwd,fwd+bwd]
+                                       [--dtype bf16|fp16] [--out DIR] [--quick]
+    python -m fastdiff.bench.attention --cpu     # no GPU: the reference path vs eager, small shapes
+
+GPU: for each shape, fastdiff (each attention backend that serves it here: cuda, triton) and
+PyTorch's SDPA with each backend forced (flash, efficient, cudnn, math) and eager
+matmul-softmax-matmul, in forward, backward and forward+backward, timed with CUDA events
+(``triton.testing.do_bench``, median). Each implementation gets its own natural layout, made
+contiguous: fastdiff (B, N, H, D), SDPA and eager (B, H, N, D). Reported: milliseconds, TFLOP/s
+(forward 4 B H Nq Nk D; backward 2.5x that: five matmuls to the forward's two), and for
+cross-attention (memory-bound: Nk is 77 or 120 text tokens) GB/s and the fraction of the memory
+floor, the bytes the forward must move (read q, k, v, write out; the backward: read q, k, v, out,
+dO, write dq, dk, dv) at the device-to-device copy bandwidth measured in the same run. The speedup
+column is the fastest SDPA backend's time over fastdiff's.
+
+The numbers only mean something on a GPU: without one this module says so and, with ``--cpu``,
+times what a CPU runs (fastdiff's reference path, which is SDPA, against eager attention) on a
+few small shapes with ``torch.utils.benchmark``, as the median of back-to-back pair ratios.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+import os
+import platform
+import statistics
+import sys
+import time
+from typing import Any, Callable, Optional, Sequence
+
+import torch
+import torch.nn.functional as F
+
+#: (model, label, B, H, Nq, Nk, D): Nk = Nq is self-attention. SD-1.5 at 512 px (64x64 latent),
+#: batch 8 = 4 images with classifier-free guidance; SDXL at 1024 px, batch 2; DiT-XL/2 at 256
+#: and 512 px; PixArt-alpha at 1024 px with 120 T5 tokens.
+SHAPES: list[tuple[str, str, int, int, int, int, int]] = [
+    ("sd15", "64x64 self", 8, 8, 4096, 4096, 40),
+    ("sd15", "64x64 cross", 8, 8, 4096, 77, 40),
+    ("sd15", "32x32 self", 8, 8, 1024, 1024, 80),
+    ("sd15", "32x32 cross", 8, 8, 1024, 77, 80),
+    ("sd15", "16x16 self", 8, 8, 256, 256, 160),
+    ("sd15", "16x16 cross", 8, 8, 256, 77, 160),
+    ("sd15", "8x8 self", 8, 8, 64, 64, 160),
+    ("sd15", "8x8 cross", 8, 8, 64, 77, 160),
+    ("sdxl", "64x64 self", 2, 10, 4096, 4096, 64),
+    ("sdxl", "64x64 cross", 2, 10, 4096, 77, 64),
+    ("sdxl", "32x32 self", 2, 20, 1024, 1024, 64),
+    ("sdxl", "32x32 cross", 2, 20, 1024, 77, 64),
+    ("dit", "256px self", 8, 16, 256, 256, 72),
+    ("dit", "512px self", 8, 16, 1024, 1024, 72),
+    ("pixart", "1024px self", 2, 16, 4096, 4096, 72),
+    ("pixart", "1024px cross", 2, 16, 4096, 120, 72),
+]
+QUICK = {("sd15", "64x64 self"), ("sd15", "64x64 cross"), ("dit", "512px self"), ("pixart", "1024px cross")}
+MODES = ("fwd", "bwd", "fwd+bwd")
+CPU_SHAPES = [(1, 8, 256, 77, 40), (1, 8, 256, 256, 40), (1, 8, 1024, 1024, 64), (2, 16, 256, 256, 72)]
+
+
+@dataclasses.dataclass
+class Case:
+    model: str
+    label: str
+    b: int
+    h: int
+    nq: int
+    nk: int
+    d: int
+
+    @property
+    def cross(self) -> bool:
+        return self.nk != self.nq
+
+    def flops(self, mode: str) -> float:
+        fwd = 4.0 * self.b * self.h * self.nq * self.nk * self.d
+        return {"fwd": fwd, "bwd": 2.5 * fwd, "fwd+bwd": 3.5 * fwd}[mode]
+
+    def bytes(self, mode: str, elem: int) -> float:
+        """Bytes each mode must move at the least (module docstring)."""
+        q = self.b * self.nq * self.h * self.d * elem
+        kv = self.b * self.nk * self.h * self.d * elem
+        fwd = 2 * q + 2 * kv  # read q, k, v; write out
+        bwd = 3 * q + 2 * kv + q + 2 * kv  # read q, out, dO, k, v; write dq, dk, dv
+        return {"fwd": fwd, "bwd": bwd, "fwd+bwd": fwd + bwd}[mode]
+
+
+def cases(models: Sequence[str], quick: bool) -> list[Case]:
+    out = [Case(*s) for s in SHAPES if s[0] in models]
+    return [c for c in out if (c.model, c.label) in QUICK] if quick else out
+
+
+# ---------------------------------------------------------------------------------------------
+# Implementations: each returns a forward callable on its own layout
+# ---------------------------------------------------------------------------------------------
+def eager_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float) -> torch.Tensor:
+    """(B, H, N, D) matmul-softmax-matmul, what a model without fused attention runs."""
+    return torch.softmax((q @ k.transpose(-1, -2)) * scale, dim=-1) @ v
+
+
+def sdpa_backends() -> dict[str, Any]:
+    from torch.nn.attention import SDPBackend
+
+    names = {"flash": "FLASH_ATTENTION", "efficient": "EFFICIENT_ATTENTION", "cudnn": "CUDNN_ATTENTION", "math": "MATH"}
+    return {k: getattr(SDPBackend, v) for k, v in names.items() if hasattr(SDPBackend, v)}
+
+
+def implementations(c: Case, dtype: torch.dtype, device: str) -> dict[str, tuple[Callable[[], torch.Tensor], tuple]]:
+    """name -> (forward callable, its leaf inputs)."""
+    from torch.nn.attention import sdpa_kernel
+
+    import fastdiff
+    from fastdiff.ops import attention
+
+    scale = 1.0 / math.sqrt(c.d)
+    g = torch.Generator(device=device).manual_seed(0)
+
+    def leaf(*shape: int) -> torch.Tensor:
+        return torch.randn(shape, generator=g, device=device, dtype=dtype).requires_grad_(True)
+
+    impls: dict[str, tuple[Callable[[], torch.Tensor], tuple]] = {}
+    qn, kn, vn = leaf(c.b, c.nq, c.h, c.d), leaf(c.b, c.nk, c.h, c.d), leaf(c.b, c.nk, c.h, c.d)
+    for backend in ("cuda", "triton"):
+        def run_fastdiff(backend: str = backend) -> torch.Tensor:
+            with fastdiff.backend(backend):
+                return attention(qn, kn, vn, scale=scale)
+
+        impls[f"fastdiff-{backend}"] = (run_fastdiff, (qn, kn, vn))
+    qh, kh, vh = leaf(c.b, c.h, c.nq, c.d), leaf(c.b, c.h, c.nk, c.d), leaf(c.b, c.h, c.nk, c.d)
+    for name, be in sdpa_backends().items():
+        def run_sdpa(be: Any = be) -> torch.Tensor:
+            with sdpa_kernel(be):
+                return F.scaled_dot_product_attention(qh, kh, vh, scale=scale)
+
+        impls[f"sdpa-{name}"] = (run_sdpa, (qh, kh, vh))
+    impls["eager"] = (lambda: eager_attention(qh, kh, vh, scale), (qh, kh, vh))
+    return impls
+
+
+def timed_callable(fwd: Callable[[], torch.Tensor], leaves: tuple, mode: str) -> Callable[[], Any]:
+    if mode == "fwd":
+        def run() -> Any:
+            with torch.no_grad():
+                return fwd()
+        return run
+    if mode == "fwd+bwd":
+        def run_both() -> Any:
+            out = fwd()
+            return torch.autograd.grad(out, leaves, torch.ones_like(out))
+        return run_both
+    out = fwd()  # backward alone: one graph, replayed
+    grad = torch.randn_like(out)
+    return lambda: torch.autograd.grad(out, leaves, grad, retain_graph=True)
+
+
+def copy_bandwidth(device: str) -> float:
+    """Device-to-device copy bandwidth in bytes/s (read + write), measured now."""
+    from triton.testing import do_bench
+
+    src = torch.empty(256 * 2**20, dtype=torch.float32, device=device)
+    dst = torch.empty_like(src)
+    ms = do_bench(lambda: dst.copy_(src), warmup=10, rep=50, quantiles=[0.5])[0]
+    return 2 * src.numel() * src.element_size() / (ms * 1e-3)
+
+
+def run_gpu(opts: argparse.Namespace) -> dict[str, Any]:
+    from triton.testing import do_bench
+
+    import fastdiff
+
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}[opts.dtype]
+    device = "cuda"
+    bandwidth = copy_bandwidth(device)
+    rows: list[dict[str, Any]] = []
+    for c in cases(opts.models, opts.quick):
+        impls = implementations(c, dtype, device)
+        for mode in opts.modes:
+            for name, (fwd, leaves) in impls.items():
+                row: dict[str, Any] = dict(model=c.model, case=c.label, B=c.b, H=c.h, Nq=c.nq, Nk=c.nk, D=c.d, mode=mode, impl=name)
+                try:
+                    fn = timed_callable(fwd, leaves, mode)
+                    fn()
+                    torch.cuda.synchronize()
+                    ms = do_bench(fn, warmup=opts.warmup, rep=opts.rep, quantiles=[0.5])[0]
+                except (RuntimeError, fastdiff.BackendUnavailable, torch.cuda.OutOfMemoryError) as e:
+                    row["skipped"] = str(e).splitlines()[0][:160]
+                    torch.cuda.empty_cache()
+                    rows.append(row)
+                    continue
+                row["ms"] = ms
+                row["tflops"] = c.flops(mode) / (ms * 1e-3) / 1e12
+                if c.cross:
+                    nbytes = c.bytes(mode, torch.finfo(dtype).bits // 8)
+                    row["gbps"] = nbytes / (ms * 1e-3) / 1e9
+                    row["floor_fraction"] = (nbytes / bandwidth) / (ms * 1e-3)
+                rows.append(row)
+                print(_row_line(row), flush=True)
+            torch.cuda.empty_cache()
+        del impls
+    return dict(meta=_meta(dtype, bandwidth=bandwidth), rows=rows)
+
+
+# ---------------------------------------------------------------------------------------------
+# CPU: the reference path against eager attention
+# ---------------------------------------------------------------------------------------------
+def run_cpu(opts: argparse.Namespace) -> dict[str, Any]:
+    from torch.utils import benchmark
+
+    from fastdiff.ops import attention
+
+    rows: list[dict[str, Any]] = []
+    shapes = CPU_SHAPES[:2] if opts.quick else CPU_SHAPES
+    for b, h, nq, nk, d in shapes:
+        g = torch.Generator().manual_seed(0)
+        qn, kn, vn = (torch.randn(b, n, h, d, generator=g) for n in (nq, nk, nk))
+        qh, kh, vh = (t.transpose(1, 2).contiguous() for t in (qn, kn, vn))
+        scale = 1.0 / math.sqrt(d)
+        fast = benchmark.Timer("attention(q, k, v, scale=s)", globals=dict(attention=attention, q=qn, k=kn, v=vn, s=scale))
+        eager = benchmark.Timer("f(q, k, v, s)", globals=dict(f=eager_attention, q=qh, k=kh, v=vh, s=scale))
+        pairs = []
+        for _ in range(opts.pairs):  # back to back: CPU timings here drift between runs
+            a = fast.timeit(opts.number).median
+            e = eager.timeit(opts.number).median
+            pairs.append((a, e))
+        row = dict(
+            B=b, H=h, Nq=nq, Nk=nk, D=d, mode="fwd", dtype="float32",
+            fastdiff_ms=statistics.median(a for a, _ in pairs) * 1e3,
+            eager_ms=statistics.median(e for _, e in pairs) * 1e3,
+            eager_over_fastdiff=statistics.median(e / a for a, e in pairs),
+        )
+        rows.append(row)
+        print(f"B={b} H={h} Nq={nq} Nk={nk} D={d}: fastdiff (reference) {row['fastdiff_ms']:.3f} ms, "
+              f"eager {row['eager_ms']:.3f} ms, eager/fastdiff {row['eager_over_fastdiff']:.2f}x", flush=True)
+    return dict(meta=_meta(torch.float32, threads=torch.get_num_threads()), rows=rows)
+
+
+# ---------------------------------------------------------------------------------------------
+# Reporting
+# ---------------------------------------------------------------------------------------------
+def _meta(dtype: torch.dtype, **extra: Any) -> dict[str, Any]:
+    import fastdiff
+
+    meta = dict(
+        date=time.strftime("%Y-%m-%d %H:%M:%S"),
+        device=torch.cuda.get_device_name() if torch.cuda.is_available() else platform.processor() or platform.machine(),
+        torch=torch.__version__, cuda=torch.version.cuda, fastdiff=fastdiff.__version__, dtype=str(dtype).replace("torch.", ""),
+        command="python -m fastdiff.bench.attention " + " ".join(sys.argv[1:]),
+        commit=_git_commit(),
+    )
+    try:
+        import triton
+
+        meta["triton"] = triton.__version__
+    except ImportError:
+        pass
+    meta.update(extra)
+    return meta
+
+
+def _git_commit() -> Optional[str]:
+    import subprocess
+
+    try:
+        here = os.path.dirname(os.path.abspath(__file__))
+        return subprocess.run(["git", "-C", here, "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return None
+
+
+def _row_line(r: dict[str, Any]) -> str:
+    extra = f" {r['gbps']:7.0f} GB/s ({100 * r['floor_fraction']:3.0f}% of floor)" if "gbps" in r else ""
+    return f"{r['model']:6s} {r['case']:13s} {r['mode']:7s} {r['impl']:16s} {r['ms']:8.3f} ms {r['tflops']:6.1f} TFLOP/s{extra}"
+
+
+def markdown(result: dict[str, Any]) -> str:
+    """One table per mode: a row per shape, a column per implementation (ms), plus the speedup."""
+    rows = result["rows"]
+    meta = result["meta"]
+    head = [f"# Attention benchmark: {meta['device']}, {meta['dtype']}", "",
+            f"torch {meta['torch']}, triton {meta.get('triton', '-')}, commit {meta.get('commit')}, `{meta['command']}`", ""]
+    if rows and "impl" not in rows[0]:  # CPU table
+        head += ["| B | H | Nq | Nk | D | fastdiff (reference) ms | eager ms | eager / fastdiff |", "|---|---|---|---|---|---|---|---|"]
+        head += [f"| {r['B']} | {r['H']} | {r['Nq']} | {r['Nk']} | {r['D']} | {r['fastdiff_ms']:.3f} | {r['eager_ms']:.3f} | "
+                 f"{r['eager_over_fastdiff']:.2f}x |" for r in rows]
+        return "\n".join(head) + "\n"
+    impls = list(dict.fromkeys(r["impl"] for r in rows))
+    out = head
+    for mode in dict.fromkeys(r["mode"] for r in rows):
+        out += [f"## {mode}", "", "| model | shape (B, H, Nq, Nk, D) | " + " | ".join(impls) + " | best SDPA / fastdiff | fastdiff TFLOP/s | fastdiff % of memory floor |",
+                "|" + "---|" * (len(impls) + 5)]
+        keys = dict.fromkeys((r["model"], r["case"]) for r in rows if r["mode"] == mode)
+        for key in keys:
+            sel = {r["impl"]: r for r in rows if r["mode"] == mode and (r["model"], r["case"]) == key}
+            any_r = next(iter(sel.values()))
+            cells = [f"{sel[i]['ms']:.3f}" if i in sel and "ms" in sel[i] else "n/a" for i in impls]
+            fast = [r for n, r in sel.items() if n.startswith("fastdiff") and "ms" in r]
+            best_fast = min(fast, key=lambda r: r["ms"]) if fast else None
+            sdpa = [r["ms"] for n, r in sel.items() if n.startswith("sdpa") and "ms" in r]
+            speed = f"{min(sdpa) / best_fast['ms']:.2f}x" if best_fast and sdpa else "n/a"
+            tfl = f"{best_fast['tflops']:.0f}" if best_fast else "n/a"
+            floor = f"{100 * best_fast['floor_fraction']:.0f}%" if best_fast and "floor_fraction" in best_fast else "-"
+            shape = f"{any_r['B']}, {any_r['H']}, {any_r['Nq']}, {any_r['Nk']}, {any_r['D']}"
+            out.append(f"| {key[0]} {key[1]} | {shape} | " + " | ".join(cells) + f" | {speed} | {tfl} | {floor} |")
+        out.append("")
+    skipped = [r for r in rows if "skipped" in r]
+    if skipped:
+        out += ["Not run:", ""] + sorted({f"- {r['impl']} ({r['mode']}, D={r['D']}): {r['skipped']}" for r in skipped}) + [""]
+    return "\n".join(out)
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    ap = argparse.ArgumentParser(prog="fastdiff.bench.attention", description=__doc__.splitlines()[0])
+    ap.add_argument("--models", default="sd15,sdxl,dit,pixart", help="comma-separated subset of sd15, sdxl, dit, pixart")
+    ap.add_argument("--modes", default=",".join(MODES), help="comma-separated subset of fwd, bwd, fwd+bwd")
+    ap.add_argument("--dtype", default="bf16", choices=("bf16", "fp16"))
+    ap.add_argument("--quick", action="store_true", help="a few representative shapes only")
+    ap.add_argument("--warmup", type=int, default=25, help="do_bench warmup, ms")
+    ap.add_argument("--rep", type=int, default=100, help="do_bench repetition time, ms")
+    ap.add_argument("--cpu", action="store_true", help="no GPU: time the reference path against eager on small shapes")
+    ap.add_argument("--pairs", type=int, default=7, help="--cpu: back-to-back timing pairs")
+    ap.add_argument("--number", type=int, default=3, help="--cpu: runs per timing")
+    ap.add_argument("--out", help="directory for attention.json and attention.md")
+    opts = ap.parse_args(argv)
+    opts.models = [m.strip() for m in opts.models.split(",") if m.strip()]
+    opts.modes = [m.strip() for m in opts.modes.split(",") if m.strip()]
+    bad = [m for m in opts.models if m not in {s[0] for s in SHAPES}] + [m for m in opts.modes if m not in MODES]
+    if bad:
+        ap.error(f"unknown model or mode: {', '.join(bad)}")
+    if torch.cuda.is_available() and not opts.cpu:
+        result = run_gpu(opts)
+    elif opts.cpu:
+        print("fastdiff.bench.attention --cpu: CPU tensors run the reference (SDPA); timing it against eager attention.")
+        result = run_cpu(opts)
+    else:
+        print("fastdiff.bench.attention: no CUDA device. The attention kernels are GPU kernels, so their benchmark needs "
+              "a GPU; run with --cpu to time the CPU (reference) path against eager attention instead.")
+        return 0
+    table = markdown(result)
+    print(table)
+    if opts.out:
+        os.makedirs(opts.out, exist_ok=True)
+        with open(os.path.join(opts.out, "attention.json"), "w") as f:
+            json.dump(result, f, indent=1)
+        with open(os.path.join(opts.out, "attention.md"), "w") as f:
+            f.write(table)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
