@@ -10,6 +10,7 @@ is reported, not timed, and makes the command exit with status 1.
 from __future__ import annotations
 
 import argparse
+import importlib
 import importlib.util
 import os
 import shlex
@@ -26,6 +27,14 @@ BENCHES = {
     "sampler_update": "guided DDIM and DPM-Solver++(2M) steps (fastdiff.ops.sampler_update)",
 }
 KERNEL_BACKENDS = ("cuda", "triton", "cpu")
+
+
+#: `fastdiff bench <name> ...` -> fastdiff.bench.<module>.main(argv) for the families with their own options.
+FAMILY_BENCHES = {
+    "samplers": ("sampler_accuracy", "solver error vs NFE on the analytic Gaussian mixture, beside diffusers"),
+    "overhead": ("sampler_overhead", "a whole guided sampling loop with a trivial model, fastdiff vs diffusers"),
+    "attention": ("attention", "attention forward/backward against every SDPA backend"),
+}
 
 
 class UsageError(ValueError):
@@ -45,7 +54,8 @@ def build_parser() -> argparse.ArgumentParser:
     common.add_argument("--quick", action="store_true", help="fewer sizes and rounds")
     common.add_argument("--json", type=Path, metavar="PATH", help="write the results as JSON")
     common.add_argument("--md", type=Path, metavar="PATH", help="write the markdown report")
-    parser = argparse.ArgumentParser(prog="fastdiff bench", description=__doc__.split("\n\n")[0])
+    epilog = "other benchmarks, each with its own --help: " + "; ".join(f"{k}: {v[1]}" for k, v in FAMILY_BENCHES.items())
+    parser = argparse.ArgumentParser(prog="fastdiff bench", description=__doc__.split("\n\n")[0], epilog=epilog)
     sub = parser.add_subparsers(dest="bench", required=True, metavar="{guidance,sampler_update,all}")
     for name, text in BENCHES.items():
         sub.add_parser(name, parents=[common], help=text, description=text)
@@ -118,6 +128,10 @@ def _loadavg() -> Optional[float]:
 def main(argv: Optional[list[str]] = None) -> int:
     """Run the benchmarks named in argv (as after `fastdiff bench`); returns the exit status."""
     argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] in FAMILY_BENCHES:
+        # Benchmarks with their own options: fastdiff/bench/<module>.py, each with main(argv).
+        module = importlib.import_module(f"fastdiff.bench.{FAMILY_BENCHES[argv[0]][0]}")
+        return int(module.main(argv[1:]) or 0)
     if not argv or (argv[0].startswith("-") and argv[0] not in ("-h", "--help")):
         argv = ["all", *argv]
     args = build_parser().parse_args(argv)
