@@ -13,7 +13,8 @@ if _backend.compiled() is None:  # the op schemas live in the extension
     )
 
 from . import ops  # noqa: E402
+from . import nn  # noqa: E402
 from ._backend import BackendUnavailable, backend  # noqa: E402
 from ._info import info  # noqa: E402
 
-__all__ = ["__version__", "backend", "BackendUnavailable", "info", "ops"]
+__all__ = ["__version__", "backend", "BackendUnavailable", "info", "nn", "ops"]
