@@ -47,8 +47,10 @@ def _forward_kernel(
     if FUSED:
         g = tl.load(GATE + _mod_row(row, N, GATE_PS) * D + cols, mask=mask, other=0.0).to(tl.float32)
         h = tl.load(H + base + cols, mask=mask, other=0.0).to(tl.float32)
-        x = x + g * h
-        tl.store(XOUT + base + cols, x.to(XOUT.dtype.element_ty), mask=mask)
+        # Normalise x_out as stored: the backward recomputes xhat from it.
+        x_out = (x + g * h).to(XOUT.dtype.element_ty)
+        tl.store(XOUT + base + cols, x_out, mask=mask)
+        x = x_out.to(tl.float32)
     if RMS:
         mean = 0.0
         xc = x

@@ -120,13 +120,14 @@ void forward(const AdalnArgs& a, int64_t r0, int64_t r1) {
     mod.load(r);
     const T* x = static_cast<const T*>(a.x) + r * d;
     const float* row;
-    if (a.h) {  // fused: the row is x + gate * h, kept in float32 for the statistics
+    if (a.h) {  // fused: the row is x + gate * h as stored in T (the backward recomputes xhat from it)
       const T* g = mod_row<T>(a.gate, a.gate_per_token, r, a.tokens, d);
       const T* h = static_cast<const T*>(a.h) + r * d;
       T* xo = static_cast<T*>(a.x_out) + r * d;
       for (int64_t j = 0; j < d; ++j) {
-        v[j] = to_float(x[j]) + to_float(g[j]) * to_float(h[j]);
-        xo[j] = from_float<T>(v[j]);
+        const T stored = from_float<T>(to_float(x[j]) + to_float(g[j]) * to_float(h[j]));
+        xo[j] = stored;
+        v[j] = to_float(stored);
       }
       row = v;
     } else {
