@@ -96,13 +96,17 @@ def bytes_moved(op: str, mode: str, b: int, n: int, d: int, elem: int) -> int:
 # ---------------------------------------------------------------------------------------------
 # Timing
 # ---------------------------------------------------------------------------------------------
-def make_timer(device: str) -> Callable[[Callable[[], object]], float]:
-    """Seconds per call: torch.utils.benchmark on CPU, CUDA-event median (triton's do_bench) on GPU."""
+def make_timer(device: str) -> Callable[[Callable[[], object]], tuple[float, float]]:
+    """(median, best) seconds per call: torch.utils.benchmark blocks on CPU, CUDA events (triton's do_bench) on GPU."""
     if device == "cuda":
         try:
             from triton.testing import do_bench
 
-            return lambda fn: do_bench(fn, warmup=25, rep=100, return_mode="median") * 1e-3
+            def gpu_time(fn):
+                median, best = do_bench(fn, warmup=25, rep=100, quantiles=[0.5, 0.0])
+                return median * 1e-3, best * 1e-3
+
+            return gpu_time
         except ImportError:
             pass
 
@@ -117,14 +121,15 @@ def make_timer(device: str) -> Callable[[Callable[[], object]], float]:
                 end.record()
                 torch.cuda.synchronize()
                 times.append(start.elapsed_time(end) * 1e-3)
-            return statistics.median(times)
+            return statistics.median(times), min(times)
 
         return cuda_time
 
     from torch.utils import benchmark
 
     def cpu_time(fn):
-        return benchmark.Timer("fn()", globals={"fn": fn}).blocked_autorange(min_run_time=0.3).median
+        m = benchmark.Timer("fn()", globals={"fn": fn}).blocked_autorange(min_run_time=0.3)
+        return m.median, min(m.times)
 
     return cpu_time
 
@@ -163,7 +168,9 @@ class Row:
     mode: str
     dtype: str
     times: dict  # implementation -> median seconds
+    best: dict  # implementation -> fastest block over all rounds, seconds
     speedup: dict  # implementation -> median of (its time / fastdiff time) per round
+    best_speedup: dict  # implementation -> its best time / fastdiff's best time
     gbps: Optional[float]
 
 
@@ -189,16 +196,20 @@ def bench_one(shape: str, op: str, mode: str, dtype: torch.dtype, device: str, b
         fn()
         fn()
     per_round = {k: [] for k in impls}
+    best = {k: float("inf") for k in impls}
     for _ in range(rounds):
         for k, fn in impls.items():
-            per_round[k].append(timer(fn))
+            median, fastest = timer(fn)
+            per_round[k].append(median)
+            best[k] = min(best[k], fastest)
     times = {k: statistics.median(v) for k, v in per_round.items()}
-    speedup = {k: statistics.median(a / f for a, f in zip(per_round[k], per_round["fastdiff"]))
-               for k in impls if k != "fastdiff"}
+    others = [k for k in impls if k != "fastdiff"]
+    speedup = {k: statistics.median(a / f for a, f in zip(per_round[k], per_round["fastdiff"])) for k in others}
+    best_speedup = {k: best[k] / best["fastdiff"] for k in others}
     gbps = None
     if device == "cuda":
         gbps = bytes_moved(op, mode, b, n, d, inputs[0].element_size()) / times["fastdiff"] / 1e9
-    return Row(shape, b, n, d, op, mode, str(dtype).replace("torch.", ""), times, speedup, gbps)
+    return Row(shape, b, n, d, op, mode, str(dtype).replace("torch.", ""), times, best, speedup, best_speedup, gbps)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -252,22 +263,25 @@ def markdown(rows: list[Row], env: dict) -> str:
         + f"; fastdiff backend `{env['backend']}`; torch {env['torch']}.",
         f"Command: `{env['command']}`",
         "",
-        "Times are medians (ms); speedup = median over rounds of (that implementation's time / fastdiff's time) "
-        "measured back to back in the same round. Modulation per sample (B, D).",
+        "Times are medians (ms); 'vs X' = median over rounds of (X's time / fastdiff's time), measured back to back "
+        "in the same round; 'best' = ratio of the fastest blocks seen over all rounds (least disturbed by other "
+        "load on the machine). Modulation per sample (B, D).",
         "",
     ]
     has_compile = any("compile" in r.times for r in rows)
     has_gbps = any(r.gbps is not None for r in rows)
     head = ["shape (B, N, D)", "op", "mode", "dtype", "eager ms"] + (["compile ms"] if has_compile else []) + [
-        "fastdiff ms", "vs eager"] + (["vs compile"] if has_compile else []) + (["fastdiff GB/s"] if has_gbps else [])
+        "fastdiff ms", "vs eager", "vs eager (best)"] + (["vs compile", "vs compile (best)"] if has_compile else []) + (
+        ["fastdiff GB/s"] if has_gbps else [])
     lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
         cells = [f"{r.shape} ({r.b}, {r.n}, {r.d})", r.op, r.mode, r.dtype, ms(r.times["eager"])]
         if has_compile:
             cells.append(ms(r.times["compile"]) if "compile" in r.times else "-")
-        cells += [ms(r.times["fastdiff"]), f"{r.speedup['eager']:.2f}x"]
+        cells += [ms(r.times["fastdiff"]), f"{r.speedup['eager']:.2f}x", f"{r.best_speedup['eager']:.2f}x"]
         if has_compile:
             cells.append(f"{r.speedup['compile']:.2f}x" if "compile" in r.speedup else "-")
+            cells.append(f"{r.best_speedup['compile']:.2f}x" if "compile" in r.best_speedup else "-")
         if has_gbps:
             cells.append(f"{r.gbps:.0f}" if r.gbps is not None else "-")
         lines.append("| " + " | ".join(cells) + " |")
@@ -324,9 +338,8 @@ def main(argv: Optional[list[str]] = None) -> int:
             for mode in args.modes.split(","):
                 row = bench_one(shape, op, mode, dtype, device, backend, rounds, not args.no_compile, timer)
                 rows.append(row)
-                extra = f", vs compile {row.speedup['compile']:.2f}x" if "compile" in row.speedup else ""
-                print(f"{shape:12s} {op:22s} {mode:17s} fastdiff {row.times['fastdiff'] * 1e3:8.3f} ms, "
-                      f"vs eager {row.speedup['eager']:.2f}x{extra}", flush=True)
+                extra = "".join(f", vs {k} {row.speedup[k]:.2f}x (best {row.best_speedup[k]:.2f}x)" for k in row.speedup)
+                print(f"{shape:12s} {op:22s} {mode:17s} fastdiff {row.times['fastdiff'] * 1e3:8.3f} ms{extra}", flush=True)
     table = markdown(rows, env)
     print()
     print(table)

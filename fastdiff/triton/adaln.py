@@ -190,8 +190,9 @@ def _warps(block: int) -> int:
 
 
 def _chunk_rows(b: int, n: int) -> int:
-    """Rows per backward program: enough programs to fill a GPU, a function of the shape only."""
-    return max(1, min(64, n, triton.cdiv(b * n, 1024)))
+    """Rows per backward program, a function of the shape only: about 512 programs (enough to fill a
+    GPU) while large problems get chunks long enough that the partials stay a small part of the traffic."""
+    return max(1, min(64, n, triton.cdiv(b * n, 512)))
 
 
 def _c(t: Optional[Tensor]) -> Optional[Tensor]:
