@@ -58,9 +58,10 @@ TORCH_LIBRARY(fastdiff, m) {
   // (grad_x = g is returned by autograd itself.)
   m.def("gated_residual_backward(Tensor grad_out, Tensor gate, Tensor h) -> (Tensor grad_gate, Tensor grad_h)");
   // The seam between the attention and MLP halves of a DiT block, one pass:
-  //   x_out = x + gate * h (float32, then stored in x's dtype);
-  //   out, mean, rstd = adaln_modulate(x_out, shift, scale, weight, bias, eps, rms), with the statistics and out
-  //   computed from the float32 value of x_out before it is rounded to x's dtype.
+  //   x_out = x + gate * h (float32 arithmetic, stored in x's dtype);
+  //   out, mean, rstd = adaln_modulate(x_out, shift, scale, weight, bias, eps, rms) of x_out AS STORED (rounded
+  //   to x's dtype), so the op equals gated_residual followed by adaln_modulate, and the backward, which
+  //   recomputes xhat from the stored x_out, sees exactly the rows the statistics were taken of.
   // Saved for the backward: x_out (an output), gate, h, scale, weight, bias, mean, rstd.
   m.def("gated_residual_adaln(Tensor x, Tensor gate, Tensor h, Tensor shift, Tensor scale, Tensor? weight, "
         "Tensor? bias, float eps, bool rms) -> (Tensor x_out, Tensor out, Tensor mean, Tensor rstd)");

@@ -12,14 +12,9 @@ if _backend.compiled() is None:  # the op schemas live in the extension
         "`pip install --no-build-isolation .` against the installed torch"
     )
 
-from . import ops  # noqa: E402
+from . import nn, ops, samplers, schedulers  # noqa: E402
 from ._backend import BackendUnavailable, backend  # noqa: E402
 from ._info import info  # noqa: E402
-
-__all__ = ["__version__", "backend", "BackendUnavailable", "info", "ops"]
-
-# samplers: the fused sampling loop, sampler classes and diffusers-compatible schedulers
-from . import samplers, schedulers  # noqa: E402
 from .samplers import sample  # noqa: E402
 
-__all__ += ["sample", "samplers", "schedulers"]
+__all__ = ["__version__", "backend", "BackendUnavailable", "info", "nn", "ops", "sample", "samplers", "schedulers"]

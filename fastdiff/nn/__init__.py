@@ -1,5 +1,7 @@
 """fastdiff.nn: drop-in modules built on fastdiff.ops."""
 
+from .adaln import AdaLNZero, TimestepLabelEmbedding
 from .attention import Attention
+from .dit import DiTBlock
 
-__all__ = ["Attention"]
+__all__ = ["AdaLNZero", "Attention", "DiTBlock", "TimestepLabelEmbedding"]
