@@ -33,6 +33,7 @@ KERNEL_BACKENDS = ("cuda", "triton", "cpu")
 FAMILY_BENCHES = {
     "samplers": ("sampler_accuracy", "solver error vs NFE on the analytic Gaussian mixture, beside diffusers"),
     "overhead": ("sampler_overhead", "a whole guided sampling loop with a trivial model, fastdiff vs diffusers"),
+    "adaln": ("adaln", "adaLN forward/backward against eager PyTorch and torch.compile"),
     "attention": ("attention", "attention forward/backward against every SDPA backend"),
 }
 
