@@ -83,6 +83,8 @@ def machine(device: torch.device) -> dict[str, Any]:
         "triton": _version("triton"),
         "device": str(device),
         "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
+        # settings that change what is measured: threads, PyTorch's huge-page allocations, forced backend
+        "env": {k: os.environ[k] for k in ("OMP_NUM_THREADS", "THP_MEM_ALLOC_ENABLE", "FASTDIFF_BACKEND") if k in os.environ},
     }
     return out
 
@@ -244,8 +246,14 @@ def markdown(results: dict[str, Any]) -> str:
         "`best`: fastest baseline sample / fastest fastdiff sample; "
         "GB/s: the fused kernel's minimum traffic (below) over each candidate's median time; "
         "`copy` moves the same bytes with `dst.copy_(src)` into an existing buffer (the bandwidth floor).",
-        "",
     ]
+    if m["gpu"] is None:
+        lines.append(
+            "- allocation: fastdiff's CPU ops ask for transparent huge pages on outputs of 32 MiB or more; eager "
+            "PyTorch and diffusers use PyTorch's allocator as configured "
+            f"(THP_MEM_ALLOC_ENABLE={m.get('env', {}).get('THP_MEM_ALLOC_ENABLE', 'unset')})."
+        )
+    lines.append("")
     groups: dict[tuple, list] = {}
     for r in results["results"]:
         groups.setdefault((r["bench"], r["variant"]), []).append(r)
