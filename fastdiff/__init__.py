@@ -18,3 +18,9 @@ from ._backend import BackendUnavailable, backend  # noqa: E402
 from ._info import info  # noqa: E402
 
 __all__ = ["__version__", "backend", "BackendUnavailable", "info", "nn", "ops"]
+
+# samplers: the fused sampling loop, sampler classes and diffusers-compatible schedulers
+from . import samplers, schedulers  # noqa: E402
+from .samplers import sample  # noqa: E402
+
+__all__ += ["sample", "samplers", "schedulers"]

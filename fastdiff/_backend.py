@@ -9,7 +9,6 @@ to the reference. A forced backend that cannot serve the inputs raises and says 
 from __future__ import annotations
 
 import contextlib
-import functools
 import importlib.util
 import os
 from typing import Callable, Iterator, Optional
@@ -60,24 +59,26 @@ def forced() -> Optional[str]:
     return _env_backend
 
 
-@functools.lru_cache(maxsize=None)
+try:
+    from . import _C as _compiled
+except ImportError:  # not built: fastdiff/__init__.py explains; only triton/reference could serve
+    _compiled = None
+
+_triton_found = importlib.util.find_spec("triton") is not None
+
+
+# Plain functions over module constants (no lru_cache): torch.compile traces them without warnings.
 def compiled():
-    """fastdiff._C, or None when the extension is missing (then only triton/reference serve)."""
-    try:
-        from . import _C  # noqa: F401
-    except ImportError:
-        return None
-    return _C
+    """fastdiff._C, or None when the extension is missing."""
+    return _compiled
 
 
 def cuda_compiled() -> bool:
-    c = compiled()
-    return bool(c is not None and c.cuda_compiled)
+    return bool(_compiled is not None and _compiled.cuda_compiled)
 
 
-@functools.lru_cache(maxsize=None)
 def triton_importable() -> bool:
-    return importlib.util.find_spec("triton") is not None
+    return _triton_found
 
 
 def triton_interpreting() -> bool:

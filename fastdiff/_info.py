@@ -23,4 +23,7 @@ def info() -> dict[str, Any]:
         "forced_backend": _backend.forced(),
         "backends": _backend.available(),
     }
+    from .ops.attention import support as attention_support
+
+    out["attention_kernels"] = attention_support()
     return out

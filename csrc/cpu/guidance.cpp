@@ -42,7 +42,7 @@ at::Tensor guidance_combine(const at::Tensor& model_out, double scale, const std
   const GuidanceArgs a = guidance_args(model_out, scale, scale_ps, factor, "guidance_combine");
   std::vector<int64_t> shape(model_out.sizes().begin(), model_out.sizes().end());
   shape[0] = a.batch;
-  at::Tensor out = at::empty(shape, model_out.options());
+  at::Tensor out = empty_output(shape, model_out.options());
   if (out.numel() == 0) return out;
   void* o = out.data_ptr();
   for_each_segment(a.batch, a.per_sample,

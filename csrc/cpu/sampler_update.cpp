@@ -50,7 +50,7 @@ at::Tensor sampler_update(const at::Tensor& x, const at::Tensor& model_out, cons
   a.batch = batch;
   a.per_sample = n;
 
-  at::Tensor out = at::empty_like(x, at::MemoryFormat::Contiguous);
+  at::Tensor out = empty_output(x.sizes(), x.options());
   if (out.numel() == 0) return out;
   void* o = out.data_ptr();
   for_each_segment(batch, n, [&](int64_t b, int64_t begin, int64_t end) { FASTDIFF_CPU_CALL(sampler_update, a, o, b, begin, end); });

@@ -1,6 +1,7 @@
-"""Drop-in modules built on the fastdiff ops."""
+"""fastdiff.nn: drop-in modules built on fastdiff.ops."""
 
 from .adaln import AdaLNZero, TimestepLabelEmbedding
+from .attention import Attention
 from .dit import DiTBlock
 
-__all__ = ["AdaLNZero", "DiTBlock", "TimestepLabelEmbedding"]
+__all__ = ["AdaLNZero", "Attention", "DiTBlock", "TimestepLabelEmbedding"]

@@ -13,6 +13,7 @@ from .adaln import (
     gated_residual_adaln_reference,
     gated_residual_reference,
 )
+from .attention import attention, attention_reference
 from .guidance import guidance_combine, guidance_combine_reference
 from .sampler_update import sampler_update, sampler_update_reference
 
@@ -24,6 +25,8 @@ __all__ = [
     "gated_residual_adaln",
     "gated_residual_adaln_reference",
     "gated_residual_reference",
+    "attention",
+    "attention_reference",
     "guidance_combine",
     "guidance_combine_reference",
     "sampler_update",

@@ -17,6 +17,7 @@ sampling loops can be captured in a CUDA graph.
 
 from __future__ import annotations
 
+import math
 from typing import Optional
 
 import torch
@@ -152,10 +153,11 @@ def check_coeffs(op: str, coeffs: Tensor, k: int, device: torch.device) -> None:
     # Values are checked where that costs no device sync (and not while tracing); device-resident tables are validated on
     # the host when they are built (fastdiff.samplers.coefficients).
     if coeffs.device.type == "cpu" and not torch.compiler.is_compiling():
-        if not bool(torch.isfinite(coeffs).all()):
-            bad = torch.nonzero(~torch.isfinite(coeffs)).flatten().tolist()
+        values = coeffs.tolist()  # a few numbers: far cheaper than tensor ops on the hot path
+        bad = [i for i, v in enumerate(values) if not math.isfinite(v)]
+        if bad:
             fail(op, "coeffs", "finite coefficients", f"non-finite values at positions {bad}")
-        slot = float(coeffs[SLOT])
+        slot = values[SLOT]
         if slot != int(slot) or not -1 <= slot < k:
             fail(op, "coeffs", f"an integer slot in [-1, {k - 1}] at position {SLOT}", slot)
 

@@ -1,5 +1,8 @@
 """Coefficient tables for `fastdiff.ops.sampler_update`, computed once per run in float64 on the host.
 
+Two direct entry points (DDIM, DPM-Solver++(2M) over a timestep list); every sampler's tables,
+these included, come from fastdiff/samplers/solvers.py through the row compiler in program.py.
+
 Each row is ``[a, b, c_x, c_d, c_z, slot, c_h0, ...]`` (see fastdiff/ops/sampler_update.py): the
 model output m becomes the data prediction ``d = a x + b m``, and the step is
 ``x_next = c_x x + c_d d + sum_k c_hk h_k + c_z z``. Move a table to the device once with
@@ -26,7 +29,7 @@ def scaled_linear_alphas_cumprod(num_train_timesteps: int = 1000, beta_start: fl
 def to_data_prediction(alpha: float, sigma: float, prediction_type: str) -> tuple[float, float]:
     """(a, b) with x0 = a x + b m for a model output m of the given type, at x = alpha x0 + sigma eps."""
     if prediction_type == "epsilon":
-        if alpha == 0.0:  # zero terminal SNR: x0 is not recoverable from epsilon; _finished refuses it
+        if alpha == 0.0:  # zero terminal SNR: x0 is not recoverable from epsilon (the tables refuse it)
             return math.inf, -math.inf
         return 1.0 / alpha, -sigma / alpha
     if prediction_type == "v_prediction":
@@ -47,12 +50,10 @@ def _check_inputs(alphas_cumprod: Tensor, timesteps: Sequence[int]) -> list[int]
     return ts
 
 
-def _finished(rows: list[list[float]], name: str) -> Tensor:
-    table = torch.tensor(rows, dtype=torch.float64)
-    if not torch.isfinite(table).all():
-        bad = sorted({int(i) for i in torch.nonzero(~torch.isfinite(table))[:, 0]})
+def _refuse_zero_snr_epsilon(name: str, alphas: list[float], prediction_type: str) -> None:
+    bad = [i for i, a in enumerate(alphas) if a == 0.0] if prediction_type == "epsilon" else []
+    if bad:
         raise ValueError(f"fastdiff: {name} produced non-finite coefficients at steps {bad} (a zero-SNR timestep with epsilon prediction?)")
-    return table
 
 
 def ddim_table(
@@ -68,17 +69,14 @@ def ddim_table(
     Step i goes from ``timesteps[i]`` to ``timesteps[i + 1]``, the last to ``final_alpha_cumprod``.
     ``eta`` scales the injected noise (0: deterministic DDIM, 1: DDPM-like); pass noise when eta > 0.
     """
+    from . import solvers
+
     ts = _check_inputs(alphas_cumprod, timesteps)
     ac = alphas_cumprod.to(torch.float64).tolist()
-    rows = []
-    for i, t in enumerate(ts):
-        ab, ab_prev = ac[t], ac[ts[i + 1]] if i + 1 < len(ts) else final_alpha_cumprod
-        a, b = to_data_prediction(math.sqrt(ab), math.sqrt(1.0 - ab), prediction_type)
-        var = (1.0 - ab_prev) / (1.0 - ab) * (1.0 - ab / ab_prev)
-        sigma = eta * math.sqrt(max(var, 0.0))
-        k = math.sqrt(max(1.0 - ab_prev - sigma**2, 0.0)) / math.sqrt(1.0 - ab)
-        rows.append([a, b, k, math.sqrt(ab_prev) - k * math.sqrt(ab), sigma, -1.0])
-    return _finished(rows, "ddim_table")
+    abar = [ac[t] for t in ts]
+    _refuse_zero_snr_epsilon("ddim_table", abar, prediction_type)
+    prev = abar[1:] + [final_alpha_cumprod]
+    return solvers.ddim(abar, prev, prediction_type=prediction_type, eta=eta).build().rows
 
 
 def dpmpp_2m_table(
@@ -93,24 +91,14 @@ def dpmpp_2m_table(
     One history slot holds the previous data prediction; the first step (and, with
     ``lower_order_final`` and fewer than 15 steps, the last) is first order. 7 columns.
     """
+    from . import solvers
+
     ts = _check_inputs(alphas_cumprod, timesteps)
     ac = alphas_cumprod.to(torch.float64).tolist()
-    alpha = [math.sqrt(ac[t]) for t in ts] + [1.0]
-    sigma = [math.sqrt(1.0 - ac[t]) for t in ts] + [0.0]
-    lam = [math.log(al / si) if si > 0 else math.inf for al, si in zip(alpha, sigma)]
-    rows = []
-    n = len(ts)
-    for i in range(n):
-        a, b = to_data_prediction(alpha[i], sigma[i], prediction_type)
-        # phi = alpha_t (1 - e^{-h}); at the final sigma = 0, e^{-h} = 0 and x_next = d.
-        em = math.exp(-(lam[i + 1] - lam[i])) if math.isfinite(lam[i + 1]) else 0.0
-        phi = alpha[i + 1] * (1.0 - em)
-        c_x = sigma[i + 1] / sigma[i]
-        first_order = i == 0 or (lower_order_final and n < 15 and i == n - 1) or not math.isfinite(lam[i + 1])
-        if first_order:
-            c_d, c_h = phi, 0.0
-        else:
-            r = (lam[i] - lam[i - 1]) / (lam[i + 1] - lam[i])
-            c_d, c_h = phi * (1.0 + 0.5 / r), -phi * 0.5 / r
-        rows.append([a, b, c_x, c_d, 0.0, 0.0, c_h])
-    return _finished(rows, "dpmpp_2m_table")
+    levels = [(math.sqrt(ac[t]), math.sqrt(1.0 - ac[t])) for t in ts] + [(1.0, 0.0)]
+    _refuse_zero_snr_epsilon("dpmpp_2m_table", [a for a, _ in levels[:-1]], prediction_type)
+    convert = [to_data_prediction(a, s, prediction_type) for a, s in levels[:-1]]
+    prog = solvers.dpm_solver(levels, convert, order=2, lower_order_final=lower_order_final, final_zero=True).build()
+    if prog.history == 0:  # a single step: keep the documented 7-column layout
+        return torch.cat([prog.rows, torch.zeros(prog.rows.shape[0], 1, dtype=prog.rows.dtype)], dim=1)
+    return prog.rows

@@ -7,6 +7,7 @@ from hypothesis import strategies as st
 
 import fastdiff
 from fastdiff.ops import InputError, sampler_update, sampler_update_reference
+from fastdiff.ops._common import kernel_op
 from tests.helpers import assert_close_to_reference
 
 DTYPES = [torch.float32, torch.float16, torch.bfloat16]
@@ -199,3 +200,16 @@ def test_compiled_sampling_step_has_no_graph_breaks():
     out = compiled(x, h, coeffs)
     torch.testing.assert_close(out, eager)
     torch.testing.assert_close(h, h_eager)
+
+
+
+def test_a_fractional_slot_writes_nothing(backend_device):
+    """The wrapper only value-checks rows on the CPU (elsewhere that would sync), so the kernels
+    themselves ignore a slot that is not a whole number in [0, K), as the reference does."""
+    backend, dev = backend_device
+    x, m, h, z = make((2, 3, 4, 4), torch.float32, dev)
+    coeffs = row(2, 0)
+    coeffs[5] = 0.5
+    before = h.clone()
+    kernel_op("sampler_update", backend)(x, m, coeffs.to(dev), h, z, 2.0, None, None)
+    assert torch.equal(h, before)

@@ -1,5 +1,6 @@
 // CPU fused sampler step (torch-free; compiled once per ISA, see kernels.h).
 #include <algorithm>
+#include <cmath>
 
 #include "cpu/kernels/convert.h"
 #include "cpu/kernels/kernels.h"
@@ -13,7 +14,10 @@ void update(const UpdateArgs& a, TX* out, int64_t b, int64_t begin, int64_t end)
   const float ca = a.coeffs[0], cb = a.coeffs[1], cx = a.coeffs[2], cd = a.coeffs[3], cz = a.coeffs[4];
   const float slot_f = a.coeffs[5];
   const int64_t K = a.history_len;
-  const int64_t slot = (slot_f >= 0.0f && slot_f < static_cast<float>(K)) ? static_cast<int64_t>(slot_f) : -1;
+  // Only a whole number in [0, K) names a slot (as in the reference); NaN, fractions and
+  // out-of-range values write nothing.
+  const int64_t slot =
+      (slot_f >= 0.0f && slot_f < static_cast<float>(K) && slot_f == std::floor(slot_f)) ? static_cast<int64_t>(slot_f) : -1;
   const TX* x = static_cast<const TX*>(a.x) + b * n;
   const TM* mu = static_cast<const TM*>(a.model_out) + b * n;
   const TM* mc = mu + bn;  // cond half, read only when guided

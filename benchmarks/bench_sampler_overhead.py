@@ -1,0 +1,135 @@
+"""Sampling-loop overhead outside the model: diffusers' scheduler loop vs fastdiff's.
+
+The model is free (it returns a precomputed output), so each loop's time is its scheduler work:
+diffusers' step (several elementwise passes plus Python), fastdiff.schedulers' drop-in step (one
+fused sampler_update launch) and fastdiff.sample's loop (the same launch, no input scaling, with
+classifier-free guidance fused). Reported per step, median over interleaved repeats, with the
+median of per-pair ratios (timings on shared machines drift; pairs cancel the drift).
+
+    python benchmarks/bench_sampler_overhead.py --out benchmarks/results/cpu
+    python benchmarks/bench_sampler_overhead.py --device cuda --out benchmarks/results/h100
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import subprocess
+import sys
+import time
+import warnings
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import fastdiff  # noqa: E402
+from fastdiff.samplers import loop, make_sampler  # noqa: E402
+
+SAMPLERS = {"dpmpp_2m": "DPMSolverMultistepScheduler", "unipc": "UniPCMultistepScheduler", "euler": "EulerDiscreteScheduler",
+            "ddim": "DDIMScheduler"}
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def scheduler_loop(sched, x0, out_guided, guidance: float, steps: int, device) -> float:
+    sched.set_timesteps(steps, device=device)
+    _sync(device)
+    t0 = time.perf_counter()
+    x = x0 * float(getattr(sched, "init_noise_sigma", 1.0))
+    for t in sched.timesteps:
+        xi = sched.scale_model_input(x, t)
+        u, c = torch.cat([xi, xi]).mul_(0).add_(out_guided).chunk(2)  # the pipeline's cat + a free "model"
+        x = sched.step(u + guidance * (c - u), t, x).prev_sample
+    _sync(device)
+    return time.perf_counter() - t0
+
+
+def fused_loop(plan, x0, out_guided, guidance: float, device) -> float:
+    model = lambda x, t: torch.cat([x]).mul_(0).add_(out_guided)  # noqa: E731 - same cat + free "model" as above
+    _sync(device)
+    t0 = time.perf_counter()
+    loop.run(plan, model, x0 * plan.init_scale, guidance_scale=guidance, progress=False)
+    _sync(device)
+    return time.perf_counter() - t0
+
+
+def bench(shape, device, steps: int, repeats: int) -> list[dict]:
+    import diffusers
+
+    warnings.filterwarnings("ignore")
+    gen = torch.Generator(device=device).manual_seed(0)
+    x0 = torch.randn(shape, generator=gen, device=device)
+    out = torch.randn((2 * shape[0], *shape[1:]), generator=gen, device=device)
+    rows = []
+    for name, cls in SAMPLERS.items():
+        sampler = make_sampler(name)
+        ref = getattr(diffusers, cls).from_config(sampler.config)
+        ours = getattr(fastdiff.schedulers, cls).from_config(sampler.config)
+        plan = sampler.plan(steps, device)
+        runs = {"diffusers": [], "fastdiff.schedulers": [], "fastdiff.sample": []}
+        for _ in range(2):  # warm-up
+            scheduler_loop(ref, x0, out, 7.5, steps, device)
+            scheduler_loop(ours, x0, out, 7.5, steps, device)
+            fused_loop(plan, x0, out, 7.5, device)
+        for _ in range(repeats):
+            runs["diffusers"].append(scheduler_loop(ref, x0, out, 7.5, steps, device) / steps)
+            runs["fastdiff.schedulers"].append(scheduler_loop(ours, x0, out, 7.5, steps, device) / steps)
+            runs["fastdiff.sample"].append(fused_loop(plan, x0, out, 7.5, device) / steps)
+        d = runs["diffusers"]
+        row = {"sampler": name, "shape": list(shape), "device": str(device), "steps": steps}
+        for k, v in runs.items():
+            row[f"{k}_us_per_step"] = statistics.median(v) * 1e6
+            if k != "diffusers":
+                row[f"{k}_speedup"] = statistics.median(a / b for a, b in zip(d, v))
+        rows.append(row)
+        print(f"{name:9s} {tuple(shape)}  diffusers {row['diffusers_us_per_step']:8.0f} us/step   "
+              f"fastdiff.schedulers {row['fastdiff.schedulers_us_per_step']:8.0f} ({row['fastdiff.schedulers_speedup']:.2f}x)   "
+              f"fastdiff.sample {row['fastdiff.sample_us_per_step']:8.0f} ({row['fastdiff.sample_speedup']:.2f}x)", flush=True)
+    return rows
+
+
+def markdown(rows: list[dict]) -> str:
+    lines = ["Per-step time of the loop around a free model (guided, cfg 7.5), median; speed-up = median of per-pair "
+             "ratios vs diffusers.", "",
+             "| sampler | shape | diffusers (us) | fastdiff.schedulers (us, x) | fastdiff.sample (us, x) |", "|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {r['sampler']} | {tuple(r['shape'])} | {r['diffusers_us_per_step']:.0f} | "
+                     f"{r['fastdiff.schedulers_us_per_step']:.0f} ({r['fastdiff.schedulers_speedup']:.2f}x) | "
+                     f"{r['fastdiff.sample_us_per_step']:.0f} ({r['fastdiff.sample_speedup']:.2f}x) |")
+    return "\n".join(lines) + "\n"
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--steps", type=int, default=20)
+    ap.add_argument("--repeats", type=int, default=9)
+    ap.add_argument("--shapes", default="1x4x64x64,2x4x128x128")
+    ap.add_argument("--out", type=Path, default=None)
+    args = ap.parse_args()
+    device = torch.device(args.device)
+    rows = []
+    for s in args.shapes.split(","):
+        rows += bench(tuple(int(v) for v in s.split("x")), device, args.steps, args.repeats)
+    md = markdown(rows)
+    print(md)
+    if args.out is not None:
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip() or "unknown"
+        stem = f"{time.strftime('%Y-%m-%d')}-{commit}-sampler_overhead"
+        args.out.mkdir(parents=True, exist_ok=True)
+        meta = {"torch": torch.__version__, "threads": torch.get_num_threads(), "machine": platform.machine(),
+                "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor()}
+        (args.out / f"{stem}.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
+        (args.out / f"{stem}.md").write_text(md)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,11 @@
+// CUDA attention backward kernels for the compiled head-dim widths 80, 96, 128 (fp16 and bf16):
+// explicit instantiations of attention_kernels.cuh, one file per width group so builds run in parallel.
+#include "cuda/attention_kernels.cuh"
+
+namespace fastdiff::cuda::attn {
+
+FASTDIFF_ATTN_BACKWARD_WIDTH(, 80)
+FASTDIFF_ATTN_BACKWARD_WIDTH(, 96)
+FASTDIFF_ATTN_BACKWARD_WIDTH(, 128)
+
+}  // namespace fastdiff::cuda::attn

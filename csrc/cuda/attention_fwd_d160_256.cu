@@ -1,0 +1,11 @@
+// CUDA attention forward kernels for the compiled head-dim widths 160, 192, 256 (fp16 and bf16):
+// explicit instantiations of attention_kernels.cuh, one file per width group so builds run in parallel.
+#include "cuda/attention_kernels.cuh"
+
+namespace fastdiff::cuda::attn {
+
+FASTDIFF_ATTN_FORWARD_WIDTH(, 160)
+FASTDIFF_ATTN_FORWARD_WIDTH(, 192)
+FASTDIFF_ATTN_FORWARD_WIDTH(, 256)
+
+}  // namespace fastdiff::cuda::attn

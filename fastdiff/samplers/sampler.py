@@ -1,0 +1,289 @@
+"""Sampler classes: a noise schedule plus a solver, planned into a device-resident coefficient table.
+
+A sampler is configured once (``fastdiff.samplers.DPMSolverPP(order=3)``) and planned per run
+(``plan(steps, device)``): the plan holds one float32 row per model evaluation, already in the
+model's coordinates, so the sampling loop is ``model call -> one sampler_update launch`` with no
+input scaling, no host sync and no shape change between steps.
+
+Defaults follow Stable Diffusion's training schedule (scaled_linear betas 0.00085..0.012) with
+"trailing" timestep spacing (Lin et al. 2024); pass ``config=pipe.scheduler.config`` (any diffusers
+scheduler config) to take a model's own schedule. Other keyword options are the diffusers scheduler
+config keys of the same sampler (``use_karras_sigmas=True``, ``final_sigmas_type="sigma_min"``, ...).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Mapping, Optional, Sequence
+
+import torch
+from torch import Tensor
+
+from .program import Program
+
+SD_SCHEDULE = dict(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012, timestep_spacing="trailing", clip_sample=False)
+
+
+@dataclass
+class Plan:
+    """Everything a sampling loop needs, on the device.
+
+    table: (E, 6 + K) float32 rows in model coordinates. timesteps: (E,) the model's time input per
+    evaluation. draws: which evaluations draw fresh noise. levels[j] = (p, q): the state before
+    evaluation j (and, at j = E, the output) is p x0 + q eps. init_scale: the multiplier taking unit
+    noise to the first state (the scheduler's init_noise_sigma in model coordinates).
+    """
+
+    program: Program
+    table: Tensor
+    timesteps: Tensor
+    draws: list[bool]
+    noise_read: list[bool]
+    levels: list[tuple[float, float]]
+    init_scale: float
+    begin: int
+
+    def __len__(self) -> int:
+        return self.table.shape[0]
+
+    @property
+    def history(self) -> int:
+        return self.program.history
+
+
+class Sampler:
+    """Base class; subclasses set ``scheduler_name`` and may translate friendly options."""
+
+    scheduler_name: str = ""
+    defaults: Mapping[str, Any] = SD_SCHEDULE
+    #: step() arguments of the scheduler that change the table (DDIM's eta, Euler's churn)
+    step_options: tuple = ()
+
+    def __init__(self, config: Optional[Mapping[str, Any]] = None, **options: Any):
+        from .. import schedulers
+
+        cls = getattr(schedulers, self.scheduler_name)
+        params = cls._init_params()
+        cfg = {k: v for k, v in self.defaults.items() if k in params}
+        if config is not None:
+            cfg.update({k: v for k, v in dict(getattr(config, "config", config)).items() if k in params})
+        self.step_kwargs: dict[str, float] = {}
+        for k, v in self._translate(dict(options)).items():
+            if k in self.step_options:
+                self.step_kwargs[k] = float(v)
+            elif k in params:
+                cfg[k] = v
+            else:
+                allowed = sorted(set(params) | set(self.step_options) | set(self._friendly()))
+                raise TypeError(f"fastdiff: {type(self).__name__} got an unexpected option {k!r}; options: {', '.join(allowed)}")
+        self.scheduler_class = cls
+        self.config = cfg
+        cls(**cfg)  # validate now, not at the first run
+
+    def _friendly(self) -> tuple:
+        return ()
+
+    def _translate(self, options: dict) -> dict:
+        return options
+
+    def __repr__(self) -> str:
+        extra = {**self.config, **self.step_kwargs}
+        return f"{type(self).__name__}({', '.join(f'{k}={v!r}' for k, v in extra.items())})"
+
+    @property
+    def prediction_type(self) -> str:
+        return self.config.get("prediction_type", "flow_prediction" if self.scheduler_name.startswith("FlowMatch") else "epsilon")
+
+    def make_scheduler(self):
+        """A fresh diffusers-compatible scheduler with this sampler's configuration."""
+        return self.scheduler_class(**self.config)
+
+    def _step_key(self) -> tuple:
+        return ()
+
+    def _begin(self, sched, steps: int, strength: float) -> int:
+        """diffusers' img2img convention: skip the first (1 - strength) of the steps."""
+        init = min(int(steps * strength), steps)
+        return max(steps - init, 0) * sched.order
+
+    def _set_timesteps(self, sched, steps: Optional[int], timesteps, sigmas, mu, strength: float) -> None:
+        kw: dict[str, Any] = {}
+        if timesteps is not None:
+            kw["timesteps"] = list(timesteps)
+        if sigmas is not None:
+            kw["sigmas"] = list(sigmas)
+        if mu is not None:
+            kw["mu"] = mu
+        if steps is not None and not kw.get("timesteps") and not kw.get("sigmas"):
+            sched.set_timesteps(steps, **kw)
+        else:
+            sched.set_timesteps(**kw)
+
+    def plan(
+        self,
+        steps: Optional[int],
+        device: torch.device,
+        *,
+        strength: float = 1.0,
+        timesteps: Optional[Sequence[float]] = None,
+        sigmas: Optional[Sequence[float]] = None,
+        mu: Optional[float] = None,
+    ) -> Plan:
+        """Derive the coefficient table (float64, host) and move it to ``device`` once."""
+        if not 0.0 < strength <= 1.0:
+            raise ValueError(f"fastdiff: strength expected a number in (0, 1], got {strength}")
+        if steps is not None and (not isinstance(steps, int) or steps < 1):
+            raise ValueError(f"fastdiff: steps expected a positive integer, got {steps!r}")
+        sched = self.make_scheduler()
+        self._set_timesteps(sched, steps, timesteps, sigmas, mu, strength)
+        n = sched.num_inference_steps if steps is None else steps
+        begin = self._begin(sched, n, strength)
+        if begin >= len(sched.timesteps):
+            raise ValueError(f"fastdiff: strength {strength} leaves no step to run with {n} steps")
+        key = self._step_key()
+        prog = sched.model_program(begin, key)
+        scale, levels = sched._model_frame(begin)
+        init = float(sched.init_noise_sigma) / scale[0]
+        ts = sched.timesteps[begin:]
+        return Plan(
+            program=prog,
+            table=prog.device_table(device),
+            timesteps=ts.to(device),
+            draws=list(prog.draws),
+            noise_read=prog.reads_noise,
+            levels=levels,
+            init_scale=init,
+            begin=begin,
+        )
+
+    def __call__(self, model_fn, noise: Tensor, **kwargs: Any) -> Tensor:
+        from .loop import sample
+
+        return sample(model_fn, noise, sampler=self, **kwargs)
+
+
+# ---------------------------------------------------------------------------------------------
+# The samplers
+# ---------------------------------------------------------------------------------------------
+class DDPM(Sampler):
+    """DDPM ancestral sampling (Ho et al. 2020)."""
+
+    scheduler_name = "DDPMScheduler"
+
+
+class DDIM(Sampler):
+    """DDIM (Song et al. 2021); ``eta`` scales the injected noise (0: deterministic)."""
+
+    scheduler_name = "DDIMScheduler"
+    step_options = ("eta",)
+
+    def _step_key(self) -> tuple:
+        return (self.step_kwargs.get("eta", 0.0),)
+
+
+class Euler(Sampler):
+    """Euler on the probability-flow ODE (Karras et al. 2022), optional churn (s_churn, s_tmin, s_tmax, s_noise)."""
+
+    scheduler_name = "EulerDiscreteScheduler"
+    step_options = ("s_churn", "s_tmin", "s_tmax", "s_noise")
+
+    def _step_key(self) -> tuple:
+        k = self.step_kwargs
+        return (k.get("s_churn", 0.0), k.get("s_tmin", 0.0), k.get("s_tmax", math.inf), k.get("s_noise", 1.0))
+
+
+class EulerAncestral(Sampler):
+    """Euler-ancestral: an Euler step down, then fresh noise back up to the next level."""
+
+    scheduler_name = "EulerAncestralDiscreteScheduler"
+
+
+class Heun(Sampler):
+    """Heun's 2nd-order method (Karras et al. 2022): two model evaluations per step."""
+
+    scheduler_name = "HeunDiscreteScheduler"
+
+
+class DPMSolverPP(Sampler):
+    """DPM-Solver++ multistep (Lu et al. 2022): ``order`` 1-3, ``sde`` for the stochastic variant,
+    ``solver_type`` midpoint / heun, ``lower_order_final``, ``euler_at_final``, ``final_sigmas_type``."""
+
+    scheduler_name = "DPMSolverMultistepScheduler"
+
+    def _friendly(self) -> tuple:
+        return ("order", "sde")
+
+    def _translate(self, options: dict) -> dict:
+        if "order" in options:
+            options["solver_order"] = options.pop("order")
+        if "sde" in options:
+            options["algorithm_type"] = "sde-dpmsolver++" if options.pop("sde") else "dpmsolver++"
+        return options
+
+
+class UniPC(Sampler):
+    """UniPC predictor-corrector (Zhao et al. 2023): ``order``, ``variant`` bh1 / bh2, ``disable_corrector``."""
+
+    scheduler_name = "UniPCMultistepScheduler"
+
+    def _friendly(self) -> tuple:
+        return ("order", "variant")
+
+    def _translate(self, options: dict) -> dict:
+        if "order" in options:
+            options["solver_order"] = options.pop("order")
+        if "variant" in options:
+            options["solver_type"] = options.pop("variant")
+        return options
+
+
+class LCM(Sampler):
+    """Latent consistency model sampling (Luo et al. 2023), 1-8 steps; img2img strength trims its
+    original schedule the way diffusers' LCM pipelines do."""
+
+    scheduler_name = "LCMScheduler"
+    defaults = dict(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012)
+
+    def _set_timesteps(self, sched, steps, timesteps, sigmas, mu, strength):
+        if sigmas is not None or mu is not None:
+            raise ValueError("fastdiff: LCM takes steps or timesteps, not sigmas or mu")
+        if timesteps is not None:
+            sched.set_timesteps(timesteps=list(timesteps), strength=strength)
+        else:
+            sched.set_timesteps(steps, strength=strength)
+
+    def _begin(self, sched, steps, strength):
+        return 0
+
+
+class FlowMatchEuler(Sampler):
+    """Euler for rectified-flow models (SD3, FLUX): the model predicts v = noise - x0. ``shift`` is
+    SD3's resolution shift; ``use_dynamic_shifting`` with ``mu`` is FLUX's."""
+
+    scheduler_name = "FlowMatchEulerDiscreteScheduler"
+    defaults: Mapping[str, Any] = {}
+
+
+#: fastdiff.sample(sampler=...) names
+NAMED: dict[str, tuple[type, dict]] = {
+    "ddpm": (DDPM, {}),
+    "ddim": (DDIM, {}),
+    "euler": (Euler, {}),
+    "euler_ancestral": (EulerAncestral, {}),
+    "heun": (Heun, {}),
+    "dpmpp_2m": (DPMSolverPP, {"order": 2}),
+    "dpmpp_3m": (DPMSolverPP, {"order": 3}),
+    "dpmpp_2m_sde": (DPMSolverPP, {"order": 2, "sde": True}),
+    "dpmpp_3m_sde": (DPMSolverPP, {"order": 3, "sde": True}),
+    "unipc": (UniPC, {}),
+    "lcm": (LCM, {}),
+    "flow_euler": (FlowMatchEuler, {}),
+}
+
+
+def make_sampler(name: str, config: Optional[Mapping[str, Any]] = None, **options: Any) -> Sampler:
+    if name not in NAMED:
+        raise ValueError(f"fastdiff: sampler expected one of {', '.join(NAMED)} or a fastdiff.samplers.Sampler, got {name!r}")
+    cls, preset = NAMED[name]
+    return cls(config, **{**preset, **options})

@@ -1,0 +1,210 @@
+"""DPMSolverMultistepScheduler: DPM-Solver++ / DPM-Solver multistep (Lu et al. 2022), diffusers-compatible."""
+
+from __future__ import annotations
+
+from typing import Optional, Sequence, Union
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from ..samplers import schedules, solvers
+from ._base import FusedScheduler, SchedulerOutput, threshold_sample
+from ._common import check_timestep_spacing, sigma_spacing, spaced_sigmas, training_schedule
+
+
+class DPMSolverMultistepScheduler(FusedScheduler):
+    """Drop-in for ``diffusers.DPMSolverMultistepScheduler``: orders 1-3, midpoint / heun second-order
+    forms, ODE and SDE variants, Karras / exponential / beta / Lu-lambda / flow sigmas.
+
+    Earlier data predictions live in a history ring inside the fused step (order - 1 slots).
+    """
+
+    def __init__(
+        self,
+        num_train_timesteps: int = 1000,
+        beta_start: float = 0.0001,
+        beta_end: float = 0.02,
+        beta_schedule: str = "linear",
+        trained_betas: Optional[Union[np.ndarray, Sequence[float]]] = None,
+        solver_order: int = 2,
+        prediction_type: str = "epsilon",
+        thresholding: bool = False,
+        dynamic_thresholding_ratio: float = 0.995,
+        sample_max_value: float = 1.0,
+        algorithm_type: str = "dpmsolver++",
+        solver_type: str = "midpoint",
+        lower_order_final: bool = True,
+        euler_at_final: bool = False,
+        use_karras_sigmas: Optional[bool] = False,
+        use_exponential_sigmas: Optional[bool] = False,
+        use_beta_sigmas: Optional[bool] = False,
+        use_lu_lambdas: Optional[bool] = False,
+        use_flow_sigmas: Optional[bool] = False,
+        flow_shift: Optional[float] = 1.0,
+        final_sigmas_type: Optional[str] = "zero",
+        lambda_min_clipped: float = -float("inf"),
+        variance_type: Optional[str] = None,
+        timestep_spacing: str = "linspace",
+        steps_offset: int = 0,
+        rescale_betas_zero_snr: bool = False,
+        use_dynamic_shifting: bool = False,
+        time_shift_type: str = "exponential",
+    ):
+        self._register(locals())
+        sigma_spacing(self.config)
+        if algorithm_type == "deis":
+            self.register_to_config(algorithm_type="dpmsolver++")
+        elif algorithm_type not in ("dpmsolver", "dpmsolver++", "sde-dpmsolver", "sde-dpmsolver++"):
+            raise NotImplementedError(f"{algorithm_type} is not implemented for {self.__class__}")
+        if solver_type in ("logrho", "bh1", "bh2"):
+            self.register_to_config(solver_type="midpoint")
+        elif solver_type not in ("midpoint", "heun"):
+            raise NotImplementedError(f"{solver_type} is not implemented for {self.__class__}")
+        if self.config.algorithm_type not in ("dpmsolver++", "sde-dpmsolver++") and final_sigmas_type == "zero":
+            raise ValueError(f"`final_sigmas_type` {final_sigmas_type} is not supported for `algorithm_type` "
+                             f"{algorithm_type}. Please choose `sigma_min` instead.")
+        solvers.check_prediction_type(prediction_type)
+        check_timestep_spacing(timestep_spacing)
+        self.betas, self.alphas_cumprod = training_schedule(self.config, clamp_zero_snr=True)
+        self.alphas = 1.0 - self.betas
+        self.alpha_t = torch.sqrt(self.alphas_cumprod)
+        self.sigma_t = torch.sqrt(1 - self.alphas_cumprod)
+        self.lambda_t = torch.log(self.alpha_t) - torch.log(self.sigma_t)
+        self.sigmas = ((1 - self.alphas_cumprod) / self.alphas_cumprod) ** 0.5
+        self.init_noise_sigma = 1.0
+        self.num_inference_steps: Optional[int] = None
+        self._reset()
+        self.timesteps = torch.from_numpy(np.linspace(0, num_train_timesteps - 1, num_train_timesteps, dtype=np.float32)[::-1].copy())
+        self._ts_host = self.timesteps.numpy()
+        self._sig = self.sigmas.double().tolist()
+
+    def set_timesteps(self, num_inference_steps: Optional[int] = None, device=None, mu: Optional[float] = None,
+                      timesteps: Optional[Sequence[int]] = None) -> None:
+        cfg = self.config
+        kind = sigma_spacing(cfg)
+        if mu is not None:
+            if not (cfg.use_dynamic_shifting and cfg.time_shift_type == "exponential"):
+                raise ValueError("fastdiff: mu needs use_dynamic_shifting=True and time_shift_type='exponential'")
+            self.register_to_config(flow_shift=float(np.exp(mu)))
+            cfg = self.config
+        if num_inference_steps is None and timesteps is None:
+            raise ValueError("Must pass exactly one of `num_inference_steps` or `timesteps`.")
+        if num_inference_steps is not None and timesteps is not None:
+            raise ValueError("Can only pass one of `num_inference_steps` or `custom_timesteps`.")
+        if timesteps is not None and (kind is not None or cfg.use_lu_lambdas):
+            raise ValueError("Cannot use `timesteps` with `config.use_karras_sigmas`, `use_lu_lambdas`, "
+                             "`use_exponential_sigmas` or `use_beta_sigmas`.")
+        n = cfg.num_train_timesteps
+        if timesteps is not None:
+            ts = np.array(timesteps).astype(np.int64).astype(np.float64)
+            num_inference_steps = len(ts)
+        else:
+            clipped = int(torch.searchsorted(torch.flip(self.lambda_t, [0]), cfg.lambda_min_clipped))
+            ts = schedules.multistep_timesteps(cfg.timestep_spacing, num_inference_steps, n, steps_offset=cfg.steps_offset,
+                                               last_timestep=n - clipped)
+        sig = schedules.vp_sigmas(self.alphas_cumprod)
+        log_sigmas = np.log(sig)
+        round_ts = cfg.beta_schedule != "squaredcos_cap_v2"
+        if kind is not None:
+            sig = spaced_sigmas(cfg, kind, np.flip(sig).copy(), num_inference_steps)
+            ts = np.array([schedules.sigma_to_t(s, log_sigmas) for s in sig])
+            if kind == "karras" and round_ts:
+                ts = ts.round()
+        elif cfg.use_lu_lambdas:
+            lams = np.flip(log_sigmas.copy())
+            hi, lo = float(lams[0]), float(lams[-1])
+            lams = hi + np.linspace(0, 1, num_inference_steps) * (lo - hi)  # Lu et al.: uniform in log-SNR
+            sig = np.exp(lams)
+            ts = np.array([schedules.sigma_to_t(s, log_sigmas) for s in sig])
+            if round_ts:
+                ts = ts.round()
+        elif cfg.use_flow_sigmas:
+            alphas = np.linspace(1, 1 / n, num_inference_steps + 1)
+            sig = np.flip(schedules.shift_flow_sigmas(1.0 - alphas, cfg.flow_shift))[:-1].copy()
+            ts = (sig * n).copy()
+        else:
+            sig = np.interp(ts, np.arange(0, len(sig)), sig)
+        if cfg.final_sigmas_type == "sigma_min":
+            last = float(((1 - self.alphas_cumprod[0]) / self.alphas_cumprod[0]) ** 0.5)
+        elif cfg.final_sigmas_type == "zero":
+            last = 0.0
+        else:
+            raise ValueError(f"`final_sigmas_type` must be one of 'zero', or 'sigma_min', but got {cfg.final_sigmas_type}")
+        sig = np.concatenate([sig, [last]]).astype(np.float32)
+        self._reset()
+        self.sigmas = torch.from_numpy(sig)
+        self.timesteps = torch.from_numpy(np.asarray(ts)).to(device=device, dtype=torch.int64)
+        self.num_inference_steps = len(ts)
+        self._sig = self.sigmas.double().tolist()
+        self._ts_host = self.timesteps.cpu().numpy()
+        self._warm(0)
+
+    def _missing_timestep(self, v: float) -> int:
+        return len(self.timesteps) - 1
+
+    def _alpha_sigma(self, s: float) -> tuple[float, float]:
+        return schedules.flow_alpha_sigma(s) if self.config.use_flow_sigmas else schedules.vp_alpha_sigma(s)
+
+    def _data_is_x0(self) -> bool:
+        return self.config.algorithm_type in ("dpmsolver++", "sde-dpmsolver++")
+
+    def _model_frame(self, begin: int):
+        sig = self._sig[begin:]
+        return [1.0] * len(sig), [self._alpha_sigma(s) for s in sig]
+
+    def _builder(self, begin: int, key: tuple):
+        cfg = self.config
+        levels = [self._alpha_sigma(s) for s in self._sig]
+        conv = solvers.x0_conversion if self._data_is_x0() else solvers.eps_conversion
+        convert = [conv(solvers.check_prediction_type(cfg.prediction_type), al, si) for al, si in levels[:-1]]
+        return solvers.dpm_solver(
+            levels, convert, order=cfg.solver_order, algorithm_type=cfg.algorithm_type, solver_type=cfg.solver_type,
+            lower_order_final=cfg.lower_order_final, euler_at_final=cfg.euler_at_final,
+            final_zero=cfg.final_sigmas_type == "zero", begin=begin,
+        )
+
+    def step(self, model_output: Tensor, timestep: Union[int, Tensor], sample: Tensor,
+             generator: Optional[torch.Generator] = None, variance_noise: Optional[Tensor] = None, return_dict: bool = True):
+        if self.num_inference_steps is None:
+            raise ValueError("Number of inference steps is 'None', you need to run 'set_timesteps' after creating the scheduler")
+        self._ensure_step_index(timestep)
+        cfg = self.config
+        if cfg.variance_type in ("learned", "learned_range") and cfg.prediction_type == "epsilon":
+            model_output = model_output[:, :3]
+        override = self._thresholded(model_output, sample) if cfg.thresholding else None
+        prev, _ = self._fused_step(model_output, sample, generator=generator, noise=variance_noise, noise_dtype=torch.float32,
+                                   model_override=override)
+        return (prev,) if not return_dict else SchedulerOutput(prev)
+
+    def _thresholded(self, model_output: Tensor, sample: Tensor) -> Tensor:
+        cfg = self.config
+        alpha, sigma = self._alpha_sigma(self._sig[self._step_index])
+        a, b = solvers.x0_conversion(solvers.check_prediction_type(cfg.prediction_type), alpha, sigma)
+        x0 = threshold_sample((a * sample.float() + b * model_output.float()).to(sample.dtype),
+                              cfg.dynamic_thresholding_ratio, cfg.sample_max_value)
+        if self._data_is_x0():
+            return x0
+        return (sample - alpha * x0) / sigma
+
+    def scale_model_input(self, sample: Tensor, *args, **kwargs) -> Tensor:
+        return sample
+
+    def add_noise(self, original_samples: Tensor, noise: Tensor, timesteps: Tensor) -> Tensor:
+        sigmas = self.sigmas.to(device=original_samples.device, dtype=original_samples.dtype)
+        if self._begin_index is None:
+            idx = [self.index_for_timestep(t) for t in timesteps]
+        else:
+            idx = [self._step_index if self._step_index is not None else self._begin_index] * timesteps.shape[0]
+        sigma = sigmas[idx].flatten()
+        while sigma.dim() < original_samples.dim():
+            sigma = sigma.unsqueeze(-1)
+        if self.config.use_flow_sigmas:
+            alpha_t, sigma_t = 1 - sigma, sigma
+        else:
+            alpha_t = 1 / ((sigma**2 + 1) ** 0.5)
+            sigma_t = sigma * alpha_t
+        return alpha_t * original_samples + sigma_t * noise
+
+    def __len__(self) -> int:
+        return self.config.num_train_timesteps

@@ -1,0 +1,165 @@
+"""LCMScheduler: latent consistency model sampling (Luo et al. 2023), diffusers-compatible."""
+
+from __future__ import annotations
+
+from typing import Optional, Sequence, Union
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from ..samplers import solvers
+from ._base import FusedScheduler, SchedulerOutput, threshold_sample
+from ._common import training_schedule, vp_add_noise, vp_velocity
+
+
+class LCMScheduler(FusedScheduler):
+    """Drop-in for ``diffusers.LCMScheduler``; ``step`` returns ``(prev_sample, denoised)``.
+
+    The fused step writes ``denoised`` into its history slot on the way (D = c_skip x + c_out x0),
+    so returning it costs no extra pass; it is a view valid until the next step.
+    """
+
+    def __init__(
+        self,
+        num_train_timesteps: int = 1000,
+        beta_start: float = 0.00085,
+        beta_end: float = 0.012,
+        beta_schedule: str = "scaled_linear",
+        trained_betas: Optional[Union[np.ndarray, Sequence[float]]] = None,
+        original_inference_steps: int = 50,
+        clip_sample: bool = False,
+        clip_sample_range: float = 1.0,
+        set_alpha_to_one: bool = True,
+        steps_offset: int = 0,
+        prediction_type: str = "epsilon",
+        thresholding: bool = False,
+        dynamic_thresholding_ratio: float = 0.995,
+        sample_max_value: float = 1.0,
+        timestep_spacing: str = "leading",
+        timestep_scaling: float = 10.0,
+        rescale_betas_zero_snr: bool = False,
+    ):
+        self._register(locals())
+        solvers.check_prediction_type(prediction_type, ("epsilon", "sample", "v_prediction"))
+        self.betas, self.alphas_cumprod = training_schedule(self.config, clamp_zero_snr=prediction_type == "epsilon")
+        self.alphas = 1.0 - self.betas
+        self.final_alpha_cumprod = torch.tensor(1.0) if set_alpha_to_one else self.alphas_cumprod[0]
+        self.init_noise_sigma = 1.0
+        self.num_inference_steps: Optional[int] = None
+        self.custom_timesteps = False
+        self._reset()
+        self._ts_host = np.arange(0, num_train_timesteps)[::-1].copy().astype(np.int64)
+        self.timesteps = torch.from_numpy(self._ts_host.copy())
+
+    def scale_model_input(self, sample: Tensor, timestep: Optional[int] = None) -> Tensor:
+        return sample
+
+    def set_timesteps(
+        self,
+        num_inference_steps: Optional[int] = None,
+        device=None,
+        original_inference_steps: Optional[int] = None,
+        timesteps: Optional[Sequence[int]] = None,
+        strength: float = 1.0,
+    ) -> None:
+        cfg = self.config
+        if num_inference_steps is None and timesteps is None:
+            raise ValueError("Must pass exactly one of `num_inference_steps` or `custom_timesteps`.")
+        if num_inference_steps is not None and timesteps is not None:
+            raise ValueError("Can only pass one of `num_inference_steps` or `custom_timesteps`.")
+        original = original_inference_steps if original_inference_steps is not None else cfg.original_inference_steps
+        if original > cfg.num_train_timesteps:
+            raise ValueError(f"`original_steps`: {original} cannot be larger than `self.config.train_timesteps`: {cfg.num_train_timesteps}")
+        k = cfg.num_train_timesteps // original
+        origin = np.asarray(list(range(1, int(original * strength) + 1))) * k - 1
+        if timesteps is not None:
+            if any(timesteps[i] >= timesteps[i - 1] for i in range(1, len(timesteps))):
+                raise ValueError("`custom_timesteps` must be in descending order.")
+            if timesteps[0] >= cfg.num_train_timesteps:
+                raise ValueError(f"`timesteps` must start before `self.config.train_timesteps`: {cfg.num_train_timesteps}.")
+            ts = np.array(timesteps, dtype=np.int64)
+            self.num_inference_steps = len(ts)
+            self.custom_timesteps = True
+            init = min(int(self.num_inference_steps * strength), self.num_inference_steps)
+            ts = ts[max(self.num_inference_steps - init, 0) * self.order:]
+        else:
+            if num_inference_steps > cfg.num_train_timesteps:
+                raise ValueError(f"`num_inference_steps`: {num_inference_steps} cannot be larger than `self.config.train_timesteps`")
+            skipping = len(origin) // num_inference_steps
+            if skipping < 1:
+                raise ValueError(f"The combination of `original_steps x strength`: {original} x {strength} is smaller than "
+                                 f"`num_inference_steps`: {num_inference_steps}.")
+            if num_inference_steps > original:
+                raise ValueError(f"`num_inference_steps`: {num_inference_steps} cannot be larger than `original_inference_steps`: {original}")
+            self.num_inference_steps = num_inference_steps
+            origin = origin[::-1].copy()
+            idx = np.floor(np.linspace(0, len(origin), num=num_inference_steps, endpoint=False)).astype(np.int64)
+            ts = origin[idx]
+        self._reset()
+        self._ts_host = np.asarray(ts, dtype=np.int64)
+        self.timesteps = torch.from_numpy(self._ts_host.copy()).to(device=device, dtype=torch.long)
+        self._warm(0)
+
+    def get_scalings_for_boundary_condition_discrete(self, timestep) -> tuple[float, float]:
+        self.sigma_data = 0.5
+        t = float(timestep) * self.config.timestep_scaling
+        return self.sigma_data**2 / (t**2 + self.sigma_data**2), t / (t**2 + self.sigma_data**2) ** 0.5
+
+    def _builder(self, begin: int, key: tuple):
+        ac = self.alphas_cumprod.double().tolist()
+        final = float(self.final_alpha_cumprod)
+        ts = self._ts_host.tolist()
+        abar, prev, cs, co = [], [], [], []
+        for i in range(begin, len(ts)):
+            t = ts[i]
+            p = ts[i + 1] if i + 1 < len(ts) else t
+            abar.append(ac[t])
+            prev.append(ac[p] if p >= 0 else final)
+            s, o = self.get_scalings_for_boundary_condition_discrete(t)
+            cs.append(s)
+            co.append(o)
+        # Like diffusers, the step without re-noising is the one at index num_inference_steps - 1.
+        return solvers.lcm(abar, prev, cs, co, prediction_type=self.config.prediction_type,
+                           last=self.num_inference_steps - 1 - begin, store_denoised=True)
+
+    def _model_frame(self, begin: int):
+        ac = self.alphas_cumprod.double().tolist()
+        ab = [ac[t] for t in self._ts_host.tolist()[begin:]]
+        # the last step returns the denoised sample itself
+        return [1.0] * (len(ab) + 1), [(a**0.5, (1.0 - a) ** 0.5) for a in ab] + [(1.0, 0.0)]
+
+    def _expose(self) -> bool:
+        return True
+
+    def step(self, model_output: Tensor, timestep: Union[int, Tensor], sample: Tensor,
+             generator: Optional[torch.Generator] = None, return_dict: bool = True):
+        if self.num_inference_steps is None:
+            raise ValueError("Number of inference steps is 'None', you need to run 'set_timesteps' after creating the scheduler")
+        self._ensure_step_index(timestep)
+        cfg = self.config
+        override = None
+        if cfg.thresholding or cfg.clip_sample:
+            if self._run_begin is None:
+                self._run_begin = self._step_index
+            i = self._step_index
+            t = int(self._ts_host[i])
+            ab = float(self.alphas_cumprod[t])
+            a, b = solvers.x0_conversion(cfg.prediction_type, ab**0.5, (1 - ab) ** 0.5)
+            x0 = (a * sample.float() + b * model_output.float()).to(sample.dtype)
+            x0 = threshold_sample(x0, cfg.dynamic_thresholding_ratio, cfg.sample_max_value) if cfg.thresholding \
+                else x0.clamp(-cfg.clip_sample_range, cfg.clip_sample_range)
+            c_skip, c_out = self.get_scalings_for_boundary_condition_discrete(t)
+            override = c_out * x0 + c_skip * sample
+        prev, denoised = self._fused_step(model_output, sample, generator=generator, noise_dtype=sample.dtype, model_override=override)
+        if override is not None:
+            denoised = override
+        if not return_dict:
+            return (prev, denoised)
+        return SchedulerOutput(prev, denoised=denoised)
+
+    def add_noise(self, original_samples: Tensor, noise: Tensor, timesteps: Tensor) -> Tensor:
+        return vp_add_noise(self.alphas_cumprod, original_samples, noise, timesteps)
+
+    def get_velocity(self, sample: Tensor, noise: Tensor, timesteps: Tensor) -> Tensor:
+        return vp_velocity(self.alphas_cumprod, sample, noise, timesteps)

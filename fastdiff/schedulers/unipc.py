@@ -1,0 +1,187 @@
+"""UniPCMultistepScheduler: UniPC predictor-corrector (Zhao et al. 2023), diffusers-compatible."""
+
+from __future__ import annotations
+
+from typing import Optional, Sequence, Union
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from ..samplers import schedules, solvers
+from ._base import FusedScheduler, SchedulerOutput, threshold_sample
+from ._common import check_timestep_spacing, sigma_spacing, spaced_sigmas, training_schedule
+
+
+class UniPCMultistepScheduler(FusedScheduler):
+    """Drop-in for ``diffusers.UniPCMultistepScheduler`` (bh1 / bh2, any order, corrector on or off per step).
+
+    The corrector needs the sample the previous predictor started from; it is rewritten in terms
+    of the current sample and the stored outputs, so each step is still one fused launch with a
+    history of converted outputs only. At a final sigma of 0 the last step is first order (its
+    limit); diffusers returns NaN there for bh1 or without lower_order_final.
+    """
+
+    def __init__(
+        self,
+        num_train_timesteps: int = 1000,
+        beta_start: float = 0.0001,
+        beta_end: float = 0.02,
+        beta_schedule: str = "linear",
+        trained_betas: Optional[Union[np.ndarray, Sequence[float]]] = None,
+        solver_order: int = 2,
+        prediction_type: str = "epsilon",
+        thresholding: bool = False,
+        dynamic_thresholding_ratio: float = 0.995,
+        sample_max_value: float = 1.0,
+        predict_x0: bool = True,
+        solver_type: str = "bh2",
+        lower_order_final: bool = True,
+        disable_corrector: Sequence[int] = [],
+        solver_p=None,
+        use_karras_sigmas: Optional[bool] = False,
+        use_exponential_sigmas: Optional[bool] = False,
+        use_beta_sigmas: Optional[bool] = False,
+        use_flow_sigmas: Optional[bool] = False,
+        flow_shift: Optional[float] = 1.0,
+        timestep_spacing: str = "linspace",
+        steps_offset: int = 0,
+        final_sigmas_type: Optional[str] = "zero",
+        rescale_betas_zero_snr: bool = False,
+        use_dynamic_shifting: bool = False,
+        time_shift_type: str = "exponential",
+        sigma_min: Optional[float] = None,
+        sigma_max: Optional[float] = None,
+        shift_terminal: Optional[float] = None,
+    ):
+        self._register(locals())
+        sigma_spacing(self.config)
+        if solver_p is not None:
+            raise NotImplementedError("fastdiff: UniPC with an external solver_p is not supported")
+        if shift_terminal is not None and not use_flow_sigmas:
+            raise ValueError("`shift_terminal` is only supported when `use_flow_sigmas=True`.")
+        if solver_type in ("midpoint", "heun", "logrho"):
+            self.register_to_config(solver_type="bh2")
+        elif solver_type not in ("bh1", "bh2"):
+            raise NotImplementedError(f"{solver_type} is not implemented for {self.__class__}")
+        solvers.check_prediction_type(prediction_type)
+        check_timestep_spacing(timestep_spacing)
+        self.betas, self.alphas_cumprod = training_schedule(self.config, clamp_zero_snr=True)
+        self.alphas = 1.0 - self.betas
+        self.alpha_t = torch.sqrt(self.alphas_cumprod)
+        self.sigma_t = torch.sqrt(1 - self.alphas_cumprod)
+        self.lambda_t = torch.log(self.alpha_t) - torch.log(self.sigma_t)
+        self.sigmas = ((1 - self.alphas_cumprod) / self.alphas_cumprod) ** 0.5
+        self.init_noise_sigma = 1.0
+        self.predict_x0 = predict_x0
+        self.disable_corrector = list(disable_corrector)
+        self.solver_p = None
+        self.num_inference_steps: Optional[int] = None
+        self._reset()
+        self.timesteps = torch.from_numpy(np.linspace(0, num_train_timesteps - 1, num_train_timesteps, dtype=np.float32)[::-1].copy())
+        self._ts_host = self.timesteps.numpy()
+        self._sig = self.sigmas.double().tolist()
+
+    def set_timesteps(self, num_inference_steps: Optional[int] = None, device=None,
+                      sigmas: Optional[Sequence[float]] = None, mu: Optional[float] = None) -> None:
+        cfg = self.config
+        kind = sigma_spacing(cfg)
+        if cfg.use_dynamic_shifting and mu is None:
+            raise ValueError("`mu` must be passed when `use_dynamic_shifting` is set to be `True`")
+        if sigmas is not None:
+            if not cfg.use_flow_sigmas:
+                raise ValueError("Passing `sigmas` is only supported when `use_flow_sigmas=True`.")
+            num_inference_steps = len(sigmas)
+        n = cfg.num_train_timesteps
+        ts = schedules.multistep_timesteps(cfg.timestep_spacing, num_inference_steps, n, steps_offset=cfg.steps_offset)
+        if cfg.final_sigmas_type not in ("zero", "sigma_min"):
+            raise ValueError(f"`final_sigmas_type` must be one of 'zero', or 'sigma_min', but got {cfg.final_sigmas_type}")
+        zero_last = cfg.final_sigmas_type == "zero"
+        if kind is not None:
+            sig = np.array(sigmas) if sigmas is not None else schedules.vp_sigmas(self.alphas_cumprod)
+            log_sigmas = np.log(sig)
+            sig = spaced_sigmas(cfg, kind, np.flip(sig).copy(), num_inference_steps)
+            if kind == "karras" and cfg.use_flow_sigmas:
+                sig = sig / (sig + 1)
+                ts = (sig * n).copy()
+            else:
+                ts = np.array([schedules.sigma_to_t(s, log_sigmas) for s in sig])
+                if kind == "karras":
+                    ts = ts.round()
+            last = 0.0 if zero_last else sig[-1]
+        elif cfg.use_flow_sigmas:
+            sig = np.array(sigmas, dtype=np.float64) if sigmas is not None else np.linspace(1, 1 / n, num_inference_steps + 1)[:-1]
+            if cfg.use_dynamic_shifting:
+                sig = schedules.time_shift(mu, sig, cfg.time_shift_type)
+            else:
+                sig = schedules.shift_flow_sigmas(sig, cfg.flow_shift)
+            if cfg.shift_terminal:
+                sig = schedules.stretch_to_terminal(sig, cfg.shift_terminal)
+            if np.fabs(sig[0] - 1) < 1e-6:
+                sig[0] -= 1e-6
+            ts = (sig * n).copy()
+            last = 0.0 if zero_last else sig[-1]
+        else:
+            full = schedules.vp_sigmas(self.alphas_cumprod)
+            sig = np.interp(ts, np.arange(0, len(full)), full)
+            last = 0.0 if zero_last else float(((1 - self.alphas_cumprod[0]) / self.alphas_cumprod[0]) ** 0.5)
+        sig = np.concatenate([sig, [last]]).astype(np.float32)
+        self._reset()
+        self.sigmas = torch.from_numpy(sig)
+        self.timesteps = torch.from_numpy(np.asarray(ts)).to(device=device, dtype=torch.int64)
+        self.num_inference_steps = len(ts)
+        self._sig = self.sigmas.double().tolist()
+        self._ts_host = self.timesteps.cpu().numpy()
+        self._warm(0)
+
+    def _missing_timestep(self, v: float) -> int:
+        return len(self.timesteps) - 1
+
+    def _alpha_sigma(self, s: float) -> tuple[float, float]:
+        return schedules.flow_alpha_sigma(s) if self.config.use_flow_sigmas else schedules.vp_alpha_sigma(s)
+
+    def _model_frame(self, begin: int):
+        sig = self._sig[begin:]
+        return [1.0] * len(sig), [self._alpha_sigma(s) for s in sig]
+
+    def _builder(self, begin: int, key: tuple):
+        cfg = self.config
+        levels = [self._alpha_sigma(s) for s in self._sig]
+        conv = solvers.x0_conversion if self.predict_x0 else solvers.eps_conversion
+        pt = solvers.check_prediction_type(cfg.prediction_type)
+        convert = [conv(pt, al, si) for al, si in levels[:-1]]
+        return solvers.unipc(levels, convert, order=cfg.solver_order, solver_type=cfg.solver_type, predict_x0=self.predict_x0,
+                             lower_order_final=cfg.lower_order_final, disable_corrector=self.disable_corrector, begin=begin)
+
+    def step(self, model_output: Tensor, timestep: Union[int, Tensor], sample: Tensor, return_dict: bool = True):
+        if self.num_inference_steps is None:
+            raise ValueError("Number of inference steps is 'None', you need to run 'set_timesteps' after creating the scheduler")
+        self._ensure_step_index(timestep)
+        override = None
+        cfg = self.config
+        if cfg.thresholding and self.predict_x0:
+            alpha, sigma = self._alpha_sigma(self._sig[self._step_index])
+            a, b = solvers.x0_conversion(solvers.check_prediction_type(cfg.prediction_type), alpha, sigma)
+            override = threshold_sample((a * sample.float() + b * model_output.float()).to(sample.dtype),
+                                        cfg.dynamic_thresholding_ratio, cfg.sample_max_value)
+        prev, _ = self._fused_step(model_output, sample, model_override=override)
+        return (prev,) if not return_dict else SchedulerOutput(prev)
+
+    def scale_model_input(self, sample: Tensor, *args, **kwargs) -> Tensor:
+        return sample
+
+    def add_noise(self, original_samples: Tensor, noise: Tensor, timesteps: Tensor) -> Tensor:
+        sigmas = self.sigmas.to(device=original_samples.device, dtype=original_samples.dtype)
+        if self._begin_index is None:
+            idx = [self.index_for_timestep(t) for t in timesteps]
+        else:
+            idx = [self._step_index if self._step_index is not None else self._begin_index] * timesteps.shape[0]
+        sigma = sigmas[idx].flatten()
+        while sigma.dim() < original_samples.dim():
+            sigma = sigma.unsqueeze(-1)
+        if self.config.use_flow_sigmas:
+            alpha_t, sigma_t = 1 - sigma, sigma
+        else:
+            alpha_t = 1 / ((sigma**2 + 1) ** 0.5)
+            sigma_t = sigma * alpha_t
+        return alpha_t * original_samples + sigma_t * noise
