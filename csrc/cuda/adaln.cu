@@ -214,7 +214,7 @@ __global__ void __launch_bounds__(kBlock ? kMaxRowThreads : kWarpModeThreads, 1)
                            g, dv, aw, cs);
     float v[K][V];
     load_row<T, V, K>(cptr<T>(a.x) + off, g, dv, v);
-    if (fused) {  // the row is x + gate * h, kept in float32 for the statistics; x_out is its rounding
+    if (fused) {  // the row is x + gate * h as stored in T: the statistics (and the backward) use x_out
       if (a.gate_per_token) load_row<T, V, K>(gate + off, g, dv, gt);
       T* const xo = mptr<T>(a.x_out) + off;
 #pragma unroll
@@ -224,7 +224,7 @@ __global__ void __launch_bounds__(kBlock ? kMaxRowThreads : kWarpModeThreads, 1)
           float hv[V];
           load<T, V>(cptr<T>(a.h) + off + j, hv);
 #pragma unroll
-          for (int i = 0; i < V; ++i) v[k][i] += gt[k][i] * hv[i];
+          for (int i = 0; i < V; ++i) v[k][i] = to_f(from_f<T>(v[k][i] + gt[k][i] * hv[i]));
           store<T, V>(xo + j, v[k]);
         }
       }
@@ -282,9 +282,10 @@ __global__ void __launch_bounds__(kMaxRowThreads) adaln_forward_streaming_kernel
   for (int64_t n = rr.n0; n < rr.n1; ++n) {
     const int64_t r = rr.b * ch.tokens + n;
     const int64_t gr = a.gate_per_token ? r : rr.b;
+    // The fused row is x + gate * h as stored in T: the statistics (and the backward) use x_out.
     const auto value = [&](int64_t j) {
       float v = to_f(cptr<T>(a.x)[r * d + j]);
-      if (fused) v += to_f(cptr<T>(a.gate)[gr * d + j]) * to_f(cptr<T>(a.h)[r * d + j]);
+      if (fused) v = to_f(from_f<T>(v + to_f(cptr<T>(a.gate)[gr * d + j]) * to_f(cptr<T>(a.h)[r * d + j])));
       return v;
     };
     float mean = 0.0f;

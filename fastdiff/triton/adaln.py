@@ -189,6 +189,12 @@ def _warps(block: int) -> int:
     return 4 if block <= 1024 else 8 if block <= 4096 else 16
 
 
+def _backward_warps(block: int) -> int:
+    """The backward keeps weight, bias and five accumulator rows live: spread them over more threads
+    (at 8 warps a 2048-wide row needs 255 registers a thread, at 16 warps an 8192-wide one spills)."""
+    return min(32, max(4, block // 128))
+
+
 def _chunk_rows(b: int, n: int) -> int:
     """Rows per backward program, a function of the shape only: about 512 programs (enough to fill a
     GPU) while large problems get chunks long enough that the partials stay a small part of the traffic."""
@@ -254,7 +260,7 @@ def _backward(grad_x_out, grad_out, x, gate, h, scale, weight, bias, mean, rstd,
             mean, rstd, grad_x, grad_h, grad_gate, grad_shift, grad_scale, partial,
             n, d, rows, chunks,
             FUSED=fused, RMS=bool(rms), HAS_W=weight is not None, HAS_B=bias is not None,
-            GATE_PS=gate_ps, SHIFT_PS=shift_ps, SCALE_PS=scale_ps, BLOCK_D=block, num_warps=_warps(block),
+            GATE_PS=gate_ps, SHIFT_PS=shift_ps, SCALE_PS=scale_ps, BLOCK_D=block, num_warps=_backward_warps(block),
         )
     # Second stage: fixed-order sums of the per-chunk partials (an empty sum is 0).
     if shift_ps:

@@ -182,7 +182,7 @@ def fused_backward_vs_reference(dtype, b, n, d, case, **kw):
     )
     rx, rout, rmean, rrstd = A.gated_residual_adaln_forward_reference(
         f64(t["x"]), f64(t["gate"]), f64(t["h"]), f64(t["shift"]), f64(t["scale"]), f64(t["weight"]), f64(t["bias"]),
-        t["eps"], t["rms"],
+        t["eps"], t["rms"], x_out_dtype=dtype,
     )
     close(x_out, rx, dtype, ULPS_FWD)
     close(out, rout, dtype, ULPS_FWD)
@@ -213,11 +213,14 @@ def test_fused_long_rows_use_the_streaming_kernel_and_match(dtype, d):
     fused_backward_vs_reference(dtype, 2, 19, d, "per-sample")
 
 
-def test_fused_statistics_use_the_unrounded_residual():
-    # x_out rounds to bfloat16; mean/rstd must come from x + gate * h in float32 (ops.cpp).
+def test_fused_statistics_use_the_stored_residual():
+    # x_out rounds to bfloat16; mean/rstd must come from x_out as stored (ops.cpp), so that the backward,
+    # which recomputes xhat from the stored x_out, matches the forward.
     t = inputs(torch.bfloat16, 2, 8, 1152, "per-sample")
-    _, _, mean, rstd = ops.gated_residual_adaln(t["x"], t["gate"], t["h"], t["shift"], t["scale"], None, None, 1e-6, False)
-    xo = t["x"].float() + t["gate"].float()[:, None] * t["h"].float()
+    x_out, _, mean, rstd = ops.gated_residual_adaln(t["x"], t["gate"], t["h"], t["shift"], t["scale"], None, None, 1e-6,
+                                                    False)
+    xo = x_out.float()
+    torch.testing.assert_close(xo, t["x"].float() + t["gate"].float()[:, None] * t["h"].float(), rtol=2**-8, atol=0)
     torch.testing.assert_close(mean, xo.mean(-1), rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(rstd, torch.rsqrt(xo.var(-1, unbiased=False) + 1e-6), rtol=1e-5, atol=1e-6)
 
@@ -251,7 +254,8 @@ def test_unaligned_storage_takes_the_scalar_path_and_matches(dtype, d, which):
     x_out, out2, _, _ = ops.gated_residual_adaln(t["x"], t["gate"], t["h"], t["shift"], t["scale"], t["weight"], None,
                                                   1e-6, False)
     rx, rout, _, _ = A.gated_residual_adaln_forward_reference(
-        f64(t["x"]), f64(t["gate"]), f64(t["h"]), f64(t["shift"]), f64(t["scale"]), f64(t["weight"]), None, 1e-6, False
+        f64(t["x"]), f64(t["gate"]), f64(t["h"]), f64(t["shift"]), f64(t["scale"]), f64(t["weight"]), None, 1e-6, False,
+        x_out_dtype=dtype,
     )
     close(x_out, rx, dtype, ULPS_FWD)
     close(out2, rout, dtype, ULPS_FWD)
