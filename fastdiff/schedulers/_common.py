@@ -79,3 +79,27 @@ def vp_velocity(alphas_cumprod: Tensor, sample: Tensor, noise: Tensor, timesteps
     while ab.dim() < sample.dim():
         ab = ab.unsqueeze(-1)
     return ab**0.5 * noise - (1 - ab) ** 0.5 * sample
+
+
+class MultistepNoising:
+    """`scale_model_input` and `add_noise` of the multistep solvers (DPM-Solver, UniPC): inputs need no
+    scaling, and noise is added at each timestep's sigma in VP or flow coordinates, as diffusers does."""
+
+    def scale_model_input(self, sample: Tensor, *args, **kwargs) -> Tensor:
+        return sample
+
+    def add_noise(self, original_samples: Tensor, noise: Tensor, timesteps: Tensor) -> Tensor:
+        sigmas = self.sigmas.to(device=original_samples.device, dtype=original_samples.dtype)
+        if self._begin_index is None:
+            idx = [self.index_for_timestep(t) for t in timesteps]
+        else:
+            idx = [self._step_index if self._step_index is not None else self._begin_index] * timesteps.shape[0]
+        sigma = sigmas[idx].flatten()
+        while sigma.dim() < original_samples.dim():
+            sigma = sigma.unsqueeze(-1)
+        if self.config.use_flow_sigmas:
+            alpha_t, sigma_t = 1 - sigma, sigma
+        else:
+            alpha_t = 1 / ((sigma**2 + 1) ** 0.5)
+            sigma_t = sigma * alpha_t
+        return alpha_t * original_samples + sigma_t * noise

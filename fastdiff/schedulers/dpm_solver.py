@@ -10,10 +10,10 @@ from torch import Tensor
 
 from ..samplers import schedules, solvers
 from ._base import FusedScheduler, SchedulerOutput, threshold_sample
-from ._common import check_timestep_spacing, sigma_spacing, spaced_sigmas, training_schedule
+from ._common import MultistepNoising, check_timestep_spacing, sigma_spacing, spaced_sigmas, training_schedule
 
 
-class DPMSolverMultistepScheduler(FusedScheduler):
+class DPMSolverMultistepScheduler(MultistepNoising, FusedScheduler):
     """Drop-in for ``diffusers.DPMSolverMultistepScheduler``: orders 1-3, midpoint / heun second-order
     forms, ODE and SDE variants, Karras / exponential / beta / Lu-lambda / flow sigmas.
 
@@ -186,25 +186,6 @@ class DPMSolverMultistepScheduler(FusedScheduler):
         if self._data_is_x0():
             return x0
         return (sample - alpha * x0) / sigma
-
-    def scale_model_input(self, sample: Tensor, *args, **kwargs) -> Tensor:
-        return sample
-
-    def add_noise(self, original_samples: Tensor, noise: Tensor, timesteps: Tensor) -> Tensor:
-        sigmas = self.sigmas.to(device=original_samples.device, dtype=original_samples.dtype)
-        if self._begin_index is None:
-            idx = [self.index_for_timestep(t) for t in timesteps]
-        else:
-            idx = [self._step_index if self._step_index is not None else self._begin_index] * timesteps.shape[0]
-        sigma = sigmas[idx].flatten()
-        while sigma.dim() < original_samples.dim():
-            sigma = sigma.unsqueeze(-1)
-        if self.config.use_flow_sigmas:
-            alpha_t, sigma_t = 1 - sigma, sigma
-        else:
-            alpha_t = 1 / ((sigma**2 + 1) ** 0.5)
-            sigma_t = sigma * alpha_t
-        return alpha_t * original_samples + sigma_t * noise
 
     def __len__(self) -> int:
         return self.config.num_train_timesteps

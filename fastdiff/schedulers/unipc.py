@@ -10,10 +10,10 @@ from torch import Tensor
 
 from ..samplers import schedules, solvers
 from ._base import FusedScheduler, SchedulerOutput, threshold_sample
-from ._common import check_timestep_spacing, sigma_spacing, spaced_sigmas, training_schedule
+from ._common import MultistepNoising, check_timestep_spacing, sigma_spacing, spaced_sigmas, training_schedule
 
 
-class UniPCMultistepScheduler(FusedScheduler):
+class UniPCMultistepScheduler(MultistepNoising, FusedScheduler):
     """Drop-in for ``diffusers.UniPCMultistepScheduler`` (bh1 / bh2, any order, corrector on or off per step).
 
     The corrector needs the sample the previous predictor started from; it is rewritten in terms
@@ -167,21 +167,3 @@ class UniPCMultistepScheduler(FusedScheduler):
         prev, _ = self._fused_step(model_output, sample, model_override=override)
         return (prev,) if not return_dict else SchedulerOutput(prev)
 
-    def scale_model_input(self, sample: Tensor, *args, **kwargs) -> Tensor:
-        return sample
-
-    def add_noise(self, original_samples: Tensor, noise: Tensor, timesteps: Tensor) -> Tensor:
-        sigmas = self.sigmas.to(device=original_samples.device, dtype=original_samples.dtype)
-        if self._begin_index is None:
-            idx = [self.index_for_timestep(t) for t in timesteps]
-        else:
-            idx = [self._step_index if self._step_index is not None else self._begin_index] * timesteps.shape[0]
-        sigma = sigmas[idx].flatten()
-        while sigma.dim() < original_samples.dim():
-            sigma = sigma.unsqueeze(-1)
-        if self.config.use_flow_sigmas:
-            alpha_t, sigma_t = 1 - sigma, sigma
-        else:
-            alpha_t = 1 / ((sigma**2 + 1) ** 0.5)
-            sigma_t = sigma * alpha_t
-        return alpha_t * original_samples + sigma_t * noise
