@@ -81,6 +81,17 @@ def vp_velocity(alphas_cumprod: Tensor, sample: Tensor, noise: Tensor, timesteps
     return ab**0.5 * noise - (1 - ab) ** 0.5 * sample
 
 
+class VPNoising:
+    """`add_noise` and `get_velocity` of the schedulers indexed by training timestep (DDPM, DDIM, LCM):
+    the forward process at alphas_cumprod[t], as diffusers defines them."""
+
+    def add_noise(self, original_samples: Tensor, noise: Tensor, timesteps: Tensor) -> Tensor:
+        return vp_add_noise(self.alphas_cumprod, original_samples, noise, timesteps)
+
+    def get_velocity(self, sample: Tensor, noise: Tensor, timesteps: Tensor) -> Tensor:
+        return vp_velocity(self.alphas_cumprod, sample, noise, timesteps)
+
+
 class MultistepNoising:
     """`scale_model_input` and `add_noise` of the multistep solvers (DPM-Solver, UniPC): inputs need no
     scaling, and noise is added at each timestep's sigma in VP or flow coordinates, as diffusers does."""

@@ -11,10 +11,10 @@ from torch import Tensor
 
 from ..samplers import schedules, solvers
 from ._base import FusedScheduler, SchedulerOutput, threshold_sample, x0_from_row
-from ._common import check_timestep_spacing, training_schedule, vp_add_noise, vp_velocity
+from ._common import VPNoising, check_timestep_spacing, training_schedule
 
 
-class DDIMScheduler(FusedScheduler):
+class DDIMScheduler(VPNoising, FusedScheduler):
     """Drop-in for ``diffusers.DDIMScheduler``.
 
     As in diffusers, step i goes from ``t`` to ``t - num_train_timesteps // num_inference_steps``
@@ -139,8 +139,3 @@ class DDIMScheduler(FusedScheduler):
         self._step_index += 1
         return (prev, x0) if not return_dict else SchedulerOutput(prev, pred_original_sample=x0)
 
-    def add_noise(self, original_samples: Tensor, noise: Tensor, timesteps: Tensor) -> Tensor:
-        return vp_add_noise(self.alphas_cumprod, original_samples, noise, timesteps)
-
-    def get_velocity(self, sample: Tensor, noise: Tensor, timesteps: Tensor) -> Tensor:
-        return vp_velocity(self.alphas_cumprod, sample, noise, timesteps)

@@ -10,10 +10,10 @@ from torch import Tensor
 
 from ..samplers import schedules, solvers
 from ._base import FusedScheduler, SchedulerOutput, threshold_sample, x0_from_row
-from ._common import check_timestep_spacing, training_schedule, vp_add_noise, vp_velocity
+from ._common import VPNoising, check_timestep_spacing, training_schedule
 
 
-class DDPMScheduler(FusedScheduler):
+class DDPMScheduler(VPNoising, FusedScheduler):
     """Drop-in for ``diffusers.DDPMScheduler`` (fixed variances; learned variances are refused).
 
     ``step`` returns ``prev_sample`` and ``pred_original_sample`` (a view of the history buffer,
@@ -122,12 +122,6 @@ class DDPMScheduler(FusedScheduler):
         if not return_dict:
             return (prev, x0)
         return SchedulerOutput(prev, pred_original_sample=x0)
-
-    def add_noise(self, original_samples: Tensor, noise: Tensor, timesteps: Tensor) -> Tensor:
-        return vp_add_noise(self.alphas_cumprod, original_samples, noise, timesteps)
-
-    def get_velocity(self, sample: Tensor, noise: Tensor, timesteps: Tensor) -> Tensor:
-        return vp_velocity(self.alphas_cumprod, sample, noise, timesteps)
 
     def previous_timestep(self, timestep: int):
         if self.custom_timesteps or self.num_inference_steps:

@@ -10,10 +10,10 @@ from torch import Tensor
 
 from ..samplers import solvers
 from ._base import FusedScheduler, SchedulerOutput, threshold_sample
-from ._common import training_schedule, vp_add_noise, vp_velocity
+from ._common import VPNoising, training_schedule
 
 
-class LCMScheduler(FusedScheduler):
+class LCMScheduler(VPNoising, FusedScheduler):
     """Drop-in for ``diffusers.LCMScheduler``; ``step`` returns ``(prev_sample, denoised)``.
 
     The fused step writes ``denoised`` into its history slot on the way (D = c_skip x + c_out x0),
@@ -158,8 +158,3 @@ class LCMScheduler(FusedScheduler):
             return (prev, denoised)
         return SchedulerOutput(prev, denoised=denoised)
 
-    def add_noise(self, original_samples: Tensor, noise: Tensor, timesteps: Tensor) -> Tensor:
-        return vp_add_noise(self.alphas_cumprod, original_samples, noise, timesteps)
-
-    def get_velocity(self, sample: Tensor, noise: Tensor, timesteps: Tensor) -> Tensor:
-        return vp_velocity(self.alphas_cumprod, sample, noise, timesteps)
