@@ -1,16 +1,26 @@
-"""Sampler accuracy on an analytic Gaussian mixture: solver error alone.
+"""Sampler accuracy on an analytic Gaussian mixture: fastdiff beside diffusers, against the exact ODE solution.
 
-The model is the mixture's exact posterior prediction at the sampler's own noise level
-(fastdiff.models.gaussian_mixture), so a sampler's distance to the target distribution is its
-discretisation error. Distance: sliced 1-Wasserstein between N sampler outputs and N exact samples;
-the floor is the same distance between two independent exact samples.
+The model is the mixture's exact prediction at the sampler's own noise level
+(fastdiff.models.gaussian_mixture), so what separates a sampler's output from the truth is its
+discretisation error alone. Two measures per sampler and number of model evaluations (NFE):
 
-    python benchmarks/bench_sampler_accuracy.py --out benchmarks/results/cpu   # JSON + markdown
+- ODE error (deterministic samplers): RMS distance, over samples, between the sampler's output and
+  the exact probability-flow ODE solution from the same starting noise (a float64 RK4 solve with
+  `--reference-steps` steps, checked against one with half as many).
+- Sliced W1 (every sampler, stochastic ones included): the distance of the N outputs to N exact
+  samples of the target; the floor is the same distance between two independent exact sample sets.
+
+Both are measured for fastdiff.sample and for diffusers' scheduler of the same name and
+configuration, run on the same starting noise, in float32.
+
+    fastdiff bench samplers --out benchmarks/results/cpu        # JSON + markdown + PNG plot
+    python benchmarks/bench_sampler_accuracy.py --n 2000 --nfe 5,10 --samplers ddim,dpmpp_2m
 """
 
 from __future__ import annotations
 
 import argparse
+import inspect
 import json
 import math
 import platform
@@ -18,20 +28,39 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Callable, Optional
 
 import torch
+from torch import Tensor
 
+import fastdiff
+from fastdiff.models.gaussian_mixture import GaussianMixture, sliced_wasserstein
+from fastdiff.samplers import NAMED, Sampler, make_sampler
 
-import fastdiff  # noqa: E402
-from fastdiff.models.gaussian_mixture import GaussianMixture, sliced_wasserstein  # noqa: E402
-from fastdiff.samplers import loop, make_sampler  # noqa: E402
-
-SAMPLERS = ["ddim", "ddpm", "euler", "euler_ancestral", "heun", "dpmpp_2m", "dpmpp_3m", "dpmpp_2m_sde", "dpmpp_3m_sde",
-            "unipc", "lcm", "flow_euler"]
-STEPS = [5, 10, 20, 50]
+NFE = [5, 10, 15, 20, 50]
+#: samplers that inject fresh noise: no single ODE solution to compare with
+STOCHASTIC = {"ddpm", "euler_ancestral", "dpmpp_2m_sde", "dpmpp_3m_sde", "lcm"}
+_KARRAS = {"use_karras_sigmas": True}
+#: Two grids. "sd": each sampler's SD set-up (scaled_linear betas, trailing timesteps, final sigma 0),
+#: what a pipeline runs. "karras": the samplers that take Karras sigmas, all on the same rho = 7 grid
+#: from the schedule's sigma_max to sigma_min, then 0: the grid exponential integrators are built for.
+#: Euler and Heun need linspace spacing there, or diffusers takes sigma_min from the last trailing step.
+CONFIGS: dict[str, dict[str, dict]] = {
+    "sd": {name: ({"shift": 3.0} if name == "flow_euler" else {}) for name in NAMED},
+    "karras": {
+        "euler": {"timestep_spacing": "linspace", **_KARRAS},
+        "heun": {"timestep_spacing": "linspace", **_KARRAS},
+        **{name: dict(_KARRAS) for name in ("dpmpp_2m", "dpmpp_3m", "dpmpp_2m_sde", "dpmpp_3m_sde", "unipc")},
+    },
+}
+#: expected clearly ahead of DDIM's update at 10 NFE on the Karras grid, where Euler's step is DDIM's
+ORDER_CHECK = ("dpmpp_2m", "dpmpp_3m", "unipc")
+CLEARLY = 1.5
+Level = tuple[float, float]
 
 
 def ring(dim: int = 2, components: int = 8, radius: float = 3.0, std: float = 0.3) -> GaussianMixture:
+    """8 unequal-weight Gaussians on a circle: separated modes, the shape solvers find hard at low NFE."""
     ang = torch.arange(components, dtype=torch.float64) * (2 * math.pi / components)
     means = torch.zeros(components, dim, dtype=torch.float64)
     means[:, 0], means[:, 1] = radius * ang.cos(), radius * ang.sin()
@@ -39,69 +68,279 @@ def ring(dim: int = 2, components: int = 8, radius: float = 3.0, std: float = 0.
     return GaussianMixture(means, torch.full((components,), std, dtype=torch.float64), weights)
 
 
-def exact_model(mix: GaussianMixture, plan, prediction_type: str):
-    """model_fn returning the exact prediction at the level of the state it is handed (plan.levels[j])."""
-    calls = {"n": 0}
-
-    def fn(x, t):
-        p, q = plan.levels[calls["n"]]
-        calls["n"] += 1
-        if prediction_type == "flow_prediction":
-            eps, x0 = mix.predict_many(x, p, q, "epsilon")[0], mix.predict_many(x, p, q, "sample")[0]
-            return eps - x0
-        return mix.predict(x, p, q, prediction_type)
-
-    return fn
+def steps_for(name: str, nfe: int) -> int:
+    """The step count whose model evaluations come closest to nfe without passing it (Heun: 2 steps - 1)."""
+    return (nfe + 1) // 2 if name == "heun" else nfe
 
 
-def run(n: int, seed: int, dtype: torch.dtype) -> dict:
-    mix = ring().to(dtype=dtype)
+# ---------------------------------------------------------------------------------------------
+# The two implementations, driven by the same exact model
+# ---------------------------------------------------------------------------------------------
+def run_fastdiff(mix: GaussianMixture, sampler: Sampler, steps: int, noise: Tensor, seed: int) -> tuple[Tensor, int]:
+    plan = sampler.plan(steps, noise.device)
+    calls = []
+
+    def model(x, t):  # the state before evaluation j sits at plan.levels[j]
+        p, q = plan.levels[len(calls)]
+        calls.append(t)
+        return mix.predict(x, p, q, sampler.prediction_type)
+
+    out = fastdiff.sample(model, noise, sampler=sampler, steps=steps, generator=torch.Generator().manual_seed(seed), progress=False)
+    return out, len(calls)
+
+
+def diffusers_level(sched, i: int, t) -> Level:
+    """(alpha, sigma) of the model input at diffusers' evaluation i, read from diffusers' own schedule."""
+    if not hasattr(sched, "sigmas"):  # DDPM, DDIM, LCM: the VP schedule at timestep t
+        ac = float(sched.alphas_cumprod[int(t)])
+        return math.sqrt(ac), math.sqrt(1 - ac)
+    sigma = float(sched.sigmas[i])
+    if type(sched).__name__.startswith("FlowMatch"):
+        return 1 - sigma, sigma
+    a = 1 / math.sqrt(sigma**2 + 1)  # Euler / Heun inputs are scaled to this; DPM-Solver / UniPC states sit here
+    return a, sigma * a
+
+
+def run_diffusers(mix: GaussianMixture, sampler: Sampler, steps: int, noise: Tensor, seed: int) -> tuple[Tensor, int]:
+    import diffusers
+
+    sched = getattr(diffusers, sampler.scheduler_name).from_config(sampler.config)
+    sched.set_timesteps(steps, device=noise.device)
+    takes_generator = "generator" in inspect.signature(sched.step).parameters
+    gen = torch.Generator().manual_seed(seed)
+    x = noise * float(getattr(sched, "init_noise_sigma", 1.0))  # flow matching starts at pure noise
+    scale_input = getattr(sched, "scale_model_input", lambda x, t: x)  # flow matching feeds the state as is
+    for i, t in enumerate(sched.timesteps):
+        p, q = diffusers_level(sched, i, t)
+        out = mix.predict(scale_input(x, t), p, q, sampler.prediction_type)
+        x = sched.step(out, t, x, **({"generator": gen} if takes_generator else {})).prev_sample
+    return x, len(sched.timesteps)
+
+
+IMPLEMENTATIONS: dict[str, Callable] = {"fastdiff": run_fastdiff, "diffusers": run_diffusers}
+
+
+# ---------------------------------------------------------------------------------------------
+# The benchmark
+# ---------------------------------------------------------------------------------------------
+def rms(a: Tensor, b: Tensor) -> float:
+    return float((a.double() - b.double()).norm(dim=-1).pow(2).mean().sqrt())
+
+
+class Reference:
+    """Exact PF-ODE solutions of the starting noise, one solve per (start, end) level pair."""
+
+    def __init__(self, mix: GaussianMixture, steps: int):
+        self.mix, self.steps = mix, steps
+        self.solutions: dict[tuple[Level, Level], Tensor] = {}
+        self.accuracy: dict[str, float] = {}  # RMS change from steps / 2 to steps, per pair
+
+    def __call__(self, x: Tensor, start: Level, end: Level) -> Tensor:
+        # Samplers derive the same level in float32 or float64: levels a few ulps apart share a solve.
+        key = (tuple(round(v, 7) for v in start), tuple(round(v, 7) for v in end))
+        if key not in self.solutions:
+            fine = self.mix.solve_pf_ode(x.double(), start, end, steps=self.steps)
+            coarse = self.mix.solve_pf_ode(x.double(), start, end, steps=self.steps // 2)
+            self.solutions[key] = fine
+            self.accuracy[f"{key[0]} -> {key[1]}"] = rms(fine, coarse)
+        return self.solutions[key]
+
+
+def run(n: int, seed: int, configs: list[str], samplers: list[str], nfes: list[int], reference_steps: int,
+        implementations: list[str]) -> dict:
+    mix = ring()
     gen = torch.Generator().manual_seed(seed)
     exact = mix.sample(n, gen)
     floor = sliced_wasserstein(exact, mix.sample(n, gen), generator=torch.Generator().manual_seed(0))
+    noise = torch.randn(n, mix.dim, generator=torch.Generator().manual_seed(seed + 1), dtype=torch.float32)
+    mix32 = mix.to(dtype=torch.float32)
+    reference = Reference(mix, reference_steps)
     rows = []
-    for name in SAMPLERS:
-        opts = {"shift": 3.0} if name == "flow_euler" else {}
-        sampler = make_sampler(name, **opts)
-        for steps in STEPS:
-            if name == "lcm" and steps > 50:
+    for config in configs:
+        for name in (s for s in samplers if s in CONFIGS[config]):
+            sampler = make_sampler(name, **CONFIGS[config][name])
+            for nfe in nfes:
+                steps = steps_for(name, nfe)
+                plan = sampler.plan(steps, noise.device)
+                truth = None if name in STOCHASTIC else reference(noise * plan.init_scale, plan.levels[0], plan.levels[-1])
+                for impl in implementations:
+                    t0 = time.perf_counter()
+                    out, used = IMPLEMENTATIONS[impl](mix32, sampler, steps, noise, seed + 2)
+                    row = {"config": config, "sampler": name, "implementation": impl, "steps": steps, "nfe": used,
+                           "target_nfe": nfe, "finite": bool(torch.isfinite(out).all()), "seconds": time.perf_counter() - t0,
+                           "ode_error": None if truth is None else rms(out, truth),
+                           "sliced_w1": sliced_wasserstein(out, exact, generator=torch.Generator().manual_seed(0))}
+                    rows.append(row)
+                    err = "        -" if row["ode_error"] is None else f"{row['ode_error']:.3e}"
+                    print(f"{config:6s} {name:16s} {impl:9s} nfe={used:3d}  ODE error {err}  SW1 {row['sliced_w1']:.4f} "
+                          f"(floor {floor:.4f})", flush=True)
+    return {"floor_sliced_w1": floor, "reference_accuracy": reference.accuracy, "rows": rows}
+
+
+def _row(result: dict, config: str, name: str, impl: str, nfe: int) -> Optional[dict]:
+    return next((r for r in result["rows"] if (r["config"], r["sampler"], r["implementation"], r["target_nfe"]) == (config, name, impl, nfe)), None)
+
+
+def _present(result: dict, key: str) -> list:
+    seen = {r[key] for r in result["rows"]}
+    order = {"config": list(CONFIGS), "sampler": list(NAMED), "implementation": list(IMPLEMENTATIONS), "target_nfe": sorted(seen)}[key]
+    return [v for v in order if v in seen]
+
+
+def _ratio(result: dict, config: str, name: str, nfe: int = 10) -> Optional[float]:
+    """DDIM's (= Euler's, on the same sigmas) ODE error over name's, fastdiff's runs."""
+    base = _row(result, config, "ddim" if config == "sd" else "euler", "fastdiff", nfe)
+    r = _row(result, config, name, "fastdiff", nfe)
+    return None if base is None or r is None else base["ode_error"] / r["ode_error"]
+
+
+def checks(result: dict) -> list[tuple[str, bool]]:
+    """The issue's two claims, evaluated on this run's numbers.
+
+    fastdiff no worse than diffusers: ODE error within 0.1% (float32 rounding of the same
+    arithmetic); stochastic samplers' SW1 within the sampling floor (their noise streams differ).
+    Higher order pays: on the Karras grid at 10 NFE, DPM-Solver++ and UniPC at least 1.5x below
+    DDIM's update.
+    """
+    nfes = _present(result, "target_nfe")
+    out = []
+    for config in _present(result, "config"):
+        for name in _present(result, "sampler"):
+            pairs = [(nfe, _row(result, config, name, "fastdiff", nfe), _row(result, config, name, "diffusers", nfe)) for nfe in nfes]
+            pairs = [(nfe, f, d) for nfe, f, d in pairs if f is not None and d is not None]
+            if not pairs:
                 continue
-            plan = sampler.plan(steps, torch.device("cpu"))
-            noise = torch.randn(n, mix.dim, generator=torch.Generator().manual_seed(seed + 1), dtype=dtype)
-            t0 = time.perf_counter()
-            out = loop.run(plan, exact_model(mix, plan, sampler.prediction_type), noise * plan.init_scale,
-                           generator=torch.Generator().manual_seed(seed + 2), progress=False)
-            dt = time.perf_counter() - t0
-            w1 = sliced_wasserstein(out, exact, generator=torch.Generator().manual_seed(0))
-            rows.append({"sampler": name, "steps": steps, "nfe": len(plan), "sliced_w1": w1, "finite": bool(torch.isfinite(out).all()),
-                         "seconds": dt})
-            print(f"{name:16s} steps={steps:3d} nfe={len(plan):3d}  W1={w1:.4f}  (floor {floor:.4f})", flush=True)
-    return {"floor_sliced_w1": floor, "rows": rows}
+            worse = [nfe for nfe, f, d in pairs
+                     if (f["ode_error"] > d["ode_error"] * 1.001 + 1e-7 if f["ode_error"] is not None
+                         else f["sliced_w1"] > d["sliced_w1"] + result["floor_sliced_w1"])]
+            out.append((f"{config} / {name}: fastdiff no worse than diffusers at every NFE" + (f" (worse at {worse})" if worse else ""), not worse))
+    for name in ORDER_CHECK:
+        ratio = _ratio(result, "karras", name)
+        if ratio is not None:
+            out.append((f"karras / {name} at 10 NFE: ODE error {ratio:.2f}x below DDIM's update (euler on the same sigmas; "
+                        f">= {CLEARLY}x expected)", ratio >= CLEARLY))
+    return out
 
 
 def markdown(result: dict) -> str:
-    steps = sorted({r["steps"] for r in result["rows"]})
-    lines = [f"Sliced W1 to the target (N = {result['n']}, exact-sample floor {result['floor_sliced_w1']:.4f}); "
-             "NFE in parentheses where it differs from the step count.", "",
-             "| sampler | " + " | ".join(f"{s} steps" for s in steps) + " |", "|---|" + "---|" * len(steps)]
-    for name in SAMPLERS:
-        cells = []
-        for s in steps:
-            r = next((r for r in result["rows"] if r["sampler"] == name and r["steps"] == s), None)
-            cells.append("-" if r is None else f"{r['sliced_w1']:.4f}" + (f" ({r['nfe']})" if r["nfe"] != s else ""))
-        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    nfes, impls = _present(result, "target_nfe"), _present(result, "implementation")
+
+    def cell(config, name, impl, nfe, key, fmt):
+        r = _row(result, config, name, impl, nfe)
+        if r is None or r[key] is None:
+            return "-"
+        return format(r[key], fmt) + ("" if r["nfe"] == nfe else f" ({r['nfe']})")
+
+    def table(config, key, fmt, names):
+        lines = ["| sampler | impl | " + " | ".join(f"NFE {n}" for n in nfes) + " |", "|---|---|" + "---|" * len(nfes)]
+        for name in names:
+            lines += [f"| {name} | {impl} | " + " | ".join(cell(config, name, impl, n, key, fmt) for n in nfes) + " |" for impl in impls]
+        return lines
+
+    about = {"sd": "each sampler's SD set-up: scaled_linear betas, trailing timesteps, final sigma 0 (flow_euler: shift 3)",
+             "karras": "Karras rho = 7 sigmas from sigma_max to sigma_min of the same betas, then 0; Euler's step here is "
+                       "DDIM's (eta 0) on these sigmas"}
+    lines = [f"Exact mixture denoiser, 8-component ring in 2-D, N = {result['n']}, float32; fastdiff = fastdiff.sample, "
+             f"diffusers = its scheduler of the same name and config; the same starting noise for both. Actual NFE in "
+             "parentheses where it differs (Heun: 2 steps - 1)."]
+    for config in _present(result, "config"):
+        names = [n for n in _present(result, "sampler") if any(r["config"] == config and r["sampler"] == n for r in result["rows"])]
+        lines += ["", f"## Grid `{config}`: {about[config]}", "",
+                  "ODE error: RMS distance to the exact probability-flow ODE solution (deterministic samplers).", ""]
+        lines += table(config, "ode_error", ".2e", [n for n in names if n not in STOCHASTIC])
+        lines += ["", f"Sliced W1 to the target (exact-sample floor {result['floor_sliced_w1']:.4f}: values near it are at "
+                  "sampling-noise level).", ""]
+        lines += table(config, "sliced_w1", ".4f", names)
+        ratios = [(n, _ratio(result, config, n)) for n in ORDER_CHECK]
+        ratios = [f"{n} {r:.2f}x" for n, r in ratios if r is not None]
+        if ratios:
+            base = "DDIM" if config == "sd" else "Euler (DDIM's update)"
+            lines += ["", f"At 10 NFE, {base}'s ODE error over the higher-order samplers': " + ", ".join(ratios) + "."]
+    lines += ["", "## Checks", ""] + [f"- [{'x' if ok else ' '}] {text}" for text, ok in checks(result)]
+    acc = ", ".join(f"{k}: {v:.1e}" for k, v in result["reference_accuracy"].items())
+    lines += ["", f"Reference: RK4 in float64, {result['reference_steps']} steps; RMS change from half as many steps: {acc}."]
     return "\n".join(lines) + "\n"
 
 
+def plot(result: dict, path: Path) -> bool:
+    """ODE error and sliced W1 vs NFE on log axes, one row of panels per grid. False without matplotlib."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return False
+    configs = _present(result, "config")
+    fig, axes = plt.subplots(len(configs), 2, figsize=(13, 5 * len(configs)), squeeze=False)
+    palette = [plt.cm.tab10(i) for i in range(10)] + ["black", "darkviolet"]
+    colors = {name: palette[i % len(palette)] for i, name in enumerate(NAMED)}
+    for row, config in zip(axes, configs):
+        for ax, key, title in ((row[0], "ode_error", "ODE error (RMS to the exact PF-ODE solution)"),
+                               (row[1], "sliced_w1", "sliced W1 to the target")):
+            for name in _present(result, "sampler"):
+                for impl, style in (("fastdiff", dict(ls="-", marker="o", ms=4)), ("diffusers", dict(ls="none", marker="x", ms=9))):
+                    pts = sorted((r["nfe"], r[key]) for r in result["rows"] if (r["config"], r["sampler"], r["implementation"]) ==
+                                 (config, name, impl) and r[key] is not None)
+                    if pts:
+                        ax.plot(*zip(*pts), color=colors[name], label=name if impl == "fastdiff" else None, **style)
+            if key == "sliced_w1":
+                ax.axhline(result["floor_sliced_w1"], color="gray", ls=":", label="exact-sample floor")
+            ax.set(xscale="log", yscale="log", xlabel="model evaluations (NFE)", title=f"{title}, grid '{config}'")
+            ax.set_xticks(_present(result, "target_nfe"), [str(n) for n in _present(result, "target_nfe")])
+            ax.minorticks_off()
+            ax.grid(True, which="both", alpha=0.3)
+            ax.legend(fontsize=7, ncol=2)
+    fig.suptitle(f"fastdiff (lines) and diffusers (x) on an 8-component Gaussian ring, N = {result['n']}, float32")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return True
+
+
+def _csv(text: str, kind=str) -> list:
+    return [kind(v) for v in text.split(",") if v]
+
+
 def main(argv: "list[str] | None" = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--n", type=int, default=20000)
+    ap = argparse.ArgumentParser(prog="fastdiff bench samplers", description=__doc__.splitlines()[0])
+    ap.add_argument("--n", type=int, default=10000, help="samples per run (default 10000)")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--out", type=Path, default=None, help="folder for <date>-<commit>-sampler_accuracy.{json,md}")
+    ap.add_argument("--nfe", default=",".join(map(str, NFE)), help="comma-separated model-evaluation budgets")
+    ap.add_argument("--samplers", default=",".join(NAMED), help="comma-separated fastdiff sampler names")
+    ap.add_argument("--configs", default=",".join(CONFIGS), help="comma-separated grids: sd, karras (see the module)")
+    ap.add_argument("--implementations", default="fastdiff,diffusers", help="fastdiff, diffusers or both")
+    ap.add_argument("--reference-steps", type=int, default=400, help="RK4 steps of the exact solve (default 400)")
+    ap.add_argument("--out", type=Path, default=None, help="folder for <date>-<commit>-sampler_accuracy.{json,md,png}")
     args = ap.parse_args(argv)
-    result = run(args.n, args.seed, torch.float32)
-    result.update(n=args.n, dtype="float32", torch=torch.__version__, fastdiff=fastdiff.__version__, machine=platform.machine(),
-                  defaults="scaled_linear 0.00085..0.012, trailing spacing; flow_euler shift 3")
+    samplers, nfes, impls, configs = _csv(args.samplers), _csv(args.nfe, int), _csv(args.implementations), _csv(args.configs)
+    for config in configs:
+        if config not in CONFIGS:
+            ap.error(f"--configs: expected names from {', '.join(CONFIGS)}, got {config!r}")
+    for name in samplers:
+        if name not in NAMED:
+            ap.error(f"--samplers: expected names from {', '.join(NAMED)}, got {name!r}")
+    for impl in impls:
+        if impl not in IMPLEMENTATIONS:
+            ap.error(f"--implementations: expected fastdiff and/or diffusers, got {impl!r}")
+    if "diffusers" in impls:
+        try:
+            import diffusers  # noqa: F401
+        except ImportError:
+            ap.error("the diffusers column needs diffusers (pip install diffusers), or pass --implementations fastdiff")
+    if any(n < 1 for n in nfes) or args.n < 2 or args.reference_steps < 2:
+        ap.error("--nfe values, --n and --reference-steps expected positive integers (n, reference steps >= 2)")
+    result = run(args.n, args.seed, configs, samplers, nfes, args.reference_steps, impls)
+    result.update(n=args.n, seed=args.seed, reference_steps=args.reference_steps, dtype="float32", torch=torch.__version__,
+                  fastdiff=fastdiff.__version__, machine=platform.machine(),
+                  command="fastdiff bench samplers " + " ".join(argv if argv is not None else sys.argv[1:]),
+                  configs={c: CONFIGS[c] for c in configs})
+    try:
+        import diffusers
+
+        result["diffusers"] = diffusers.__version__
+    except ImportError:
+        pass
     md = markdown(result)
     print(md)
     if args.out is not None:
@@ -110,7 +349,11 @@ def main(argv: "list[str] | None" = None) -> int:
         args.out.mkdir(parents=True, exist_ok=True)
         (args.out / f"{stem}.json").write_text(json.dumps(result, indent=1))
         (args.out / f"{stem}.md").write_text(md)
-    return 0
+        if plot(result, args.out / f"{stem}.png"):
+            print(f"wrote {args.out / stem}.{{json,md,png}}")
+        else:
+            print(f"wrote {args.out / stem}.{{json,md}}; no plot: matplotlib is not installed (pip install matplotlib)")
+    return 0 if all(ok for _, ok in checks(result)) else 1
 
 
 if __name__ == "__main__":

@@ -241,11 +241,48 @@ def test_mixture_model_returns_uncond_then_cond_at_the_schedules_noise_level():
         (lambda: ring().predict(torch.zeros(4, 2, dtype=F64), 0.5, 0.5, "score"), "prediction_type expected"),
         (lambda: MixtureModel(ring(), scaled_linear_alphas_cumprod())(torch.zeros(2, 2), 1000), r"timesteps in \[0, 999\]"),
         (lambda: sliced_wasserstein(torch.zeros(3, 2), torch.zeros(4, 2)), "same shape"),
+        (lambda: ring().solve_pf_ode(torch.zeros(4, 2), (0.5, 0.5), (1.0, 0.0), steps=0), "steps expected a positive int"),
+        (lambda: ring().solve_pf_ode(torch.zeros(4, 2), (0.0, 0.0), (1.0, 0.0)), "start expected"),
+        (lambda: MixtureModel(ring(), scaled_linear_alphas_cumprod(), prediction_type="flow_prediction"), "prediction_type expected"),
     ],
 )
 def test_bad_input_raises_a_clear_error(make, match):
     with pytest.raises(ValueError, match=match):
         make()
+
+
+# ---------------------------------------------------------------------------------------------
+# The probability-flow ODE
+# ---------------------------------------------------------------------------------------------
+def test_flow_prediction_is_eps_minus_x0():
+    mix, x = random_mixture(), torch.randn(16, 3, generator=torch.Generator().manual_seed(2), dtype=F64)
+    torch.testing.assert_close(mix.predict(x, 0.6, 0.8, "flow_prediction"), mix.eps(x, 0.6, 0.8) - mix.denoise(x, 0.6, 0.8))
+
+
+def test_pf_ode_solve_of_one_gaussian_is_the_closed_form_and_converges_at_fourth_order():
+    # One component N(mu, s^2 I): in VE coordinates x(sigma) = mu + (x(sigma0) - mu) sqrt((s^2 + sigma^2) / (s^2 + sigma0^2)).
+    mu, s = torch.tensor([[1.0, -2.0]], dtype=F64), 0.3
+    mix = GaussianMixture(mu, [s])
+    x = torch.randn(256, 2, generator=torch.Generator().manual_seed(3), dtype=F64)
+    a0, q0 = 0.0683, math.sqrt(1 - 0.0683**2)
+    sig0 = q0 / a0
+    want = mu + (x / a0 - mu) * s / math.sqrt(s**2 + sig0**2)
+    errs = [float((mix.solve_pf_ode(x, (a0, q0), (1.0, 0.0), steps=n) - want).abs().max()) for n in (20, 40, 400)]
+    assert errs[2] < 1e-11
+    assert 10 < errs[0] / errs[1] < 24  # 2^4 = 16: fourth order
+    # to an intermediate level, returned in that level's coordinates (alpha, sigma)
+    a1, q1 = 0.8, 0.6
+    mid = mix.solve_pf_ode(x, (a0, q0), (a1, q1), steps=400)
+    sig1 = q1 / a1
+    torch.testing.assert_close(mid, a1 * (mu + (x / a0 - mu) * math.sqrt((s**2 + sig1**2) / (s**2 + sig0**2))), rtol=1e-10, atol=1e-10)
+
+
+def test_pf_ode_solve_runs_backwards_to_where_it_started_and_keeps_the_dtype():
+    mix = ring()
+    x = torch.randn(128, 2, generator=torch.Generator().manual_seed(4), dtype=F64)
+    there = mix.solve_pf_ode(x, (0.0, 1.0), (0.9, 0.3), steps=400)
+    torch.testing.assert_close(mix.solve_pf_ode(there, (0.9, 0.3), (0.0, 1.0), steps=400), x, rtol=1e-7, atol=1e-7)
+    assert mix.solve_pf_ode(x.float(), (0.0, 1.0), (1.0, 0.0), steps=10).dtype == torch.float32
 
 
 # ---------------------------------------------------------------------------------------------
