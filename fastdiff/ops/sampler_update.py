@@ -136,6 +136,43 @@ def sampler_update(
     return kernel_op(op, backend)(x, model_out, coeffs.contiguous(), history, noise, scale_f, scale_t, factor)
 
 
+class LoopUpdate:
+    """`sampler_update` for the steps of one sampling loop, where history and guidance stay fixed.
+
+    The first call (and any call whose shapes, dtypes or devices differ from it) goes through
+    `sampler_update` with every check; later calls launch the backend chosen then directly. On CPU
+    the per-call checks cost 30-80 us, most of a small latent's step. Rows must come from a table
+    validated when it was built (a `fastdiff.samplers.Plan`'s): their values are not re-read here.
+    A per-sample guidance tensor or guidance_rescale always takes the checked path.
+    """
+
+    def __init__(self, history: Optional[Tensor], guidance_scale: Optional[Scale], guidance_rescale: float = 0.0):
+        self.history, self.guidance_scale, self.guidance_rescale = history, guidance_scale, guidance_rescale
+        plain_scale = guidance_scale is None or (isinstance(guidance_scale, (int, float)) and not isinstance(guidance_scale, bool))
+        self._bindable = plain_scale and not guidance_rescale
+        self._bound: Optional[tuple] = None  # (signature, kernel, scale)
+
+    @staticmethod
+    def _signature(x: Tensor, model_out: Tensor, coeffs: Tensor, noise: Optional[Tensor]) -> tuple:
+        return (x.shape, x.dtype, x.device, model_out.shape, model_out.dtype, model_out.device, coeffs.dtype, coeffs.device,
+                None if noise is None else (noise.shape, noise.dtype, noise.device))
+
+    def __call__(self, x: Tensor, model_out: Tensor, coeffs: Tensor, noise: Optional[Tensor] = None) -> Tensor:
+        bound = self._bound
+        if (bound is not None and bound[0] == self._signature(x, model_out, coeffs, noise) and x.is_contiguous()
+                and model_out.is_contiguous() and coeffs.is_contiguous() and (noise is None or noise.is_contiguous())
+                and not needs_grad(x, model_out, noise)):
+            return bound[1](x, model_out, coeffs, self.history, noise, bound[2], None, None)
+        out = sampler_update(x, model_out, coeffs, history=self.history, noise=noise,
+                             guidance_scale=self.guidance_scale, guidance_rescale=self.guidance_rescale)
+        if self._bindable and x.numel():
+            backend = _backend.select("sampler_update", x.device, _reason(x.dtype, model_out.dtype, coeffs.dtype))
+            if backend != "reference":
+                scale = 1.0 if self.guidance_scale is None else float(self.guidance_scale)
+                self._bound = (self._signature(x, model_out, coeffs, noise), kernel_op("sampler_update", backend), scale)
+        return out
+
+
 def _reason(x_dtype: torch.dtype, out_dtype: torch.dtype, coeff_dtype: torch.dtype):
     def reason(name: str) -> Optional[str]:
         if coeff_dtype != torch.float32:

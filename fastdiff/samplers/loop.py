@@ -27,7 +27,7 @@ from typing import Any, Callable, Mapping, Optional, Sequence, Union
 import torch
 from torch import Tensor
 
-from .. import ops
+from ..ops.sampler_update import LoopUpdate
 from .sampler import Plan, Sampler, make_sampler
 
 ModelFn = Callable[[Tensor, Tensor], Tensor]
@@ -184,6 +184,7 @@ def run(
     """The eager loop over a plan, starting from state ``x`` (model coordinates)."""
     guided = guidance_scale is not None
     hist = torch.empty((plan.history, *x.shape), dtype=x.dtype, device=x.device) if plan.history else None
+    update = LoopUpdate(hist, guidance_scale, guidance_rescale if guided else 0.0)
     bar = _progress_bar(progress, len(plan), desc)
     try:
         for j in range(len(plan)):
@@ -194,8 +195,7 @@ def run(
                 z = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
                 if not plan.noise_read[j]:
                     z = None
-            x = ops.sampler_update(x, out, plan.table[j], history=hist, noise=z,
-                                   guidance_scale=guidance_scale, guidance_rescale=guidance_rescale if guided else 0.0)
+            x = update(x, out, plan.table[j], z)
             if inpaint is not None:
                 x = inpaint(j, x)
             if callback is not None:

@@ -213,3 +213,49 @@ def test_a_fractional_slot_writes_nothing(backend_device):
     before = h.clone()
     kernel_op("sampler_update", backend)(x, m, coeffs.to(dev), h, z, 2.0, None, None)
     assert torch.equal(h, before)
+
+
+# ---------------------------------------------------------------------------------------------
+# LoopUpdate: checked once, then launched directly
+# ---------------------------------------------------------------------------------------------
+def test_loop_update_matches_the_checked_op_step_for_step(backend_device):
+    from fastdiff.ops.sampler_update import LoopUpdate
+
+    backend, dev = backend_device
+    x, m, h, z = make((2, 3, 5, 7), torch.float32, dev)
+    h_ref = h.clone()
+    with fastdiff.backend(backend):
+        update = LoopUpdate(h, 4.0)
+        x_ref = x.clone()
+        for j in range(4):
+            r = row(2, j % 2, seed=j).to(dev)
+            x = update(x, m * (j + 1), r, z)
+            x_ref = sampler_update(x_ref, m * (j + 1), r, history=h_ref, noise=z, guidance_scale=4.0)
+            assert torch.equal(x, x_ref) and torch.equal(h, h_ref)
+    assert (update._bound is None) == (backend == "reference")
+
+
+def test_loop_update_checks_again_when_a_call_differs_from_the_first():
+    from fastdiff.ops.sampler_update import LoopUpdate
+
+    x, m, h, _ = make((2, 4), torch.float32, "cpu", noise=False)
+    update = LoopUpdate(h, 3.0)
+    update(x, m, row(2, 0))
+    assert update._bound is not None
+    with pytest.raises(InputError, match="fastdiff.sampler_update: argument 'model_out' expected"):
+        update(x, m[:2], row(2, 0))  # an unguided-size output on a guided loop
+    h_before = h.clone()
+    out = update(x.T.contiguous().T, m, row(2, 1))  # a non-contiguous x still works, through the checked path
+    torch.testing.assert_close(out, sampler_update(x, m, row(2, 1), history=h_before, guidance_scale=3.0))
+    xg = x.clone().requires_grad_(True)
+    update(xg, m, row(2, -1)).sum().backward()  # needs a gradient: the reference path, differentiable
+    assert xg.grad is not None
+
+
+def test_loop_update_with_per_sample_scale_or_rescale_always_checks():
+    from fastdiff.ops.sampler_update import LoopUpdate
+
+    x, m, h, _ = make((2, 4), torch.float32, "cpu", noise=False)
+    for update in (LoopUpdate(h, torch.tensor([1.0, 2.0])), LoopUpdate(h, 5.0, 0.7)):
+        update(x, m, row(2, 0))
+        assert update._bound is None
