@@ -139,7 +139,7 @@ def sampler_update(
 class LoopUpdate:
     """`sampler_update` for the steps of one sampling loop, where history and guidance stay fixed.
 
-    The first call (and any call whose shapes, dtypes or devices differ from it) goes through
+    The first call (and any call whose shapes, dtypes, devices or forced backend differ from it) goes through
     `sampler_update` with every check; later calls launch the backend chosen then directly. On CPU
     the per-call checks cost 30-80 us, most of a small latent's step. Rows must come from a table
     validated when it was built (a `fastdiff.samplers.Plan`'s): their values are not re-read here.
@@ -155,7 +155,7 @@ class LoopUpdate:
     @staticmethod
     def _signature(x: Tensor, model_out: Tensor, coeffs: Tensor, noise: Optional[Tensor]) -> tuple:
         return (x.shape, x.dtype, x.device, model_out.shape, model_out.dtype, model_out.device, coeffs.dtype, coeffs.device,
-                None if noise is None else (noise.shape, noise.dtype, noise.device))
+                None if noise is None else (noise.shape, noise.dtype, noise.device), _backend.forced())
 
     def __call__(self, x: Tensor, model_out: Tensor, coeffs: Tensor, noise: Optional[Tensor] = None) -> Tensor:
         bound = self._bound

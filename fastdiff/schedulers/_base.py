@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .. import ops
+from ..ops.sampler_update import LoopUpdate
 from ..samplers.program import Program, ProgramBuilder
 
 
@@ -133,6 +133,7 @@ class FusedScheduler:
         self._programs: dict = {}
         self._device_tables: dict = {}
         self._history: Optional[Tensor] = None
+        self._update: Optional[LoopUpdate] = None
         self._run_begin: Optional[int] = None
 
     @property
@@ -290,7 +291,9 @@ class FusedScheduler:
         m = model_output
         if model_override is not None:
             m, row = model_override, self._table(sample.device, begin, key, as_sample=True)[1][r]
-        out = ops.sampler_update(sample, m, row, history=hist, noise=z)
+        if self._update is None or self._update.history is not hist:  # checked in full again for a new buffer
+            self._update = LoopUpdate(hist, None)
+        out = self._update(sample, m, row, z)
         slot = prog.slots[r]
         exposed = hist[slot] if (hist is not None and slot >= 0 and self._expose()) else None
         self._step_index += 1

@@ -247,6 +247,9 @@ def test_loop_update_checks_again_when_a_call_differs_from_the_first():
     h_before = h.clone()
     out = update(x.T.contiguous().T, m, row(2, 1))  # a non-contiguous x still works, through the checked path
     torch.testing.assert_close(out, sampler_update(x, m, row(2, 1), history=h_before, guidance_scale=3.0))
+    with fastdiff.backend("reference"):  # a backend forced after the first step is honoured
+        update(x, m, row(2, -1))
+        assert update._bound is None or update._bound[0][-1] != "reference"
     xg = x.clone().requires_grad_(True)
     update(xg, m, row(2, -1)).sum().backward()  # needs a gradient: the reference path, differentiable
     assert xg.grad is not None
