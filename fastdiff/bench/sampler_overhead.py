@@ -1,6 +1,7 @@
 """Sampling-loop overhead outside the model: diffusers' scheduler loop vs fastdiff's.
 
-The model is free (it returns a precomputed output), so each loop's time is its scheduler work:
+The model is free (``--model free``: it returns a precomputed output; ``touch``: it also reads its input and
+writes a fresh output, three passes over the doubled batch), so each loop's time is its scheduler work:
 diffusers' step (several elementwise passes plus Python), fastdiff.schedulers' drop-in step (one
 fused sampler_update launch) and fastdiff.sample's loop (the same launch, no input scaling, with
 classifier-free guidance fused). Reported per step, median over interleaved repeats, with the
@@ -37,21 +38,26 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def scheduler_loop(sched, x0, out_guided, guidance: float, steps: int, device) -> float:
+MODELS = {
+    "free": lambda out: (lambda x, t: out),
+    "touch": lambda out: (lambda x, t: torch.cat([x]).mul_(0).add_(out)),
+}
+
+
+def scheduler_loop(sched, x0, model, guidance: float, steps: int, device) -> float:
     sched.set_timesteps(steps, device=device)
     _sync(device)
     t0 = time.perf_counter()
     x = x0 * float(getattr(sched, "init_noise_sigma", 1.0))
     for t in sched.timesteps:
         xi = sched.scale_model_input(x, t)
-        u, c = torch.cat([xi, xi]).mul_(0).add_(out_guided).chunk(2)  # the pipeline's cat + a free "model"
+        u, c = model(torch.cat([xi, xi]), t).chunk(2)  # a pipeline's doubled batch for classifier-free guidance
         x = sched.step(u + guidance * (c - u), t, x).prev_sample
     _sync(device)
     return time.perf_counter() - t0
 
 
-def fused_loop(plan, x0, out_guided, guidance: float, device) -> float:
-    model = lambda x, t: torch.cat([x]).mul_(0).add_(out_guided)  # noqa: E731 - same cat + free "model" as above
+def fused_loop(plan, x0, model, guidance: float, device) -> float:
     _sync(device)
     t0 = time.perf_counter()
     loop.run(plan, model, x0 * plan.init_scale, guidance_scale=guidance, progress=False)
@@ -59,13 +65,13 @@ def fused_loop(plan, x0, out_guided, guidance: float, device) -> float:
     return time.perf_counter() - t0
 
 
-def bench(shape, device, steps: int, repeats: int) -> list[dict]:
+def bench(shape, device, steps: int, repeats: int, model_kind: str = "free") -> list[dict]:
     import diffusers
 
     warnings.filterwarnings("ignore")
     gen = torch.Generator(device=device).manual_seed(0)
     x0 = torch.randn(shape, generator=gen, device=device)
-    out = torch.randn((2 * shape[0], *shape[1:]), generator=gen, device=device)
+    model = MODELS[model_kind](torch.randn((2 * shape[0], *shape[1:]), generator=gen, device=device))
     rows = []
     for name, cls in SAMPLERS.items():
         sampler = make_sampler(name)
@@ -74,15 +80,15 @@ def bench(shape, device, steps: int, repeats: int) -> list[dict]:
         plan = sampler.plan(steps, device)
         runs = {"diffusers": [], "fastdiff.schedulers": [], "fastdiff.sample": []}
         for _ in range(2):  # warm-up
-            scheduler_loop(ref, x0, out, 7.5, steps, device)
-            scheduler_loop(ours, x0, out, 7.5, steps, device)
-            fused_loop(plan, x0, out, 7.5, device)
+            scheduler_loop(ref, x0, model, 7.5, steps, device)
+            scheduler_loop(ours, x0, model, 7.5, steps, device)
+            fused_loop(plan, x0, model, 7.5, device)
         for _ in range(repeats):
-            runs["diffusers"].append(scheduler_loop(ref, x0, out, 7.5, steps, device) / steps)
-            runs["fastdiff.schedulers"].append(scheduler_loop(ours, x0, out, 7.5, steps, device) / steps)
-            runs["fastdiff.sample"].append(fused_loop(plan, x0, out, 7.5, device) / steps)
+            runs["diffusers"].append(scheduler_loop(ref, x0, model, 7.5, steps, device) / steps)
+            runs["fastdiff.schedulers"].append(scheduler_loop(ours, x0, model, 7.5, steps, device) / steps)
+            runs["fastdiff.sample"].append(fused_loop(plan, x0, model, 7.5, device) / steps)
         d = runs["diffusers"]
-        row = {"sampler": name, "shape": list(shape), "device": str(device), "steps": steps}
+        row = {"sampler": name, "shape": list(shape), "device": str(device), "steps": steps, "model": model_kind}
         for k, v in runs.items():
             row[f"{k}_us_per_step"] = statistics.median(v) * 1e6
             if k != "diffusers":
@@ -95,33 +101,35 @@ def bench(shape, device, steps: int, repeats: int) -> list[dict]:
 
 
 def markdown(rows: list[dict]) -> str:
-    lines = ["Per-step time of the loop around a free model (guided, cfg 7.5), median; speed-up = median of per-pair "
+    lines = ["Per-step time of a whole guided loop (cfg 7.5) around a trivial model, median; speed-up = median of per-pair "
              "ratios vs diffusers.", "",
-             "| sampler | shape | diffusers (us) | fastdiff.schedulers (us, x) | fastdiff.sample (us, x) |", "|---|---|---|---|---|"]
+             "| sampler | shape | steps | model | diffusers (us) | fastdiff.schedulers (us, x) | fastdiff.sample (us, x) |",
+             "|---|---|---|---|---|---|---|"]
     for r in rows:
-        lines.append(f"| {r['sampler']} | {tuple(r['shape'])} | {r['diffusers_us_per_step']:.0f} | "
+        lines.append(f"| {r['sampler']} | {tuple(r['shape'])} | {r['steps']} | {r['model']} | {r['diffusers_us_per_step']:.0f} | "
                      f"{r['fastdiff.schedulers_us_per_step']:.0f} ({r['fastdiff.schedulers_speedup']:.2f}x) | "
                      f"{r['fastdiff.sample_us_per_step']:.0f} ({r['fastdiff.sample_speedup']:.2f}x) |")
     return "\n".join(lines) + "\n"
 
 
 def main(argv: "list[str] | None" = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(prog="fastdiff bench overhead", description=__doc__.splitlines()[0])
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--repeats", type=int, default=9)
-    ap.add_argument("--shapes", default="1x4x64x64,2x4x128x128")
+    ap.add_argument("--shapes", default="1x4x64x64,4x4x64x64,2x4x128x128")
+    ap.add_argument("--model", choices=sorted(MODELS), default="free", help="the trivial model (see the module docstring)")
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args(argv)
     device = torch.device(args.device)
     rows = []
     for s in args.shapes.split(","):
-        rows += bench(tuple(int(v) for v in s.split("x")), device, args.steps, args.repeats)
+        rows += bench(tuple(int(v) for v in s.split("x")), device, args.steps, args.repeats, args.model)
     md = markdown(rows)
     print(md)
     if args.out is not None:
         commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip() or "unknown"
-        stem = f"{time.strftime('%Y-%m-%d')}-{commit}-sampler_overhead"
+        stem = f"{time.strftime('%Y-%m-%d')}-{commit}-sampler_overhead-{args.model}-{args.steps}steps"
         args.out.mkdir(parents=True, exist_ok=True)
         meta = {"torch": torch.__version__, "threads": torch.get_num_threads(), "machine": platform.machine(),
                 "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor()}
