@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import statistics
 import subprocess
@@ -125,7 +126,11 @@ def main(argv: "list[str] | None" = None) -> int:
     rows = []
     for s in args.shapes.split(","):
         rows += bench(tuple(int(v) for v in s.split("x")), device, args.steps, args.repeats, args.model)
-    md = markdown(rows)
+    import diffusers
+
+    md = markdown(rows) + (f"\nCommand: `fastdiff bench overhead {' '.join(argv if argv is not None else sys.argv[1:])}`; "
+                           f"torch {torch.__version__}, diffusers {diffusers.__version__}, {torch.get_num_threads()} threads, "
+                           f"{platform.processor() or platform.machine()}, load average {os.getloadavg()[0]:.2f} at the end.\n")
     print(md)
     if args.out is not None:
         commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip() or "unknown"
