@@ -1,4 +1,4 @@
-"""Wrapper: `python benchmarks/bench_sampler_overhead.py [args]` runs `fastdiff bench samplers-overhead` (fastdiff/bench/sampler_overhead.py)."""
+"""Wrapper: `python benchmarks/bench_sampler_overhead.py [args]` runs `fastdiff bench overhead` (fastdiff/bench/sampler_overhead.py)."""
 
 import sys
 from pathlib import Path
