@@ -186,7 +186,9 @@ class FusedScheduler:
         repeated pair does not run it twice), the first otherwise."""
         v = float(timestep.item() if isinstance(timestep, Tensor) else timestep)
         host = self._host_timesteps()
-        hits = np.nonzero(host == np.float32(v) if host.dtype == np.float32 else host == v)[0]
+        return self._pick_match(np.nonzero(host == np.float32(v) if host.dtype == np.float32 else host == v)[0], v)
+
+    def _pick_match(self, hits: np.ndarray, v: float) -> int:
         if len(hits) == 0:
             return self._missing_timestep(v)
         return int(hits[1] if len(hits) > 1 else hits[0])
@@ -198,10 +200,7 @@ class FusedScheduler:
         if schedule_timesteps is not None and schedule_timesteps is not self.timesteps:
             vals = schedule_timesteps.detach().cpu().numpy()
             v = float(timestep.item() if isinstance(timestep, Tensor) else timestep)
-            hits = np.nonzero(vals == v)[0]
-            if len(hits) == 0:
-                return self._missing_timestep(v)
-            return int(hits[1] if len(hits) > 1 else hits[0])
+            return self._pick_match(np.nonzero(vals == v)[0], v)
         return self._index_for_value(timestep)
 
     def _init_step_index(self, timestep: Any) -> None:

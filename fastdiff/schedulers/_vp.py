@@ -40,6 +40,19 @@ class VPScheduler(FusedScheduler):
         self._ts_host = np.array(timesteps, dtype=np.int64)
         self.timesteps = torch.from_numpy(self._ts_host.copy()).to(device)
 
+    def _custom_timesteps(self, timesteps: Any) -> np.ndarray:
+        """User-given timesteps as int64, checked as diffusers does (descending, below num_train_timesteps)."""
+        if any(timesteps[i] >= timesteps[i - 1] for i in range(1, len(timesteps))):
+            raise ValueError("`custom_timesteps` must be in descending order.")
+        if timesteps[0] >= self.config.num_train_timesteps:
+            raise ValueError(f"`timesteps` must start before `self.config.train_timesteps`: {self.config.num_train_timesteps}.")
+        return np.array(timesteps, dtype=np.int64)
+
+    def _check_step_count(self, num_inference_steps: int) -> None:
+        n = self.config.num_train_timesteps
+        if num_inference_steps > n:
+            raise ValueError(f"`num_inference_steps`: {num_inference_steps} cannot be larger than `self.config.train_timesteps`: {n}")
+
     def scale_model_input(self, sample: Tensor, timestep: Optional[int] = None) -> Tensor:
         return sample
 

@@ -49,9 +49,7 @@ class DDIMScheduler(VPScheduler):
 
     def set_timesteps(self, num_inference_steps: int, device=None) -> None:
         cfg = self.config
-        if num_inference_steps > cfg.num_train_timesteps:
-            raise ValueError(f"`num_inference_steps`: {num_inference_steps} cannot be larger than `self.config.train_timesteps`: "
-                             f"{cfg.num_train_timesteps}")
+        self._check_step_count(num_inference_steps)
         self.num_inference_steps = num_inference_steps
         ts = schedules.spaced_timesteps(cfg.timestep_spacing, num_inference_steps, cfg.num_train_timesteps, steps_offset=cfg.steps_offset)
         self._install_timesteps(ts, device)

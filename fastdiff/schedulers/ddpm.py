@@ -56,18 +56,12 @@ class DDPMScheduler(VPScheduler):
         if num_inference_steps is not None and timesteps is not None:
             raise ValueError("Can only pass one of `num_inference_steps` or `custom_timesteps`.")
         if timesteps is not None:
-            if any(timesteps[i] >= timesteps[i - 1] for i in range(1, len(timesteps))):
-                raise ValueError("`custom_timesteps` must be in descending order.")
-            if timesteps[0] >= cfg.num_train_timesteps:
-                raise ValueError(f"`timesteps` must start before `self.config.train_timesteps`: {cfg.num_train_timesteps}.")
-            ts = np.array(timesteps, dtype=np.int64)
+            ts = self._custom_timesteps(timesteps)
             self.custom_timesteps = True
         else:
             if num_inference_steps is None:
                 raise ValueError("fastdiff: set_timesteps needs num_inference_steps or timesteps")
-            if num_inference_steps > cfg.num_train_timesteps:
-                raise ValueError(f"`num_inference_steps`: {num_inference_steps} cannot be larger than `self.config.train_timesteps`: "
-                                 f"{cfg.num_train_timesteps}")
+            self._check_step_count(num_inference_steps)
             self.num_inference_steps = num_inference_steps
             self.custom_timesteps = False
             ts = schedules.spaced_timesteps(cfg.timestep_spacing, num_inference_steps, cfg.num_train_timesteps, steps_offset=cfg.steps_offset)

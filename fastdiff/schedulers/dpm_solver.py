@@ -146,6 +146,3 @@ class DPMSolverMultistepScheduler(MultistepScheduler):
         if self._data_is_x0():
             return x0
         return (sample - alpha * x0) / sigma
-
-    def __len__(self) -> int:
-        return self.config.num_train_timesteps

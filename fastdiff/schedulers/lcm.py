@@ -69,11 +69,7 @@ class LCMScheduler(VPScheduler):
         k = cfg.num_train_timesteps // original
         origin = np.asarray(list(range(1, int(original * strength) + 1))) * k - 1
         if timesteps is not None:
-            if any(timesteps[i] >= timesteps[i - 1] for i in range(1, len(timesteps))):
-                raise ValueError("`custom_timesteps` must be in descending order.")
-            if timesteps[0] >= cfg.num_train_timesteps:
-                raise ValueError(f"`timesteps` must start before `self.config.train_timesteps`: {cfg.num_train_timesteps}.")
-            ts = np.array(timesteps, dtype=np.int64)
+            ts = self._custom_timesteps(timesteps)
             self.num_inference_steps = len(ts)
             self.custom_timesteps = True
             init = min(int(self.num_inference_steps * strength), self.num_inference_steps)
