@@ -19,14 +19,16 @@ otherwise by value, as diffusers does.
 from __future__ import annotations
 
 import inspect
-from typing import Any, Mapping, Optional
+from typing import Any, Mapping, Optional, Sequence
 
 import numpy as np
 import torch
 from torch import Tensor
 
 from ..ops.sampler_update import LoopUpdate
+from ..samplers import solvers
 from ..samplers.program import Program, ProgramBuilder
+from ._common import check_timestep_spacing, expand_like, training_schedule
 
 
 class Config(dict):
@@ -83,6 +85,8 @@ class FusedScheduler:
     order = 1
     #: extra keys a diffusers config may carry that the subclass accepts but ignores
     _ignored_config: tuple = ()
+    #: whether step() returns the converted output (pred_original_sample / denoised)
+    _exposes: bool = False
 
     # -- configuration ---------------------------------------------------------------------------
     def _register(self, params: dict) -> None:
@@ -118,6 +122,16 @@ class FusedScheduler:
         unused = {k: v for k, v in merged.items() if k not in params and not k.startswith("_")}
         obj = cls(**init)
         return (obj, unused) if return_unused_kwargs else obj
+
+    def _init_training(self, prediction_types: Sequence[str] = solvers.PREDICTION_TYPES, *, clamp_zero_snr: bool,
+                       check_spacing: bool = True) -> None:
+        """Check prediction_type (and timestep_spacing), then set betas, alphas and alphas_cumprod
+        from the registered config (see training_schedule for ``clamp_zero_snr``)."""
+        solvers.check_prediction_type(self.config.prediction_type, prediction_types)
+        if check_spacing:
+            check_timestep_spacing(self.config.timestep_spacing)
+        self.betas, self.alphas_cumprod = training_schedule(self.config, clamp_zero_snr=clamp_zero_snr)
+        self.alphas = 1.0 - self.betas
 
     def __len__(self) -> int:
         return self.config.num_train_timesteps
@@ -172,7 +186,9 @@ class FusedScheduler:
         repeated pair does not run it twice), the first otherwise."""
         v = float(timestep.item() if isinstance(timestep, Tensor) else timestep)
         host = self._host_timesteps()
-        hits = np.nonzero(host == np.float32(v) if host.dtype == np.float32 else host == v)[0]
+        return self._pick_match(np.nonzero(host == np.float32(v) if host.dtype == np.float32 else host == v)[0], v)
+
+    def _pick_match(self, hits: np.ndarray, v: float) -> int:
         if len(hits) == 0:
             return self._missing_timestep(v)
         return int(hits[1] if len(hits) > 1 else hits[0])
@@ -184,32 +200,50 @@ class FusedScheduler:
         if schedule_timesteps is not None and schedule_timesteps is not self.timesteps:
             vals = schedule_timesteps.detach().cpu().numpy()
             v = float(timestep.item() if isinstance(timestep, Tensor) else timestep)
-            hits = np.nonzero(vals == v)[0]
-            if len(hits) == 0:
-                return self._missing_timestep(v)
-            return int(hits[1] if len(hits) > 1 else hits[0])
+            return self._pick_match(np.nonzero(vals == v)[0], v)
         return self._index_for_value(timestep)
 
     def _init_step_index(self, timestep: Any) -> None:
         self._step_index = self._begin_index if self._begin_index is not None else self._position(timestep)
         self._run_begin = None
 
+    def _check_timed(self) -> None:
+        if getattr(self, "num_inference_steps", None) is None and not getattr(self, "_untimed_ok", False):
+            raise ValueError("Number of inference steps is 'None', you need to run 'set_timesteps' after creating the scheduler")
+
+    def _check_float_timestep(self, timestep: Any) -> None:
+        """diffusers' refusal of loop indices where timesteps are floats (Euler family, flow matching)."""
+        if isinstance(timestep, int) or (isinstance(timestep, Tensor) and not torch.is_floating_point(timestep)):
+            raise ValueError("Passing integer indices (e.g. from `enumerate(timesteps)`) as timesteps to `step()` is not "
+                             "supported. Make sure to pass one of the `scheduler.timesteps` as a timestep.")
+
     def _ensure_step_index(self, timestep: Any) -> None:
         """Locate the first step of a run; a run that went past the end starts over (value-based
         diffusers schedulers allow looping over the timesteps again without set_timesteps)."""
-        if getattr(self, "num_inference_steps", None) is None and not getattr(self, "_untimed_ok", False):
-            raise ValueError(f"fastdiff: {type(self).__name__}: call set_timesteps before step")
+        self._check_timed()
         if self._step_index is None or self._step_index >= len(self.timesteps):
             self._begin_index = None if self._step_index is not None else self._begin_index
             self._init_step_index(timestep)
 
+    def _start_run(self) -> int:
+        """The position the current run began at (this step's, on its first step)."""
+        if self._run_begin is None:
+            self._run_begin = self._step_index
+        return self._run_begin
+
+    def _sigmas_at(self, timesteps: Tensor, like: Tensor) -> Tensor:
+        """self.sigmas at ``timesteps`` as diffusers looks them up for noising (by value before a
+        begin index is set, else at the current or begin position), shaped to broadcast on ``like``."""
+        sigmas = self.sigmas.to(device=like.device, dtype=like.dtype)
+        if self._begin_index is None:
+            idx = [self.index_for_timestep(t) for t in timesteps]
+        else:
+            idx = [self._step_index if self._step_index is not None else self._begin_index] * timesteps.shape[0]
+        return expand_like(sigmas[idx].flatten(), like)
+
     # -- tables ----------------------------------------------------------------------------------
     def _builder(self, begin: int, key: tuple) -> ProgramBuilder:  # pragma: no cover - abstract
         raise NotImplementedError
-
-    def _expose(self) -> bool:
-        """Whether step() returns the converted output (pred_original_sample / denoised)."""
-        return False
 
     def _model_frame(self, begin: int) -> tuple[list[float], list[tuple[float, float]]]:  # pragma: no cover - abstract
         """For the state before each evaluation from ``begin`` on, then the final output: the factor n
@@ -226,7 +260,7 @@ class FusedScheduler:
     def _program(self, begin: int, key: tuple = ()) -> Program:
         ck = (begin, key)
         if ck not in self._programs:
-            self._programs[ck] = self._builder(begin, key).build(expose=self._expose())
+            self._programs[ck] = self._builder(begin, key).build(expose=self._exposes)
         return self._programs[ck]
 
     def _table(self, device: torch.device, begin: int, key: tuple = (), *, as_sample: bool = False) -> tuple[Program, Tensor]:
@@ -265,9 +299,7 @@ class FusedScheduler:
         model_override: Optional[Tensor] = None,
     ) -> tuple[Tensor, Optional[Tensor]]:
         """One step at self.step_index; returns (prev_sample, view of D_i or None)."""
-        if self._run_begin is None:
-            self._run_begin = self._step_index
-        begin = self._run_begin
+        begin = self._start_run()
         prog, table = self._table(sample.device, begin, key)
         r = self._step_index - begin
         if not 0 <= r < len(prog):
@@ -295,9 +327,15 @@ class FusedScheduler:
             self._update = LoopUpdate(hist, None)
         out = self._update(sample, m, row, z)
         slot = prog.slots[r]
-        exposed = hist[slot] if (hist is not None and slot >= 0 and self._expose()) else None
+        exposed = hist[slot] if (hist is not None and slot >= 0 and self._exposes) else None
         self._step_index += 1
         return out, exposed
+
+    def _x0_from_table(self, sample: Tensor, model_output: Tensor, key: tuple = ()) -> Tensor:
+        """The model's x0 at this step from the table row (device scalars, no host sync)."""
+        begin = self._start_run()
+        _, table = self._table(sample.device, begin, key)
+        return x0_from_row(table[self._step_index - begin], sample, model_output)
 
 
 def threshold_sample(x0: Tensor, ratio: float, max_value: float) -> Tensor:
@@ -309,7 +347,19 @@ def threshold_sample(x0: Tensor, ratio: float, max_value: float) -> Tensor:
     return (torch.clamp(flat, -s, s) / s).reshape(x0.shape).to(dtype)
 
 
+def clip_x0(config: Any, x0: Tensor) -> Tensor:
+    """x0 thresholded (config.thresholding) or else clamped to config.clip_sample_range."""
+    if config.thresholding:
+        return threshold_sample(x0, config.dynamic_thresholding_ratio, config.sample_max_value)
+    return x0.clamp(-config.clip_sample_range, config.clip_sample_range)
+
+
+def x0_from_coeffs(a: Any, b: Any, sample: Tensor, model_output: Tensor) -> Tensor:
+    """a x + b m in float32, cast back to the sample's dtype (a, b: floats or device scalars)."""
+    return (a * sample.float() + b * model_output.float()).to(sample.dtype)
+
+
 def x0_from_row(row: Tensor, sample: Tensor, model_output: Tensor) -> Tensor:
     """a x + b m for a device row (two device scalars, no host sync)."""
-    return (row[0] * sample.float() + row[1] * model_output.float()).to(sample.dtype)
+    return x0_from_coeffs(row[0], row[1], sample, model_output)
 

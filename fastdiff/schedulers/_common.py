@@ -1,11 +1,10 @@
-"""Schedule pieces several scheduler classes share (training schedule, sigma conversions, noising)."""
+"""Schedule pieces several scheduler classes share (training schedule, sigma spacing and shifts, final level)."""
 
 from __future__ import annotations
 
 from typing import Any, Optional
 
 import numpy as np
-import torch
 from torch import Tensor
 
 from ..samplers import schedules
@@ -57,60 +56,29 @@ def check_timestep_spacing(spacing: str) -> None:
         raise ValueError(f"fastdiff: timestep_spacing expected one of {schedules.TIMESTEP_SPACINGS}, got {spacing!r}")
 
 
-def per_sample(v: Tensor, like: Tensor) -> Tensor:
-    return v.reshape(v.shape[0], *([1] * (like.dim() - 1))) if v.dim() else v
+def expand_like(v: Tensor, like: Tensor) -> Tensor:
+    """``v`` (one value per sample) with trailing unit dimensions up to ``like``'s rank."""
+    while v.dim() < like.dim():
+        v = v.unsqueeze(-1)
+    return v
 
 
-def vp_add_noise(alphas_cumprod: Tensor, original: Tensor, noise: Tensor, timesteps: Tensor) -> Tensor:
-    """sqrt(abar_t) x0 + sqrt(1 - abar_t) noise, with abar gathered on the device (no host sync)."""
-    ac = alphas_cumprod.to(device=original.device, dtype=original.dtype)
-    t = timesteps.to(original.device) if isinstance(timesteps, Tensor) else torch.as_tensor(timesteps, device=original.device)
-    ab = ac[t.long()].flatten()
-    while ab.dim() < original.dim():
-        ab = ab.unsqueeze(-1)
-    return ab**0.5 * original + (1 - ab) ** 0.5 * noise
+def final_sigma(config: Any, alphas_cumprod: Tensor) -> float:
+    """The level after the last step for ``final_sigmas_type``: 0, or the first training timestep's sigma."""
+    if config.final_sigmas_type == "sigma_min":
+        return float(((1 - alphas_cumprod[0]) / alphas_cumprod[0]) ** 0.5)
+    if config.final_sigmas_type == "zero":
+        return 0.0
+    raise ValueError(f"`final_sigmas_type` must be one of 'zero', or 'sigma_min', but got {config.final_sigmas_type}")
 
 
-def vp_velocity(alphas_cumprod: Tensor, sample: Tensor, noise: Tensor, timesteps: Tensor) -> Tensor:
-    """The v-prediction target sqrt(abar) noise - sqrt(1 - abar) x0 (diffusers' get_velocity)."""
-    ac = alphas_cumprod.to(device=sample.device, dtype=sample.dtype)
-    t = timesteps.to(sample.device) if isinstance(timesteps, Tensor) else torch.as_tensor(timesteps, device=sample.device)
-    ab = ac[t.long()].flatten()
-    while ab.dim() < sample.dim():
-        ab = ab.unsqueeze(-1)
-    return ab**0.5 * noise - (1 - ab) ** 0.5 * sample
-
-
-class VPNoising:
-    """`add_noise` and `get_velocity` of the schedulers indexed by training timestep (DDPM, DDIM, LCM):
-    the forward process at alphas_cumprod[t], as diffusers defines them."""
-
-    def add_noise(self, original_samples: Tensor, noise: Tensor, timesteps: Tensor) -> Tensor:
-        return vp_add_noise(self.alphas_cumprod, original_samples, noise, timesteps)
-
-    def get_velocity(self, sample: Tensor, noise: Tensor, timesteps: Tensor) -> Tensor:
-        return vp_velocity(self.alphas_cumprod, sample, noise, timesteps)
-
-
-class MultistepNoising:
-    """`scale_model_input` and `add_noise` of the multistep solvers (DPM-Solver, UniPC): inputs need no
-    scaling, and noise is added at each timestep's sigma in VP or flow coordinates, as diffusers does."""
-
-    def scale_model_input(self, sample: Tensor, *args, **kwargs) -> Tensor:
-        return sample
-
-    def add_noise(self, original_samples: Tensor, noise: Tensor, timesteps: Tensor) -> Tensor:
-        sigmas = self.sigmas.to(device=original_samples.device, dtype=original_samples.dtype)
-        if self._begin_index is None:
-            idx = [self.index_for_timestep(t) for t in timesteps]
-        else:
-            idx = [self._step_index if self._step_index is not None else self._begin_index] * timesteps.shape[0]
-        sigma = sigmas[idx].flatten()
-        while sigma.dim() < original_samples.dim():
-            sigma = sigma.unsqueeze(-1)
-        if self.config.use_flow_sigmas:
-            alpha_t, sigma_t = 1 - sigma, sigma
-        else:
-            alpha_t = 1 / ((sigma**2 + 1) ** 0.5)
-            sigma_t = sigma * alpha_t
-        return alpha_t * original_samples + sigma_t * noise
+def shift_flow_levels(config: Any, sigmas: np.ndarray, shift: float, mu: Optional[float]) -> np.ndarray:
+    """Flow-matching levels after the dynamic (``mu``) or static (``shift``) shift and the optional
+    terminal stretch, as the config asks (diffusers' order)."""
+    if config.use_dynamic_shifting:
+        sigmas = schedules.time_shift(mu, sigmas, config.time_shift_type)
+    else:
+        sigmas = schedules.shift_flow_sigmas(sigmas, shift)
+    if config.shift_terminal:
+        sigmas = schedules.stretch_to_terminal(sigmas, config.shift_terminal)
+    return sigmas

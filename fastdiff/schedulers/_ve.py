@@ -6,7 +6,6 @@ from __future__ import annotations
 import math
 from typing import Any
 
-import torch
 from torch import Tensor
 
 from ._base import FusedScheduler
@@ -29,27 +28,11 @@ class VEScheduler(FusedScheduler):
         self.is_scale_input_called = True
         return sample / ((sigma**2 + 1) ** 0.5)
 
-    def _sigma_indices(self, timesteps: Tensor, original: Tensor) -> list[int]:
-        if self._begin_index is None:
-            return [self.index_for_timestep(t) for t in timesteps]
-        if self._step_index is not None:
-            return [self._step_index] * timesteps.shape[0]
-        return [self._begin_index] * timesteps.shape[0]
-
     def add_noise(self, original_samples: Tensor, noise: Tensor, timesteps: Tensor) -> Tensor:
-        sigmas = self.sigmas.to(device=original_samples.device, dtype=original_samples.dtype)
-        sigma = sigmas[self._sigma_indices(timesteps, original_samples)].flatten()
-        while sigma.dim() < original_samples.dim():
-            sigma = sigma.unsqueeze(-1)
-        return original_samples + noise * sigma
+        return original_samples + noise * self._sigmas_at(timesteps, original_samples)
 
     def _model_frame(self, begin: int):
         sig = self._sig[begin:]
         scale = [math.sqrt(s * s + 1.0) for s in sig[:-1]] + [1.0]
         levels = [(1.0 / n, s / n) for s, n in zip(sig[:-1], scale)] + [(1.0, sig[-1])]
         return scale, levels
-
-    def _check_float_timestep(self, timestep: Any) -> None:
-        if isinstance(timestep, int) or (isinstance(timestep, Tensor) and not torch.is_floating_point(timestep)):
-            raise ValueError("Passing integer indices (e.g. from `enumerate(timesteps)`) as timesteps to `step()` is not "
-                             "supported. Make sure to pass one of the `scheduler.timesteps` as a timestep.")

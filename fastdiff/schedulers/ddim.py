@@ -10,17 +10,19 @@ import torch
 from torch import Tensor
 
 from ..samplers import schedules, solvers
-from ._base import FusedScheduler, SchedulerOutput, threshold_sample, x0_from_row
-from ._common import VPNoising, check_timestep_spacing, training_schedule
+from ._base import SchedulerOutput, clip_x0
+from ._vp import VPScheduler, vp_levels
 
 
-class DDIMScheduler(VPNoising, FusedScheduler):
+class DDIMScheduler(VPScheduler):
     """Drop-in for ``diffusers.DDIMScheduler``.
 
     As in diffusers, step i goes from ``t`` to ``t - num_train_timesteps // num_inference_steps``
     (not to the next listed timestep) and ``eta`` is a step() argument; each eta value gets its own
     table, built once. ``pred_original_sample`` is a view valid until the next step.
     """
+
+    _exposes = True
 
     def __init__(
         self,
@@ -41,30 +43,16 @@ class DDIMScheduler(VPNoising, FusedScheduler):
         rescale_betas_zero_snr: bool = False,
     ):
         self._register(locals())
-        solvers.check_prediction_type(prediction_type, ("epsilon", "sample", "v_prediction"))
-        check_timestep_spacing(timestep_spacing)
-        self.betas, self.alphas_cumprod = training_schedule(self.config, clamp_zero_snr=prediction_type == "epsilon")
-        self.alphas = 1.0 - self.betas
+        self._init_training(("epsilon", "sample", "v_prediction"), clamp_zero_snr=prediction_type == "epsilon")
         self.final_alpha_cumprod = torch.tensor(1.0) if set_alpha_to_one else self.alphas_cumprod[0]
-        self.init_noise_sigma = 1.0
-        self.num_inference_steps: Optional[int] = None
-        self._reset()
-        self._ts_host = np.arange(0, num_train_timesteps)[::-1].copy().astype(np.int64)
-        self.timesteps = torch.from_numpy(self._ts_host.copy())
-
-    def scale_model_input(self, sample: Tensor, timestep: Optional[int] = None) -> Tensor:
-        return sample
+        self._init_timesteps()
 
     def set_timesteps(self, num_inference_steps: int, device=None) -> None:
         cfg = self.config
-        if num_inference_steps > cfg.num_train_timesteps:
-            raise ValueError(f"`num_inference_steps`: {num_inference_steps} cannot be larger than `self.config.train_timesteps`: "
-                             f"{cfg.num_train_timesteps}")
+        self._check_step_count(num_inference_steps)
         self.num_inference_steps = num_inference_steps
-        self._reset()
         ts = schedules.spaced_timesteps(cfg.timestep_spacing, num_inference_steps, cfg.num_train_timesteps, steps_offset=cfg.steps_offset)
-        self._ts_host = ts.astype(np.int64)
-        self.timesteps = torch.from_numpy(self._ts_host.copy()).to(device)
+        self._install_timesteps(ts, device)
         self._warm(0, (0.0,))
 
     def _abar_pairs(self, begin: int) -> tuple[list[float], list[float]]:
@@ -82,10 +70,7 @@ class DDIMScheduler(VPNoising, FusedScheduler):
     def _model_frame(self, begin: int):
         abar, prev = self._abar_pairs(begin)
         ab = abar + prev[-1:]
-        return [1.0] * len(ab), [(a**0.5, (1.0 - a) ** 0.5) for a in ab]
-
-    def _expose(self) -> bool:
-        return True
+        return [1.0] * len(ab), vp_levels(ab)
 
     def step(
         self,
@@ -98,8 +83,7 @@ class DDIMScheduler(VPNoising, FusedScheduler):
         variance_noise: Optional[Tensor] = None,
         return_dict: bool = True,
     ):
-        if self.num_inference_steps is None:
-            raise ValueError("Number of inference steps is 'None', you need to run 'set_timesteps' after creating the scheduler")
+        self._check_timed()
         if eta > 0 and variance_noise is not None and generator is not None:
             raise ValueError("Cannot pass both generator and variance_noise. Please make sure that either `generator` or"
                              " `variance_noise` stays `None`.")
@@ -115,18 +99,13 @@ class DDIMScheduler(VPNoising, FusedScheduler):
         """Clipping / thresholding x0 is not linear. With use_clipped_model_output the step is still
         linear in (x, clipped x0): the fused row reads the clipped x0. Otherwise DDIM mixes the
         clipped x0 with the unclipped epsilon, and the step is computed in plain PyTorch."""
-        cfg = self.config
-        if self._run_begin is None:
-            self._run_begin = self._step_index
-        begin, i = self._run_begin, self._step_index
-        _, table = self._table(sample.device, begin, (eta,))
-        x0_raw = x0_from_row(table[i - begin], sample, model_output)
-        x0 = threshold_sample(x0_raw, cfg.dynamic_thresholding_ratio, cfg.sample_max_value) if cfg.thresholding \
-            else x0_raw.clamp(-cfg.clip_sample_range, cfg.clip_sample_range)
+        x0_raw = self._x0_from_table(sample, model_output, (eta,))
+        x0 = clip_x0(self.config, x0_raw)
         if use_clipped:
             prev, _ = self._fused_step(model_output, sample, key=(eta,), generator=generator, noise=variance_noise,
                                        noise_dtype=model_output.dtype, model_override=x0)
             return (prev, x0) if not return_dict else SchedulerOutput(prev, pred_original_sample=x0)
+        begin, i = self._run_begin, self._step_index
         abar, abar_prev = self._abar_pairs(begin)
         ab, abp = abar[i - begin], abar_prev[i - begin]
         eps = (sample - math.sqrt(ab) * x0_raw) / math.sqrt(1.0 - ab)

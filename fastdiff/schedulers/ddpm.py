@@ -9,16 +9,18 @@ import torch
 from torch import Tensor
 
 from ..samplers import schedules, solvers
-from ._base import FusedScheduler, SchedulerOutput, threshold_sample, x0_from_row
-from ._common import VPNoising, check_timestep_spacing, training_schedule
+from ._base import SchedulerOutput, clip_x0
+from ._vp import VPScheduler, vp_levels
 
 
-class DDPMScheduler(VPNoising, FusedScheduler):
+class DDPMScheduler(VPScheduler):
     """Drop-in for ``diffusers.DDPMScheduler`` (fixed variances; learned variances are refused).
 
     ``step`` returns ``prev_sample`` and ``pred_original_sample`` (a view of the history buffer,
     valid until the next step).
     """
+
+    _exposes = True
 
     def __init__(
         self,
@@ -39,51 +41,32 @@ class DDPMScheduler(VPNoising, FusedScheduler):
         rescale_betas_zero_snr: bool = False,
     ):
         self._register(locals())
-        solvers.check_prediction_type(prediction_type, ("epsilon", "sample", "v_prediction"))
         if variance_type not in ("fixed_small", "fixed_small_log", "fixed_large"):
             raise NotImplementedError(f"fastdiff: DDPMScheduler variance_type {variance_type!r} is not supported "
                                       "(fixed_small, fixed_small_log, fixed_large)")
-        check_timestep_spacing(timestep_spacing)
-        self.betas, self.alphas_cumprod = training_schedule(self.config, clamp_zero_snr=prediction_type == "epsilon")
-        self.alphas = 1.0 - self.betas
+        self._init_training(("epsilon", "sample", "v_prediction"), clamp_zero_snr=prediction_type == "epsilon")
         self.one = torch.tensor(1.0)
-        self.init_noise_sigma = 1.0
         self.custom_timesteps = False
-        self.num_inference_steps: Optional[int] = None
         self.variance_type = variance_type
         self._untimed_ok = True  # like diffusers, step() works on the full training schedule
-        self._set(np.arange(0, num_train_timesteps)[::-1].copy(), None)
-
-    def _set(self, timesteps: np.ndarray, device) -> None:
-        self._reset()
-        self._ts_host = timesteps.astype(np.int64)
-        self.timesteps = torch.from_numpy(self._ts_host.copy()).to(device)
-        self._warm(0)
-
-    def scale_model_input(self, sample: Tensor, timestep: Optional[int] = None) -> Tensor:
-        return sample
+        self._init_timesteps()
 
     def set_timesteps(self, num_inference_steps: Optional[int] = None, device=None, timesteps: Optional[Sequence[int]] = None) -> None:
         cfg = self.config
         if num_inference_steps is not None and timesteps is not None:
             raise ValueError("Can only pass one of `num_inference_steps` or `custom_timesteps`.")
         if timesteps is not None:
-            if any(timesteps[i] >= timesteps[i - 1] for i in range(1, len(timesteps))):
-                raise ValueError("`custom_timesteps` must be in descending order.")
-            if timesteps[0] >= cfg.num_train_timesteps:
-                raise ValueError(f"`timesteps` must start before `self.config.train_timesteps`: {cfg.num_train_timesteps}.")
-            ts = np.array(timesteps, dtype=np.int64)
+            ts = self._custom_timesteps(timesteps)
             self.custom_timesteps = True
         else:
             if num_inference_steps is None:
                 raise ValueError("fastdiff: set_timesteps needs num_inference_steps or timesteps")
-            if num_inference_steps > cfg.num_train_timesteps:
-                raise ValueError(f"`num_inference_steps`: {num_inference_steps} cannot be larger than `self.config.train_timesteps`: "
-                                 f"{cfg.num_train_timesteps}")
+            self._check_step_count(num_inference_steps)
             self.num_inference_steps = num_inference_steps
             self.custom_timesteps = False
             ts = schedules.spaced_timesteps(cfg.timestep_spacing, num_inference_steps, cfg.num_train_timesteps, steps_offset=cfg.steps_offset)
-        self._set(ts, device)
+        self._install_timesteps(ts, device)
+        self._warm(0)
         if timesteps is not None:
             self.num_inference_steps = len(ts)
             self._warm(0)
@@ -99,10 +82,7 @@ class DDPMScheduler(VPNoising, FusedScheduler):
     def _model_frame(self, begin: int):
         ac = self.alphas_cumprod.double().tolist()
         ab = [ac[t] for t in self._ts_host.tolist()[begin:]] + [1.0]
-        return [1.0] * len(ab), [(a**0.5, (1.0 - a) ** 0.5) for a in ab]
-
-    def _expose(self) -> bool:
-        return True
+        return [1.0] * len(ab), vp_levels(ab)
 
     def step(self, model_output: Tensor, timestep: Union[int, Tensor], sample: Tensor,
              generator: Optional[torch.Generator] = None, return_dict: bool = True):
@@ -110,12 +90,7 @@ class DDPMScheduler(VPNoising, FusedScheduler):
         override = None
         cfg = self.config
         if cfg.thresholding or cfg.clip_sample:
-            if self._run_begin is None:
-                self._run_begin = self._step_index
-            _, table = self._table(sample.device, self._run_begin)
-            x0 = x0_from_row(table[self._step_index - self._run_begin], sample, model_output)
-            override = threshold_sample(x0, cfg.dynamic_thresholding_ratio, cfg.sample_max_value) if cfg.thresholding \
-                else x0.clamp(-cfg.clip_sample_range, cfg.clip_sample_range)
+            override = clip_x0(cfg, self._x0_from_table(sample, model_output))
         prev, x0 = self._fused_step(model_output, sample, generator=generator, noise_dtype=model_output.dtype, model_override=override)
         if override is not None:
             x0 = override

@@ -9,11 +9,12 @@ import torch
 from torch import Tensor
 
 from ..samplers import schedules, solvers
-from ._base import FusedScheduler, SchedulerOutput, threshold_sample
-from ._common import MultistepNoising, check_timestep_spacing, sigma_spacing, spaced_sigmas, training_schedule
+from ._base import SchedulerOutput
+from ._common import final_sigma, sigma_spacing, spaced_sigmas
+from ._multistep import MultistepScheduler
 
 
-class DPMSolverMultistepScheduler(MultistepNoising, FusedScheduler):
+class DPMSolverMultistepScheduler(MultistepScheduler):
     """Drop-in for ``diffusers.DPMSolverMultistepScheduler``: orders 1-3, midpoint / heun second-order
     forms, ODE and SDE variants, Karras / exponential / beta / Lu-lambda / flow sigmas.
 
@@ -64,20 +65,8 @@ class DPMSolverMultistepScheduler(MultistepNoising, FusedScheduler):
         if self.config.algorithm_type not in ("dpmsolver++", "sde-dpmsolver++") and final_sigmas_type == "zero":
             raise ValueError(f"`final_sigmas_type` {final_sigmas_type} is not supported for `algorithm_type` "
                              f"{algorithm_type}. Please choose `sigma_min` instead.")
-        solvers.check_prediction_type(prediction_type)
-        check_timestep_spacing(timestep_spacing)
-        self.betas, self.alphas_cumprod = training_schedule(self.config, clamp_zero_snr=True)
-        self.alphas = 1.0 - self.betas
-        self.alpha_t = torch.sqrt(self.alphas_cumprod)
-        self.sigma_t = torch.sqrt(1 - self.alphas_cumprod)
-        self.lambda_t = torch.log(self.alpha_t) - torch.log(self.sigma_t)
-        self.sigmas = ((1 - self.alphas_cumprod) / self.alphas_cumprod) ** 0.5
-        self.init_noise_sigma = 1.0
-        self.num_inference_steps: Optional[int] = None
-        self._reset()
-        self.timesteps = torch.from_numpy(np.linspace(0, num_train_timesteps - 1, num_train_timesteps, dtype=np.float32)[::-1].copy())
-        self._ts_host = self.timesteps.numpy()
-        self._sig = self.sigmas.double().tolist()
+        self._init_training(clamp_zero_snr=True)
+        self._init_tables()
 
     def set_timesteps(self, num_inference_steps: Optional[int] = None, device=None, mu: Optional[float] = None,
                       timesteps: Optional[Sequence[int]] = None) -> None:
@@ -125,33 +114,10 @@ class DPMSolverMultistepScheduler(MultistepNoising, FusedScheduler):
             ts = (sig * n).copy()
         else:
             sig = np.interp(ts, np.arange(0, len(sig)), sig)
-        if cfg.final_sigmas_type == "sigma_min":
-            last = float(((1 - self.alphas_cumprod[0]) / self.alphas_cumprod[0]) ** 0.5)
-        elif cfg.final_sigmas_type == "zero":
-            last = 0.0
-        else:
-            raise ValueError(f"`final_sigmas_type` must be one of 'zero', or 'sigma_min', but got {cfg.final_sigmas_type}")
-        sig = np.concatenate([sig, [last]]).astype(np.float32)
-        self._reset()
-        self.sigmas = torch.from_numpy(sig)
-        self.timesteps = torch.from_numpy(np.asarray(ts)).to(device=device, dtype=torch.int64)
-        self.num_inference_steps = len(ts)
-        self._sig = self.sigmas.double().tolist()
-        self._ts_host = self.timesteps.cpu().numpy()
-        self._warm(0)
-
-    def _missing_timestep(self, v: float) -> int:
-        return len(self.timesteps) - 1
-
-    def _alpha_sigma(self, s: float) -> tuple[float, float]:
-        return schedules.flow_alpha_sigma(s) if self.config.use_flow_sigmas else schedules.vp_alpha_sigma(s)
+        self._install_sigmas(sig, ts, final_sigma(cfg, self.alphas_cumprod), device)
 
     def _data_is_x0(self) -> bool:
         return self.config.algorithm_type in ("dpmsolver++", "sde-dpmsolver++")
-
-    def _model_frame(self, begin: int):
-        sig = self._sig[begin:]
-        return [1.0] * len(sig), [self._alpha_sigma(s) for s in sig]
 
     def _builder(self, begin: int, key: tuple):
         cfg = self.config
@@ -166,8 +132,6 @@ class DPMSolverMultistepScheduler(MultistepNoising, FusedScheduler):
 
     def step(self, model_output: Tensor, timestep: Union[int, Tensor], sample: Tensor,
              generator: Optional[torch.Generator] = None, variance_noise: Optional[Tensor] = None, return_dict: bool = True):
-        if self.num_inference_steps is None:
-            raise ValueError("Number of inference steps is 'None', you need to run 'set_timesteps' after creating the scheduler")
         self._ensure_step_index(timestep)
         cfg = self.config
         if cfg.variance_type in ("learned", "learned_range") and cfg.prediction_type == "epsilon":
@@ -178,14 +142,7 @@ class DPMSolverMultistepScheduler(MultistepNoising, FusedScheduler):
         return (prev,) if not return_dict else SchedulerOutput(prev)
 
     def _thresholded(self, model_output: Tensor, sample: Tensor) -> Tensor:
-        cfg = self.config
-        alpha, sigma = self._alpha_sigma(self._sig[self._step_index])
-        a, b = solvers.x0_conversion(solvers.check_prediction_type(cfg.prediction_type), alpha, sigma)
-        x0 = threshold_sample((a * sample.float() + b * model_output.float()).to(sample.dtype),
-                              cfg.dynamic_thresholding_ratio, cfg.sample_max_value)
+        x0, alpha, sigma = self._thresholded_x0(model_output, sample)
         if self._data_is_x0():
             return x0
         return (sample - alpha * x0) / sigma
-
-    def __len__(self) -> int:
-        return self.config.num_train_timesteps

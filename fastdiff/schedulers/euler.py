@@ -10,7 +10,7 @@ import torch
 from torch import Tensor
 
 from ..samplers import schedules, solvers
-from ._common import check_timestep_spacing, sigma_spacing, spaced_sigmas, training_schedule
+from ._common import final_sigma, sigma_spacing, spaced_sigmas
 from ._base import SchedulerOutput
 from ._ve import VEScheduler
 
@@ -24,6 +24,8 @@ class EulerDiscreteScheduler(VEScheduler):
     each distinct setting gets its own table, built once). ``pred_original_sample`` is a view valid
     until the next step; with churn it omits the churn noise diffusers adds to it.
     """
+
+    _exposes = True
 
     def __init__(
         self,
@@ -47,10 +49,7 @@ class EulerDiscreteScheduler(VEScheduler):
     ):
         self._register(locals())
         sigma_spacing(self.config)
-        solvers.check_prediction_type(prediction_type, ("epsilon", "v_prediction", "sample"))
-        check_timestep_spacing(timestep_spacing)
-        self.betas, self.alphas_cumprod = training_schedule(self.config, clamp_zero_snr=True)
-        self.alphas = 1.0 - self.betas
+        self._init_training(("epsilon", "v_prediction", "sample"), clamp_zero_snr=True)
         sig = torch.from_numpy(_full_sigmas(self.alphas_cumprod)[::-1].copy())
         ts = np.linspace(0, num_train_timesteps - 1, num_train_timesteps, dtype=float)[::-1].copy()
         self.num_inference_steps: Optional[int] = None
@@ -106,13 +105,7 @@ class EulerDiscreteScheduler(VEScheduler):
             if kind is not None:
                 sig = spaced_sigmas(cfg, kind, sig, num_inference_steps)
                 ts = np.array([schedules.sigma_to_t(s, log_sigmas) for s in sig])
-            if cfg.final_sigmas_type == "sigma_min":
-                last = float(((1 - self.alphas_cumprod[0]) / self.alphas_cumprod[0]) ** 0.5)
-            elif cfg.final_sigmas_type == "zero":
-                last = 0.0
-            else:
-                raise ValueError(f"`final_sigmas_type` must be one of 'zero', or 'sigma_min', but got {cfg.final_sigmas_type}")
-            sig = np.concatenate([sig, [last]]).astype(np.float32)
+            sig = np.concatenate([sig, [final_sigma(cfg, self.alphas_cumprod)]]).astype(np.float32)
         sig_t = torch.from_numpy(sig).to(dtype=torch.float32)
         self._reset()
         if continuous_v:
@@ -127,9 +120,6 @@ class EulerDiscreteScheduler(VEScheduler):
         s_churn, s_tmin, s_tmax, s_noise = key
         return solvers.euler(self._sig, prediction_type=self.config.prediction_type, begin=begin,
                              s_churn=s_churn, s_tmin=s_tmin, s_tmax=s_tmax, s_noise=s_noise)
-
-    def _expose(self) -> bool:
-        return True
 
     def step(
         self,
@@ -153,6 +143,8 @@ class EulerDiscreteScheduler(VEScheduler):
 class EulerAncestralDiscreteScheduler(VEScheduler):
     """Drop-in for ``diffusers.EulerAncestralDiscreteScheduler`` (also takes prediction_type="sample")."""
 
+    _exposes = True
+
     def __init__(
         self,
         num_train_timesteps: int = 1000,
@@ -166,10 +158,7 @@ class EulerAncestralDiscreteScheduler(VEScheduler):
         rescale_betas_zero_snr: bool = False,
     ):
         self._register(locals())
-        solvers.check_prediction_type(prediction_type, ("epsilon", "v_prediction", "sample"))
-        check_timestep_spacing(timestep_spacing)
-        self.betas, self.alphas_cumprod = training_schedule(self.config, clamp_zero_snr=True)
-        self.alphas = 1.0 - self.betas
+        self._init_training(("epsilon", "v_prediction", "sample"), clamp_zero_snr=True)
         sig = np.concatenate([_full_sigmas(self.alphas_cumprod)[::-1], [0.0]]).astype(np.float32)
         self.num_inference_steps: Optional[int] = None
         self.is_scale_input_called = False
@@ -195,9 +184,6 @@ class EulerAncestralDiscreteScheduler(VEScheduler):
 
     def _builder(self, begin: int, key: tuple):
         return solvers.euler_ancestral(self._sig, prediction_type=self.config.prediction_type, begin=begin)
-
-    def _expose(self) -> bool:
-        return True
 
     def step(self, model_output: Tensor, timestep: Union[float, Tensor], sample: Tensor,
              generator: Optional[torch.Generator] = None, return_dict: bool = True):

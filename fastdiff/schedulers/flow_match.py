@@ -10,7 +10,7 @@ from torch import Tensor
 
 from ..samplers import schedules, solvers
 from ._base import FusedScheduler, SchedulerOutput
-from ._common import sigma_spacing, spaced_sigmas
+from ._common import shift_flow_levels, sigma_spacing, spaced_sigmas
 
 
 class FlowMatchEulerDiscreteScheduler(FusedScheduler):
@@ -99,12 +99,7 @@ class FlowMatchEulerDiscreteScheduler(FusedScheduler):
         else:
             sig = np.array(sigmas).astype(np.float32)
             num_inference_steps = len(sig)
-        if cfg.use_dynamic_shifting:
-            sig = schedules.time_shift(mu, sig, cfg.time_shift_type)
-        else:
-            sig = schedules.shift_flow_sigmas(sig, self.shift)
-        if cfg.shift_terminal:
-            sig = schedules.stretch_to_terminal(sig, cfg.shift_terminal)
+        sig = shift_flow_levels(cfg, sig, self.shift, mu)
         if kind is not None:
             sig = spaced_sigmas(cfg, kind, sig, num_inference_steps)
         sig_t = torch.from_numpy(np.asarray(sig)).to(dtype=torch.float32, device=device)
@@ -141,9 +136,7 @@ class FlowMatchEulerDiscreteScheduler(FusedScheduler):
         per_token_timesteps: Optional[Tensor] = None,
         return_dict: bool = True,
     ):
-        if isinstance(timestep, int) or (isinstance(timestep, Tensor) and not torch.is_floating_point(timestep)):
-            raise ValueError("Passing integer indices (e.g. from `enumerate(timesteps)`) as timesteps to `step()` is not "
-                             "supported. Make sure to pass one of the `scheduler.timesteps` as a timestep.")
+        self._check_float_timestep(timestep)
         if per_token_timesteps is not None:
             raise NotImplementedError("fastdiff: per-token timesteps are not supported")
         self._ensure_step_index(timestep)
@@ -152,14 +145,7 @@ class FlowMatchEulerDiscreteScheduler(FusedScheduler):
 
     def scale_noise(self, sample: Tensor, timestep: Tensor, noise: Optional[Tensor] = None) -> Tensor:
         """(1 - s) x0 + s noise at the timestep's level (the forward process of flow matching)."""
-        sigmas = self.sigmas.to(device=sample.device, dtype=sample.dtype)
-        if self._begin_index is None:
-            idx = [self.index_for_timestep(t) for t in timestep]
-        else:
-            idx = [self._step_index if self._step_index is not None else self._begin_index] * timestep.shape[0]
-        sigma = sigmas[idx].flatten()
-        while sigma.dim() < sample.dim():
-            sigma = sigma.unsqueeze(-1)
+        sigma = self._sigmas_at(timestep, sample)
         return sigma * noise + (1.0 - sigma) * sample
 
     def _sigma_to_t(self, sigma):

@@ -9,8 +9,8 @@ import torch
 from torch import Tensor
 
 from ..samplers import schedules, solvers
-from ._base import SchedulerOutput
-from ._common import check_timestep_spacing, sigma_spacing, spaced_sigmas, training_schedule
+from ._base import SchedulerOutput, x0_from_coeffs
+from ._common import sigma_spacing, spaced_sigmas
 from ._ve import VEScheduler
 
 
@@ -20,6 +20,7 @@ class HeunDiscreteScheduler(VEScheduler):
     from the midpoint state and the first evaluation's x0 inside the coefficient row."""
 
     order = 2
+    _exposes = True
 
     def __init__(
         self,
@@ -39,10 +40,7 @@ class HeunDiscreteScheduler(VEScheduler):
     ):
         self._register(locals())
         sigma_spacing(self.config)
-        solvers.check_prediction_type(prediction_type, ("epsilon", "v_prediction", "sample"))
-        check_timestep_spacing(timestep_spacing)
-        self.betas, self.alphas_cumprod = training_schedule(self.config, clamp_zero_snr=True)
-        self.alphas = 1.0 - self.betas
+        self._init_training(("epsilon", "v_prediction", "sample"), clamp_zero_snr=True)
         self._init_done = False
         self.set_timesteps(num_train_timesteps, None, num_train_timesteps)
         self._init_done = True
@@ -90,9 +88,6 @@ class HeunDiscreteScheduler(VEScheduler):
     def _builder(self, begin: int, key: tuple):
         return solvers.heun(self._sig, prediction_type=self.config.prediction_type, begin=begin)
 
-    def _expose(self) -> bool:
-        return True
-
     def step(self, model_output: Tensor, timestep: Union[float, Tensor], sample: Tensor, return_dict: bool = True):
         self._ensure_step_index(timestep)
         if self._run_begin is None:
@@ -103,8 +98,7 @@ class HeunDiscreteScheduler(VEScheduler):
             i = self._step_index
             # both stages read the model at sigmas[i] (the second stage's level is the midpoint's)
             a, b = solvers.ve_conversion(cfg.prediction_type, self._sig[i])
-            x0 = (a * sample.float() + b * model_output.float()).to(sample.dtype)
-            override = x0.clamp(-cfg.clip_sample_range, cfg.clip_sample_range)
+            override = x0_from_coeffs(a, b, sample, model_output).clamp(-cfg.clip_sample_range, cfg.clip_sample_range)
         prev, x0 = self._fused_step(model_output, sample, model_override=override)
         if override is not None:
             x0 = override

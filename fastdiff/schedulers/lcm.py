@@ -9,16 +9,18 @@ import torch
 from torch import Tensor
 
 from ..samplers import solvers
-from ._base import FusedScheduler, SchedulerOutput, threshold_sample
-from ._common import VPNoising, training_schedule
+from ._base import SchedulerOutput, clip_x0, x0_from_coeffs
+from ._vp import VPScheduler, vp_levels
 
 
-class LCMScheduler(VPNoising, FusedScheduler):
+class LCMScheduler(VPScheduler):
     """Drop-in for ``diffusers.LCMScheduler``; ``step`` returns ``(prev_sample, denoised)``.
 
     The fused step writes ``denoised`` into its history slot on the way (D = c_skip x + c_out x0),
     so returning it costs no extra pass; it is a view valid until the next step.
     """
+
+    _exposes = True
 
     def __init__(
         self,
@@ -41,19 +43,12 @@ class LCMScheduler(VPNoising, FusedScheduler):
         rescale_betas_zero_snr: bool = False,
     ):
         self._register(locals())
-        solvers.check_prediction_type(prediction_type, ("epsilon", "sample", "v_prediction"))
-        self.betas, self.alphas_cumprod = training_schedule(self.config, clamp_zero_snr=prediction_type == "epsilon")
-        self.alphas = 1.0 - self.betas
+        # timestep_spacing is accepted for diffusers' configs but unused (and unchecked), as there
+        self._init_training(("epsilon", "sample", "v_prediction"), clamp_zero_snr=prediction_type == "epsilon",
+                            check_spacing=False)
         self.final_alpha_cumprod = torch.tensor(1.0) if set_alpha_to_one else self.alphas_cumprod[0]
-        self.init_noise_sigma = 1.0
-        self.num_inference_steps: Optional[int] = None
         self.custom_timesteps = False
-        self._reset()
-        self._ts_host = np.arange(0, num_train_timesteps)[::-1].copy().astype(np.int64)
-        self.timesteps = torch.from_numpy(self._ts_host.copy())
-
-    def scale_model_input(self, sample: Tensor, timestep: Optional[int] = None) -> Tensor:
-        return sample
+        self._init_timesteps()
 
     def set_timesteps(
         self,
@@ -74,11 +69,7 @@ class LCMScheduler(VPNoising, FusedScheduler):
         k = cfg.num_train_timesteps // original
         origin = np.asarray(list(range(1, int(original * strength) + 1))) * k - 1
         if timesteps is not None:
-            if any(timesteps[i] >= timesteps[i - 1] for i in range(1, len(timesteps))):
-                raise ValueError("`custom_timesteps` must be in descending order.")
-            if timesteps[0] >= cfg.num_train_timesteps:
-                raise ValueError(f"`timesteps` must start before `self.config.train_timesteps`: {cfg.num_train_timesteps}.")
-            ts = np.array(timesteps, dtype=np.int64)
+            ts = self._custom_timesteps(timesteps)
             self.num_inference_steps = len(ts)
             self.custom_timesteps = True
             init = min(int(self.num_inference_steps * strength), self.num_inference_steps)
@@ -96,9 +87,7 @@ class LCMScheduler(VPNoising, FusedScheduler):
             origin = origin[::-1].copy()
             idx = np.floor(np.linspace(0, len(origin), num=num_inference_steps, endpoint=False)).astype(np.int64)
             ts = origin[idx]
-        self._reset()
-        self._ts_host = np.asarray(ts, dtype=np.int64)
-        self.timesteps = torch.from_numpy(self._ts_host.copy()).to(device=device, dtype=torch.long)
+        self._install_timesteps(ts, device)
         self._warm(0)
 
     def get_scalings_for_boundary_condition_discrete(self, timestep) -> tuple[float, float]:
@@ -127,28 +116,18 @@ class LCMScheduler(VPNoising, FusedScheduler):
         ac = self.alphas_cumprod.double().tolist()
         ab = [ac[t] for t in self._ts_host.tolist()[begin:]]
         # the last step returns the denoised sample itself
-        return [1.0] * (len(ab) + 1), [(a**0.5, (1.0 - a) ** 0.5) for a in ab] + [(1.0, 0.0)]
-
-    def _expose(self) -> bool:
-        return True
+        return [1.0] * (len(ab) + 1), vp_levels(ab) + [(1.0, 0.0)]
 
     def step(self, model_output: Tensor, timestep: Union[int, Tensor], sample: Tensor,
              generator: Optional[torch.Generator] = None, return_dict: bool = True):
-        if self.num_inference_steps is None:
-            raise ValueError("Number of inference steps is 'None', you need to run 'set_timesteps' after creating the scheduler")
         self._ensure_step_index(timestep)
         cfg = self.config
         override = None
         if cfg.thresholding or cfg.clip_sample:
-            if self._run_begin is None:
-                self._run_begin = self._step_index
-            i = self._step_index
-            t = int(self._ts_host[i])
+            t = int(self._ts_host[self._step_index])
             ab = float(self.alphas_cumprod[t])
             a, b = solvers.x0_conversion(cfg.prediction_type, ab**0.5, (1 - ab) ** 0.5)
-            x0 = (a * sample.float() + b * model_output.float()).to(sample.dtype)
-            x0 = threshold_sample(x0, cfg.dynamic_thresholding_ratio, cfg.sample_max_value) if cfg.thresholding \
-                else x0.clamp(-cfg.clip_sample_range, cfg.clip_sample_range)
+            x0 = clip_x0(cfg, x0_from_coeffs(a, b, sample, model_output))
             c_skip, c_out = self.get_scalings_for_boundary_condition_discrete(t)
             override = c_out * x0 + c_skip * sample
         prev, denoised = self._fused_step(model_output, sample, generator=generator, noise_dtype=sample.dtype, model_override=override)

@@ -5,15 +5,15 @@ from __future__ import annotations
 from typing import Optional, Sequence, Union
 
 import numpy as np
-import torch
 from torch import Tensor
 
 from ..samplers import schedules, solvers
-from ._base import FusedScheduler, SchedulerOutput, threshold_sample
-from ._common import MultistepNoising, check_timestep_spacing, sigma_spacing, spaced_sigmas, training_schedule
+from ._base import SchedulerOutput
+from ._common import final_sigma, shift_flow_levels, sigma_spacing, spaced_sigmas
+from ._multistep import MultistepScheduler
 
 
-class UniPCMultistepScheduler(MultistepNoising, FusedScheduler):
+class UniPCMultistepScheduler(MultistepScheduler):
     """Drop-in for ``diffusers.UniPCMultistepScheduler`` (bh1 / bh2, any order, corrector on or off per step).
 
     The corrector needs the sample the previous predictor started from; it is rewritten in terms
@@ -64,23 +64,11 @@ class UniPCMultistepScheduler(MultistepNoising, FusedScheduler):
             self.register_to_config(solver_type="bh2")
         elif solver_type not in ("bh1", "bh2"):
             raise NotImplementedError(f"{solver_type} is not implemented for {self.__class__}")
-        solvers.check_prediction_type(prediction_type)
-        check_timestep_spacing(timestep_spacing)
-        self.betas, self.alphas_cumprod = training_schedule(self.config, clamp_zero_snr=True)
-        self.alphas = 1.0 - self.betas
-        self.alpha_t = torch.sqrt(self.alphas_cumprod)
-        self.sigma_t = torch.sqrt(1 - self.alphas_cumprod)
-        self.lambda_t = torch.log(self.alpha_t) - torch.log(self.sigma_t)
-        self.sigmas = ((1 - self.alphas_cumprod) / self.alphas_cumprod) ** 0.5
-        self.init_noise_sigma = 1.0
+        self._init_training(clamp_zero_snr=True)
         self.predict_x0 = predict_x0
         self.disable_corrector = list(disable_corrector)
         self.solver_p = None
-        self.num_inference_steps: Optional[int] = None
-        self._reset()
-        self.timesteps = torch.from_numpy(np.linspace(0, num_train_timesteps - 1, num_train_timesteps, dtype=np.float32)[::-1].copy())
-        self._ts_host = self.timesteps.numpy()
-        self._sig = self.sigmas.double().tolist()
+        self._init_tables()
 
     def set_timesteps(self, num_inference_steps: Optional[int] = None, device=None,
                       sigmas: Optional[Sequence[float]] = None, mu: Optional[float] = None) -> None:
@@ -94,8 +82,7 @@ class UniPCMultistepScheduler(MultistepNoising, FusedScheduler):
             num_inference_steps = len(sigmas)
         n = cfg.num_train_timesteps
         ts = schedules.multistep_timesteps(cfg.timestep_spacing, num_inference_steps, n, steps_offset=cfg.steps_offset)
-        if cfg.final_sigmas_type not in ("zero", "sigma_min"):
-            raise ValueError(f"`final_sigmas_type` must be one of 'zero', or 'sigma_min', but got {cfg.final_sigmas_type}")
+        vp_last = final_sigma(cfg, self.alphas_cumprod)
         zero_last = cfg.final_sigmas_type == "zero"
         if kind is not None:
             sig = np.array(sigmas) if sigmas is not None else schedules.vp_sigmas(self.alphas_cumprod)
@@ -111,12 +98,7 @@ class UniPCMultistepScheduler(MultistepNoising, FusedScheduler):
             last = 0.0 if zero_last else sig[-1]
         elif cfg.use_flow_sigmas:
             sig = np.array(sigmas, dtype=np.float64) if sigmas is not None else np.linspace(1, 1 / n, num_inference_steps + 1)[:-1]
-            if cfg.use_dynamic_shifting:
-                sig = schedules.time_shift(mu, sig, cfg.time_shift_type)
-            else:
-                sig = schedules.shift_flow_sigmas(sig, cfg.flow_shift)
-            if cfg.shift_terminal:
-                sig = schedules.stretch_to_terminal(sig, cfg.shift_terminal)
+            sig = shift_flow_levels(cfg, sig, cfg.flow_shift, mu)
             if np.fabs(sig[0] - 1) < 1e-6:
                 sig[0] -= 1e-6
             ts = (sig * n).copy()
@@ -124,25 +106,8 @@ class UniPCMultistepScheduler(MultistepNoising, FusedScheduler):
         else:
             full = schedules.vp_sigmas(self.alphas_cumprod)
             sig = np.interp(ts, np.arange(0, len(full)), full)
-            last = 0.0 if zero_last else float(((1 - self.alphas_cumprod[0]) / self.alphas_cumprod[0]) ** 0.5)
-        sig = np.concatenate([sig, [last]]).astype(np.float32)
-        self._reset()
-        self.sigmas = torch.from_numpy(sig)
-        self.timesteps = torch.from_numpy(np.asarray(ts)).to(device=device, dtype=torch.int64)
-        self.num_inference_steps = len(ts)
-        self._sig = self.sigmas.double().tolist()
-        self._ts_host = self.timesteps.cpu().numpy()
-        self._warm(0)
-
-    def _missing_timestep(self, v: float) -> int:
-        return len(self.timesteps) - 1
-
-    def _alpha_sigma(self, s: float) -> tuple[float, float]:
-        return schedules.flow_alpha_sigma(s) if self.config.use_flow_sigmas else schedules.vp_alpha_sigma(s)
-
-    def _model_frame(self, begin: int):
-        sig = self._sig[begin:]
-        return [1.0] * len(sig), [self._alpha_sigma(s) for s in sig]
+            last = vp_last
+        self._install_sigmas(sig, ts, last, device)
 
     def _builder(self, begin: int, key: tuple):
         cfg = self.config
@@ -154,16 +119,11 @@ class UniPCMultistepScheduler(MultistepNoising, FusedScheduler):
                              lower_order_final=cfg.lower_order_final, disable_corrector=self.disable_corrector, begin=begin)
 
     def step(self, model_output: Tensor, timestep: Union[int, Tensor], sample: Tensor, return_dict: bool = True):
-        if self.num_inference_steps is None:
-            raise ValueError("Number of inference steps is 'None', you need to run 'set_timesteps' after creating the scheduler")
         self._ensure_step_index(timestep)
         override = None
         cfg = self.config
         if cfg.thresholding and self.predict_x0:
-            alpha, sigma = self._alpha_sigma(self._sig[self._step_index])
-            a, b = solvers.x0_conversion(solvers.check_prediction_type(cfg.prediction_type), alpha, sigma)
-            override = threshold_sample((a * sample.float() + b * model_output.float()).to(sample.dtype),
-                                        cfg.dynamic_thresholding_ratio, cfg.sample_max_value)
+            override, _, _ = self._thresholded_x0(model_output, sample)
         prev, _ = self._fused_step(model_output, sample, model_override=override)
         return (prev,) if not return_dict else SchedulerOutput(prev)
 
