@@ -14,7 +14,7 @@ Both are measured for fastdiff.sample and for diffusers' scheduler of the same n
 configuration, run on the same starting noise, in float32.
 
     fastdiff bench samplers --out benchmarks/results/cpu        # JSON + markdown + PNG plot
-    python benchmarks/bench_sampler_accuracy.py --n 2000 --nfe 5,10 --samplers ddim,dpmpp_2m
+    python benchmarks/sampler_accuracy.py --n 2000 --nfe 5,10 --samplers ddim,dpmpp_2m
 """
 
 from __future__ import annotations

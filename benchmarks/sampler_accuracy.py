@@ -1,4 +1,4 @@
-"""Wrapper: `python benchmarks/bench_sampler_accuracy.py [args]` runs `fastdiff bench samplers` (fastdiff/bench/sampler_accuracy.py)."""
+"""Wrapper: `python benchmarks/sampler_accuracy.py [args]` runs `fastdiff bench samplers` (fastdiff/bench/sampler_accuracy.py)."""
 
 import sys
 from pathlib import Path
