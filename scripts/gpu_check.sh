@@ -103,6 +103,13 @@ fi
 # ---- benchmarks (fastdiff/bench, when present) ---------------------------------------------------
 if "$py" -c "import importlib.util, sys; sys.exit(importlib.util.find_spec('fastdiff.bench') is None)" 2>/dev/null; then
   run_step bench "$py" -m fastdiff.cli bench all --json "$out/bench.json" --md "$out/bench.md"
+  # the sampling loop: diffusers vs fastdiff's eager loop vs CUDA graph replay (issue 3)
+  for steps in 20 50; do
+    run_step "overhead-$steps" "$py" -m fastdiff.cli bench overhead --device cuda --steps "$steps" \
+      --shapes 1x4x64x64,4x4x64x64,2x4x128x128 --out "$out"
+  done
+  run_step bench-adaln "$py" -m fastdiff.cli bench adaln --device cuda --save "$out"
+  run_step bench-attention "$py" -m fastdiff.cli bench attention --out "$out"
 else
   echo "bench                skipped (fastdiff.bench does not exist in this checkout)" | tee -a "$out/summary.txt"
 fi

@@ -25,10 +25,12 @@ import warnings
 from pathlib import Path
 
 import torch
+from torch import Tensor
 
 
 import fastdiff  # noqa: E402
 from fastdiff.samplers import loop, make_sampler  # noqa: E402
+from fastdiff.samplers.graph import CudaGraphRecorder, _GraphedSteps  # noqa: E402
 
 SAMPLERS = {"dpmpp_2m": "DPMSolverMultistepScheduler", "unipc": "UniPCMultistepScheduler", "euler": "EulerDiscreteScheduler",
             "ddim": "DDIMScheduler"}
@@ -66,6 +68,24 @@ def fused_loop(plan, x0, model, guidance: float, device) -> float:
     return time.perf_counter() - t0
 
 
+def make_graphed(plan, model, x: Tensor, guidance: float):
+    """fastdiff.sample(cuda_graph=True)'s captured step, captured once here so the loop times replays only;
+    None off CUDA (no graphs to replay)."""
+    if x.device.type != "cuda":
+        return None
+    return _GraphedSteps(plan, model, x, guidance, 0.0, None, None, CudaGraphRecorder(x.device, None))
+
+
+def graphed_loop(graphed, plan, x0, device) -> float:
+    graphed.reset(x0 * plan.init_scale)
+    _sync(device)
+    t0 = time.perf_counter()
+    for j in range(len(plan)):
+        graphed.replay(plan.draws[j])
+    _sync(device)
+    return time.perf_counter() - t0
+
+
 def bench(shape, device, steps: int, repeats: int, model_kind: str = "free") -> list[dict]:
     import diffusers
 
@@ -79,15 +99,19 @@ def bench(shape, device, steps: int, repeats: int, model_kind: str = "free") -> 
         ref = getattr(diffusers, cls).from_config(sampler.config)
         ours = getattr(fastdiff.schedulers, cls).from_config(sampler.config)
         plan = sampler.plan(steps, device)
-        runs = {"diffusers": [], "fastdiff.schedulers": [], "fastdiff.sample": []}
+        graphed = make_graphed(plan, model, x0 * plan.init_scale, 7.5)
+        loops = {"diffusers": lambda: scheduler_loop(ref, x0, model, 7.5, steps, device),
+                 "fastdiff.schedulers": lambda: scheduler_loop(ours, x0, model, 7.5, steps, device),
+                 "fastdiff.sample": lambda: fused_loop(plan, x0, model, 7.5, device)}
+        if graphed is not None:
+            loops["fastdiff.sample+graph"] = lambda: graphed_loop(graphed, plan, x0, device)
+        runs = {k: [] for k in loops}
         for _ in range(2):  # warm-up
-            scheduler_loop(ref, x0, model, 7.5, steps, device)
-            scheduler_loop(ours, x0, model, 7.5, steps, device)
-            fused_loop(plan, x0, model, 7.5, device)
-        for _ in range(repeats):
-            runs["diffusers"].append(scheduler_loop(ref, x0, model, 7.5, steps, device) / steps)
-            runs["fastdiff.schedulers"].append(scheduler_loop(ours, x0, model, 7.5, steps, device) / steps)
-            runs["fastdiff.sample"].append(fused_loop(plan, x0, model, 7.5, device) / steps)
+            for fn in loops.values():
+                fn()
+        for _ in range(repeats):  # interleaved, so drift hits every candidate alike
+            for k, fn in loops.items():
+                runs[k].append(fn() / steps)
         d = runs["diffusers"]
         row = {"sampler": name, "shape": list(shape), "device": str(device), "steps": steps, "model": model_kind}
         for k, v in runs.items():
@@ -97,19 +121,24 @@ def bench(shape, device, steps: int, repeats: int, model_kind: str = "free") -> 
         rows.append(row)
         print(f"{name:9s} {tuple(shape)}  diffusers {row['diffusers_us_per_step']:8.0f} us/step   "
               f"fastdiff.schedulers {row['fastdiff.schedulers_us_per_step']:8.0f} ({row['fastdiff.schedulers_speedup']:.2f}x)   "
-              f"fastdiff.sample {row['fastdiff.sample_us_per_step']:8.0f} ({row['fastdiff.sample_speedup']:.2f}x)", flush=True)
+              f"fastdiff.sample {row['fastdiff.sample_us_per_step']:8.0f} ({row['fastdiff.sample_speedup']:.2f}x)"
+              + (f"   +graph {row['fastdiff.sample+graph_us_per_step']:8.0f} ({row['fastdiff.sample+graph_speedup']:.2f}x)"
+                 if "fastdiff.sample+graph_us_per_step" in row else ""), flush=True)
     return rows
 
 
 def markdown(rows: list[dict]) -> str:
     lines = ["Per-step time of a whole guided loop (cfg 7.5) around a trivial model, median; speed-up = median of per-pair "
              "ratios vs diffusers.", "",
-             "| sampler | shape | steps | model | diffusers (us) | fastdiff.schedulers (us, x) | fastdiff.sample (us, x) |",
-             "|---|---|---|---|---|---|---|"]
+             "| sampler | shape | steps | model | diffusers (us) | fastdiff.schedulers (us, x) | fastdiff.sample (us, x) "
+             "| fastdiff.sample, CUDA graph replay (us, x) |", "|---|---|---|---|---|---|---|---|"]
+
+    def cell(r, k):
+        return f"{r[k + '_us_per_step']:.0f} ({r[k + '_speedup']:.2f}x)" if k + "_us_per_step" in r else "-"
+
     for r in rows:
         lines.append(f"| {r['sampler']} | {tuple(r['shape'])} | {r['steps']} | {r['model']} | {r['diffusers_us_per_step']:.0f} | "
-                     f"{r['fastdiff.schedulers_us_per_step']:.0f} ({r['fastdiff.schedulers_speedup']:.2f}x) | "
-                     f"{r['fastdiff.sample_us_per_step']:.0f} ({r['fastdiff.sample_speedup']:.2f}x) |")
+                     + " | ".join(cell(r, k) for k in ("fastdiff.schedulers", "fastdiff.sample", "fastdiff.sample+graph")) + " |")
     return "\n".join(lines) + "\n"
 
 

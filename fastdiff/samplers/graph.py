@@ -142,3 +142,9 @@ class _GraphedSteps:
     def replay(self, draw: bool) -> None:
         self.graphs[draw]()
 
+    def reset(self, x: Tensor) -> None:
+        """Start again from state ``x`` with the captured graphs (no re-capture); the history needs no
+        reset: every slot is written before it is read."""
+        self.x.copy_(x)
+        self.counter.zero_()
+
