@@ -8,6 +8,7 @@
 
 #include <tuple>
 
+#include "adaln_args.h"
 #include "cpu/common.h"
 #include "cpu/kernels/adaln.h"
 
@@ -19,47 +20,8 @@ namespace {
 
 using Opt = std::optional<at::Tensor>;
 
-struct Shape {
-  int64_t b, n, d;
-};
-
-Shape check_rows(const at::Tensor& x, const char* op, const char* arg) {
-  check_cpu_contiguous(x, op, arg);
-  TORCH_CHECK(x.dim() == 3, "fastdiff.", op, ": argument '", arg, "' expected a (B, N, D) tensor, got shape ", x.sizes());
-  to_dtype(x, op, arg);
-  return {x.size(0), x.size(1), x.size(2)};
-}
-
-void check_like(const at::Tensor& t, const at::Tensor& x, const char* op, const char* arg) {
-  check_cpu_contiguous(t, op, arg);
-  TORCH_CHECK(t.scalar_type() == x.scalar_type(), "fastdiff.", op, ": argument '", arg, "' expected dtype ",
-              x.scalar_type(), ", got ", t.scalar_type());
-}
-
-// A modulation tensor: (B, D) per sample or (B, N, D) per token. Returns whether it is per token.
-bool check_mod(const at::Tensor& t, const at::Tensor& x, Shape s, const char* op, const char* arg) {
-  check_like(t, x, op, arg);
-  const bool per_sample = t.dim() == 2 && t.size(0) == s.b && t.size(1) == s.d;
-  const bool per_token = t.dim() == 3 && t.sizes() == x.sizes();
-  TORCH_CHECK(per_sample || per_token, "fastdiff.", op, ": argument '", arg, "' expected shape (", s.b, ", ", s.d,
-              ") or (", s.b, ", ", s.n, ", ", s.d, "), got ", t.sizes());
-  return per_token;
-}
-
-const void* check_param(const Opt& t, const at::Tensor& x, Shape s, const char* op, const char* arg) {
-  if (!t.has_value()) return nullptr;
-  check_like(*t, x, op, arg);
-  TORCH_CHECK(t->dim() == 1 && t->size(0) == s.d, "fastdiff.", op, ": argument '", arg, "' expected shape (", s.d,
-              "), got ", t->sizes());
-  return t->data_ptr();
-}
-
-void check_stats(const at::Tensor& t, Shape s, const char* op, const char* arg) {
-  check_cpu_contiguous(t, op, arg);
-  TORCH_CHECK(t.scalar_type() == at::kFloat && t.dim() == 2 && t.size(0) == s.b && t.size(1) == s.n, "fastdiff.", op,
-              ": argument '", arg, "' expected float32 of shape (", s.b, ", ", s.n, "), got ", t.scalar_type(), " ",
-              t.sizes());
-}
+using Shape = adaln_args::Shape;
+using Check = adaln_args::Checks<OnCpu>;
 
 AdalnArgs base_args(const at::Tensor& x, Shape s, const char* op) {
   AdalnArgs a{};
@@ -127,13 +89,13 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> adaln_modulate(const at::Tensor& 
                                                               const at::Tensor& scale, const Opt& weight,
                                                               const Opt& bias, double eps, bool rms) {
   constexpr const char* op = "adaln_modulate";
-  const Shape s = check_rows(x, op, "x");
+  const Shape s = Check::rows(x, op, "x");
   AdalnArgs a = base_args(x, s, op);
-  a.shift_per_token = check_mod(shift, x, s, op, "shift");
-  a.scale_per_token = check_mod(scale, x, s, op, "scale");
+  a.shift_per_token = Check::mod(shift, x, s, op, "shift");
+  a.scale_per_token = Check::mod(scale, x, s, op, "scale");
   a.shift = shift.data_ptr(), a.scale = scale.data_ptr();
-  a.weight = check_param(weight, x, s, op, "weight");
-  a.bias = check_param(bias, x, s, op, "bias");
+  a.weight = Check::param(weight, x, s, op, "weight");
+  a.bias = Check::param(bias, x, s, op, "bias");
   a.eps = static_cast<float>(eps), a.rms = rms;
   at::Tensor out = at::empty_like(x);
   at::Tensor mean = at::empty({s.b, s.n}, x.options().dtype(at::kFloat));
@@ -148,18 +110,16 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> adaln_mod
     const at::Tensor& grad_out, const at::Tensor& x, const at::Tensor& scale, const Opt& weight, const Opt& bias,
     const at::Tensor& mean, const at::Tensor& rstd, bool rms, bool shift_per_token) {
   constexpr const char* op = "adaln_modulate_backward";
-  const Shape s = check_rows(x, op, "x");
-  check_like(grad_out, x, op, "grad_out");
-  TORCH_CHECK(grad_out.sizes() == x.sizes(), "fastdiff.", op, ": argument 'grad_out' expected x's shape ", x.sizes(),
-              ", got ", grad_out.sizes());
+  const Shape s = Check::rows(x, op, "x");
+  Check::same_shape(grad_out, x, op, "grad_out", "x");
   AdalnArgs a = base_args(x, s, op);
-  a.scale_per_token = check_mod(scale, x, s, op, "scale");
+  a.scale_per_token = Check::mod(scale, x, s, op, "scale");
   a.scale = scale.data_ptr();
   a.shift_per_token = shift_per_token;
-  a.weight = check_param(weight, x, s, op, "weight");
-  a.bias = check_param(bias, x, s, op, "bias");
-  check_stats(mean, s, op, "mean");
-  check_stats(rstd, s, op, "rstd");
+  a.weight = Check::param(weight, x, s, op, "weight");
+  a.bias = Check::param(bias, x, s, op, "bias");
+  Check::stats(mean, x, s, op, "mean");
+  Check::stats(rstd, x, s, op, "rstd");
   a.mean = mean.data_ptr<float>(), a.rstd = rstd.data_ptr<float>(), a.rms = rms;
   a.grad_out = grad_out.data_ptr();
   at::Tensor grad_x = at::empty_like(x);
@@ -179,11 +139,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> adaln_mod
 
 at::Tensor gated_residual(const at::Tensor& x, const at::Tensor& gate, const at::Tensor& h) {
   constexpr const char* op = "gated_residual";
-  const Shape s = check_rows(x, op, "x");
+  const Shape s = Check::rows(x, op, "x");
   AdalnArgs a = base_args(x, s, op);
-  a.gate_per_token = check_mod(gate, x, s, op, "gate");
-  check_like(h, x, op, "h");
-  TORCH_CHECK(h.sizes() == x.sizes(), "fastdiff.", op, ": argument 'h' expected x's shape ", x.sizes(), ", got ", h.sizes());
+  a.gate_per_token = Check::mod(gate, x, s, op, "gate");
+  Check::same_shape(h, x, op, "h", "x");
   a.gate = gate.data_ptr(), a.h = h.data_ptr();
   at::Tensor out = at::empty_like(x);
   a.out = out.data_ptr();
@@ -195,12 +154,10 @@ at::Tensor gated_residual(const at::Tensor& x, const at::Tensor& gate, const at:
 std::tuple<at::Tensor, at::Tensor> gated_residual_backward(const at::Tensor& grad_out, const at::Tensor& gate,
                                                            const at::Tensor& h) {
   constexpr const char* op = "gated_residual_backward";
-  const Shape s = check_rows(h, op, "h");
-  check_like(grad_out, h, op, "grad_out");
-  TORCH_CHECK(grad_out.sizes() == h.sizes(), "fastdiff.", op, ": argument 'grad_out' expected h's shape ", h.sizes(),
-              ", got ", grad_out.sizes());
+  const Shape s = Check::rows(h, op, "h");
+  Check::same_shape(grad_out, h, op, "grad_out", "h");
   AdalnArgs a = base_args(h, s, op);
-  a.gate_per_token = check_mod(gate, h, s, op, "gate");
+  a.gate_per_token = Check::mod(gate, h, s, op, "gate");
   a.gate = gate.data_ptr(), a.h = h.data_ptr(), a.grad_out = grad_out.data_ptr();
   at::Tensor grad_h = at::empty_like(h);
   at::Tensor grad_gate = a.gate_per_token ? at::empty_like(h) : at::Tensor();
@@ -216,16 +173,15 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> gated_residual_adaln(
     const at::Tensor& x, const at::Tensor& gate, const at::Tensor& h, const at::Tensor& shift, const at::Tensor& scale,
     const Opt& weight, const Opt& bias, double eps, bool rms) {
   constexpr const char* op = "gated_residual_adaln";
-  const Shape s = check_rows(x, op, "x");
+  const Shape s = Check::rows(x, op, "x");
   AdalnArgs a = base_args(x, s, op);
-  a.gate_per_token = check_mod(gate, x, s, op, "gate");
-  check_like(h, x, op, "h");
-  TORCH_CHECK(h.sizes() == x.sizes(), "fastdiff.", op, ": argument 'h' expected x's shape ", x.sizes(), ", got ", h.sizes());
-  a.shift_per_token = check_mod(shift, x, s, op, "shift");
-  a.scale_per_token = check_mod(scale, x, s, op, "scale");
+  a.gate_per_token = Check::mod(gate, x, s, op, "gate");
+  Check::same_shape(h, x, op, "h", "x");
+  a.shift_per_token = Check::mod(shift, x, s, op, "shift");
+  a.scale_per_token = Check::mod(scale, x, s, op, "scale");
   a.gate = gate.data_ptr(), a.h = h.data_ptr(), a.shift = shift.data_ptr(), a.scale = scale.data_ptr();
-  a.weight = check_param(weight, x, s, op, "weight");
-  a.bias = check_param(bias, x, s, op, "bias");
+  a.weight = Check::param(weight, x, s, op, "weight");
+  a.bias = Check::param(bias, x, s, op, "bias");
   a.eps = static_cast<float>(eps), a.rms = rms;
   at::Tensor x_out = at::empty_like(x), out = at::empty_like(x);
   at::Tensor mean = at::empty({s.b, s.n}, x.options().dtype(at::kFloat));
@@ -242,24 +198,19 @@ gated_residual_adaln_backward(const at::Tensor& grad_x_out, const at::Tensor& gr
                               const Opt& bias, const at::Tensor& mean, const at::Tensor& rstd, bool rms,
                               bool shift_per_token) {
   constexpr const char* op = "gated_residual_adaln_backward";
-  const Shape s = check_rows(x_out, op, "x_out");
-  const auto same_as_x_out = [&](const at::Tensor& t, const char* name) {
-    check_like(t, x_out, op, name);
-    TORCH_CHECK(t.sizes() == x_out.sizes(), "fastdiff.", op, ": argument '", name, "' expected x_out's shape ",
-                x_out.sizes(), ", got ", t.sizes());
-  };
-  same_as_x_out(grad_x_out, "grad_x_out");
-  same_as_x_out(grad_out, "grad_out");
-  same_as_x_out(h, "h");
+  const Shape s = Check::rows(x_out, op, "x_out");
+  Check::same_shape(grad_x_out, x_out, op, "grad_x_out", "x_out");
+  Check::same_shape(grad_out, x_out, op, "grad_out", "x_out");
+  Check::same_shape(h, x_out, op, "h", "x_out");
   AdalnArgs a = base_args(x_out, s, op);
-  a.gate_per_token = check_mod(gate, x_out, s, op, "gate");
-  a.scale_per_token = check_mod(scale, x_out, s, op, "scale");
+  a.gate_per_token = Check::mod(gate, x_out, s, op, "gate");
+  a.scale_per_token = Check::mod(scale, x_out, s, op, "scale");
   a.shift_per_token = shift_per_token;
   a.gate = gate.data_ptr(), a.h = h.data_ptr(), a.scale = scale.data_ptr();
-  a.weight = check_param(weight, x_out, s, op, "weight");
-  a.bias = check_param(bias, x_out, s, op, "bias");
-  check_stats(mean, s, op, "mean");
-  check_stats(rstd, s, op, "rstd");
+  a.weight = Check::param(weight, x_out, s, op, "weight");
+  a.bias = Check::param(bias, x_out, s, op, "bias");
+  Check::stats(mean, x_out, s, op, "mean");
+  Check::stats(rstd, x_out, s, op, "rstd");
   a.mean = mean.data_ptr<float>(), a.rstd = rstd.data_ptr<float>(), a.rms = rms;
   a.grad_out = grad_out.data_ptr(), a.grad_x_out = grad_x_out.data_ptr();
   at::Tensor grad_x = at::empty_like(x_out), grad_h = at::empty_like(x_out);

@@ -1,4 +1,5 @@
-// Torch-side helpers shared by the CPU op files: dtype mapping, ISA dispatch, threading.
+// Torch-side helpers shared by the CPU op files: ISA dispatch, threading, outputs, placement checks
+// (to_dtype, shared with the CUDA bindings, is in torch_args.h).
 #pragma once
 
 #include <ATen/Functions.h>
@@ -15,19 +16,9 @@
 
 #include "cpu/isa.h"
 #include "cpu/kernels/kernels.h"
+#include "torch_args.h"
 
 namespace fastdiff::cpu {
-
-inline DType to_dtype(const at::Tensor& t, const char* op, const char* arg) {
-  switch (t.scalar_type()) {
-    case at::kFloat: return DType::f32;
-    case at::kHalf: return DType::f16;
-    case at::kBFloat16: return DType::bf16;
-    default:
-      TORCH_CHECK(false, "fastdiff.", op, ": argument '", arg, "' expected dtype float32, float16 or bfloat16, got ",
-                  t.scalar_type());
-  }
-}
 
 // Calls isa::fn(args...) for the best compiled ISA.
 #define FASTDIFF_CPU_CALL(fn, ...)                                                   \
@@ -80,5 +71,14 @@ inline void check_cpu_contiguous(const at::Tensor& t, const char* op, const char
   TORCH_CHECK(t.device().is_cpu(), "fastdiff.", op, ": argument '", arg, "' expected a CPU tensor, got ", t.device());
   TORCH_CHECK(t.is_contiguous(), "fastdiff.", op, ": argument '", arg, "' expected a contiguous tensor");
 }
+
+// The placement policy of the argument checks shared with the CUDA bindings (adaln_args.h,
+// guidance_args.h): every tensor a contiguous CPU tensor, whatever the op's main input (ref) is.
+struct OnCpu {
+  static void check_main(const at::Tensor& t, const char* op, const char* arg) { check_cpu_contiguous(t, op, arg); }
+  static void check_with(const at::Tensor& t, const at::Tensor& /*ref*/, const char* op, const char* arg) {
+    check_cpu_contiguous(t, op, arg);
+  }
+};
 
 }  // namespace fastdiff::cpu

@@ -7,23 +7,13 @@
 #include "cpu/common.h"
 #include "cpu/kernels/convert.h"
 #include "cpu/guidance.h"
+#include "guidance_args.h"
 
 namespace fastdiff::cpu {
 
 GuidanceArgs guidance_args(const at::Tensor& model_out, double scale, const std::optional<at::Tensor>& scale_ps,
                            const std::optional<at::Tensor>& factor, const char* op) {
-  check_cpu_contiguous(model_out, op, "model_out");
-  TORCH_CHECK(model_out.dim() >= 1 && model_out.size(0) % 2 == 0, "fastdiff.", op,
-              ": argument 'model_out' expected an even batch ([uncond; cond]), got shape ", model_out.sizes());
-  const int64_t batch = model_out.size(0) / 2;
-  for (const auto* t : {&scale_ps, &factor}) {
-    if (t->has_value()) {
-      check_cpu_contiguous(**t, op, t == &scale_ps ? "scale_per_sample" : "factor");
-      TORCH_CHECK((*t)->scalar_type() == at::kFloat && (*t)->dim() == 1 && (*t)->size(0) == batch, "fastdiff.", op,
-                  ": per-sample tensors must be float32 of shape (", batch, "), got ", (*t)->sizes(), " ",
-                  (*t)->scalar_type());
-    }
-  }
+  const int64_t batch = check_guidance_inputs<OnCpu>(model_out, scale_ps, factor, op);
   GuidanceArgs a{};
   a.model_out = model_out.data_ptr();
   a.dtype = to_dtype(model_out, op, "model_out");

@@ -1,6 +1,6 @@
-// Device helpers of the adaln kernels: float32 conversion of the storage types, V-element vector
-// loads/stores (one 16-byte access when V * sizeof(T) == 16) and deterministic sums over a row group.
-// Nothing here is adaln-specific; it can move to a shared csrc/cuda header once one exists.
+// Device helpers of the adaln kernels: V-element vector loads/stores (one access of V * sizeof(T) <= 16
+// bytes, unlike the whole-16-byte-word ones of cuda/common.cuh) and deterministic sums over a row group.
+// The float32 conversions are cuda/common.cuh's.
 #pragma once
 
 #include <cuda_bf16.h>
@@ -9,22 +9,17 @@
 
 #include <cstdint>
 
+#include "cuda/common.cuh"
+
 namespace fastdiff::cuda::adaln_detail {
 
 constexpr unsigned kFullMask = 0xffffffffu;
 
-__device__ __forceinline__ float to_f(float v) { return v; }
-__device__ __forceinline__ float to_f(__half v) { return __half2float(v); }
-__device__ __forceinline__ float to_f(__nv_bfloat16 v) { return __bfloat162float(v); }
-
+// The adaln kernels' names for the float32 conversions of cuda/common.cuh.
 template <typename T>
-__device__ __forceinline__ T from_f(float v);
-template <>
-__device__ __forceinline__ float from_f<float>(float v) { return v; }
-template <>
-__device__ __forceinline__ __half from_f<__half>(float v) { return __float2half_rn(v); }
-template <>
-__device__ __forceinline__ __nv_bfloat16 from_f<__nv_bfloat16>(float v) { return __float2bfloat16_rn(v); }
+__device__ __forceinline__ float to_f(T v) { return to_float(v); }
+template <typename T>
+__device__ __forceinline__ T from_f(float v) { return from_float<T>(v); }
 
 // The unsigned integer type of one V-element access.
 template <int Bytes>

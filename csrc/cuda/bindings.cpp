@@ -13,20 +13,11 @@
 #include <vector>
 
 #include "cuda/launchers.h"
+#include "guidance_args.h"
+#include "torch_args.h"
 
 namespace fastdiff::cuda {
 namespace {
-
-DType to_dtype(const at::Tensor& t, const char* op, const char* arg) {
-  switch (t.scalar_type()) {
-    case at::kFloat: return DType::f32;
-    case at::kHalf: return DType::f16;
-    case at::kBFloat16: return DType::bf16;
-    default:
-      TORCH_CHECK(false, "fastdiff.", op, ": argument '", arg, "' expected dtype float32, float16 or bfloat16, got ",
-                  t.scalar_type());
-  }
-}
 
 // `t` is a contiguous tensor on `device` (a CUDA device: the first tensor argument's).
 void check_on(const at::Tensor& t, const c10::Device& device, const char* op, const char* arg) {
@@ -40,21 +31,19 @@ void check_cuda(const at::Tensor& t, const char* op, const char* arg) {
   check_on(t, t.device(), op, arg);
 }
 
+// Where the guidance ops need their tensors: model_out a contiguous CUDA tensor, the per-sample
+// tensors contiguous on model_out's device.
+struct OnModelOutDevice {
+  static void check_main(const at::Tensor& t, const char* op, const char* arg) { check_cuda(t, op, arg); }
+  static void check_with(const at::Tensor& t, const at::Tensor& ref, const char* op, const char* arg) {
+    check_on(t, ref.device(), op, arg);
+  }
+};
+
 // Checks the guidance inputs (device, contiguous, shapes) and packs them for the launchers.
 GuidanceParams guidance_params(const at::Tensor& model_out, double scale, const std::optional<at::Tensor>& scale_ps,
                                const std::optional<at::Tensor>& factor, const char* op) {
-  check_cuda(model_out, op, "model_out");
-  TORCH_CHECK(model_out.dim() >= 1 && model_out.size(0) % 2 == 0, "fastdiff.", op,
-              ": argument 'model_out' expected an even batch ([uncond; cond]), got shape ", model_out.sizes());
-  const int64_t batch = model_out.size(0) / 2;
-  for (const auto* t : {&scale_ps, &factor}) {
-    if (t->has_value()) {
-      check_on(**t, model_out.device(), op, t == &scale_ps ? "scale_per_sample" : "factor");
-      TORCH_CHECK((*t)->scalar_type() == at::kFloat && (*t)->dim() == 1 && (*t)->size(0) == batch, "fastdiff.", op,
-                  ": per-sample tensors must be float32 of shape (", batch, "), got ", (*t)->sizes(), " ",
-                  (*t)->scalar_type());
-    }
-  }
+  const int64_t batch = check_guidance_inputs<OnModelOutDevice>(model_out, scale_ps, factor, op);
   GuidanceParams p{};
   p.model_out = model_out.const_data_ptr();
   p.dtype = to_dtype(model_out, op, "model_out");

@@ -12,6 +12,7 @@
 #include <optional>
 #include <tuple>
 
+#include "adaln_args.h"
 #include "cuda/adaln.h"
 
 // The op implementations live in their own namespace: several share their names with the launchers.
@@ -20,76 +21,20 @@ namespace {
 
 using Opt = std::optional<at::Tensor>;
 
-struct Shape {
-  int64_t b, n, d;
+// Where the CUDA ops need a tensor: a contiguous CUDA tensor on ref's device.
+struct OnRefDevice {
+  static void check_with(const at::Tensor& t, const at::Tensor& ref, const char* op, const char* arg) {
+    TORCH_CHECK(t.is_cuda(), "fastdiff.", op, ": argument '", arg, "' expected a CUDA tensor, got a tensor on ",
+                t.device());
+    TORCH_CHECK(t.device() == ref.device(), "fastdiff.", op, ": argument '", arg, "' expected a tensor on ",
+                ref.device(), " (like the other inputs), got a tensor on ", t.device());
+    TORCH_CHECK(t.is_contiguous(), "fastdiff.", op, ": argument '", arg, "' expected a contiguous tensor, got strides ",
+                t.strides());
+  }
 };
 
-DType to_dtype(const at::Tensor& t, const char* op, const char* arg) {
-  switch (t.scalar_type()) {
-    case at::kFloat: return DType::f32;
-    case at::kHalf: return DType::f16;
-    case at::kBFloat16: return DType::bf16;
-    default:
-      TORCH_CHECK(false, "fastdiff.", op, ": argument '", arg, "' expected dtype float32, float16 or bfloat16, got ",
-                  t.scalar_type());
-  }
-}
-
-// t is a contiguous CUDA tensor on ref's device.
-void check_cuda(const at::Tensor& t, const at::Tensor& ref, const char* op, const char* arg) {
-  TORCH_CHECK(t.is_cuda(), "fastdiff.", op, ": argument '", arg, "' expected a CUDA tensor, got a tensor on ",
-              t.device());
-  TORCH_CHECK(t.device() == ref.device(), "fastdiff.", op, ": argument '", arg, "' expected a tensor on ", ref.device(),
-              " (like the other inputs), got a tensor on ", t.device());
-  TORCH_CHECK(t.is_contiguous(), "fastdiff.", op, ": argument '", arg, "' expected a contiguous tensor, got strides ",
-              t.strides());
-}
-
-Shape check_rows(const at::Tensor& x, const char* op, const char* arg) {
-  check_cuda(x, x, op, arg);
-  TORCH_CHECK(x.dim() == 3, "fastdiff.", op, ": argument '", arg, "' expected a (B, N, D) tensor, got shape ",
-              x.sizes());
-  to_dtype(x, op, arg);
-  return {x.size(0), x.size(1), x.size(2)};
-}
-
-void check_like(const at::Tensor& t, const at::Tensor& x, const char* op, const char* arg) {
-  check_cuda(t, x, op, arg);
-  TORCH_CHECK(t.scalar_type() == x.scalar_type(), "fastdiff.", op, ": argument '", arg, "' expected dtype ",
-              x.scalar_type(), ", got ", t.scalar_type());
-}
-
-void check_same_shape(const at::Tensor& t, const at::Tensor& x, const char* op, const char* arg, const char* x_name) {
-  check_like(t, x, op, arg);
-  TORCH_CHECK(t.sizes() == x.sizes(), "fastdiff.", op, ": argument '", arg, "' expected ", x_name, "'s shape ",
-              x.sizes(), ", got ", t.sizes());
-}
-
-// A modulation tensor: (B, D) per sample or (B, N, D) per token. Returns whether it is per token.
-bool check_mod(const at::Tensor& t, const at::Tensor& x, Shape s, const char* op, const char* arg) {
-  check_like(t, x, op, arg);
-  const bool per_sample = t.dim() == 2 && t.size(0) == s.b && t.size(1) == s.d;
-  const bool per_token = t.dim() == 3 && t.sizes() == x.sizes();
-  TORCH_CHECK(per_sample || per_token, "fastdiff.", op, ": argument '", arg, "' expected shape (", s.b, ", ", s.d,
-              ") or (", s.b, ", ", s.n, ", ", s.d, "), got ", t.sizes());
-  return per_token;
-}
-
-const void* check_param(const Opt& t, const at::Tensor& x, Shape s, const char* op, const char* arg) {
-  if (!t.has_value()) return nullptr;
-  check_like(*t, x, op, arg);
-  TORCH_CHECK(t->dim() == 1 && t->size(0) == s.d, "fastdiff.", op, ": argument '", arg, "' expected shape (", s.d,
-              "), got ", t->sizes());
-  return t->data_ptr();
-}
-
-const float* check_stats(const at::Tensor& t, const at::Tensor& x, Shape s, const char* op, const char* arg) {
-  check_cuda(t, x, op, arg);
-  TORCH_CHECK(t.scalar_type() == at::kFloat && t.dim() == 2 && t.size(0) == s.b && t.size(1) == s.n, "fastdiff.", op,
-              ": argument '", arg, "' expected float32 of shape (", s.b, ", ", s.n, "), got ", t.scalar_type(), " ",
-              t.sizes());
-  return t.data_ptr<float>();
-}
+using Shape = adaln_args::Shape;
+using Check = adaln_args::Checks<OnRefDevice>;
 
 cudaStream_t stream_of(const at::Tensor& x) { return c10::cuda::getCurrentCUDAStream(x.device().index()).stream(); }
 
@@ -114,14 +59,14 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> adaln_modulate(const at::Tensor& 
                                                               const at::Tensor& scale, const Opt& weight,
                                                               const Opt& bias, double eps, bool rms) {
   constexpr const char* op = "adaln_modulate";
-  const Shape s = check_rows(x, op, "x");
+  const Shape s = Check::rows(x, op, "x");
   AdalnForwardArgs a{};
   a.dtype = to_dtype(x, op, "x");
   a.batch = s.b, a.tokens = s.n, a.dim = s.d, a.eps = static_cast<float>(eps), a.rms = rms;
-  a.shift_per_token = check_mod(shift, x, s, op, "shift");
-  a.scale_per_token = check_mod(scale, x, s, op, "scale");
-  a.weight = check_param(weight, x, s, op, "weight");
-  a.bias = check_param(bias, x, s, op, "bias");
+  a.shift_per_token = Check::mod(shift, x, s, op, "shift");
+  a.scale_per_token = Check::mod(scale, x, s, op, "scale");
+  a.weight = Check::param(weight, x, s, op, "weight");
+  a.bias = Check::param(bias, x, s, op, "bias");
   const c10::cuda::CUDAGuard guard(x.device());
   at::Tensor out = at::empty_like(x), mean = stats_like(x, s), rstd = stats_like(x, s);
   a.x = x.data_ptr(), a.shift = shift.data_ptr(), a.scale = scale.data_ptr();
@@ -134,16 +79,16 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> adaln_mod
     const at::Tensor& grad_out, const at::Tensor& x, const at::Tensor& scale, const Opt& weight, const Opt& bias,
     const at::Tensor& mean, const at::Tensor& rstd, bool rms, bool shift_per_token) {
   constexpr const char* op = "adaln_modulate_backward";
-  const Shape s = check_rows(x, op, "x");
-  check_same_shape(grad_out, x, op, "grad_out", "x");
+  const Shape s = Check::rows(x, op, "x");
+  Check::same_shape(grad_out, x, op, "grad_out", "x");
   AdalnBackwardArgs a{};
   a.dtype = to_dtype(x, op, "x");
   a.batch = s.b, a.tokens = s.n, a.dim = s.d, a.rms = rms, a.shift_per_token = shift_per_token;
-  a.scale_per_token = check_mod(scale, x, s, op, "scale");
-  a.weight = check_param(weight, x, s, op, "weight");
-  a.bias = check_param(bias, x, s, op, "bias");
-  a.mean = check_stats(mean, x, s, op, "mean");
-  a.rstd = check_stats(rstd, x, s, op, "rstd");
+  a.scale_per_token = Check::mod(scale, x, s, op, "scale");
+  a.weight = Check::param(weight, x, s, op, "weight");
+  a.bias = Check::param(bias, x, s, op, "bias");
+  a.mean = Check::stats(mean, x, s, op, "mean");
+  a.rstd = Check::stats(rstd, x, s, op, "rstd");
   const c10::cuda::CUDAGuard guard(x.device());
   at::Tensor grad_x = at::empty_like(x);
   at::Tensor grad_shift = mod_grad(x, s, shift_per_token), grad_scale = mod_grad(x, s, a.scale_per_token);
@@ -158,12 +103,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> adaln_mod
 
 at::Tensor gated_residual(const at::Tensor& x, const at::Tensor& gate, const at::Tensor& h) {
   constexpr const char* op = "gated_residual";
-  const Shape s = check_rows(x, op, "x");
+  const Shape s = Check::rows(x, op, "x");
   GatedResidualArgs a{};
   a.dtype = to_dtype(x, op, "x");
   a.batch = s.b, a.tokens = s.n, a.dim = s.d;
-  a.gate_per_token = check_mod(gate, x, s, op, "gate");
-  check_same_shape(h, x, op, "h", "x");
+  a.gate_per_token = Check::mod(gate, x, s, op, "gate");
+  Check::same_shape(h, x, op, "h", "x");
   const c10::cuda::CUDAGuard guard(x.device());
   at::Tensor out = at::empty_like(x);
   a.x = x.data_ptr(), a.gate = gate.data_ptr(), a.h = h.data_ptr(), a.out = out.data_ptr();
@@ -174,12 +119,12 @@ at::Tensor gated_residual(const at::Tensor& x, const at::Tensor& gate, const at:
 std::tuple<at::Tensor, at::Tensor> gated_residual_backward(const at::Tensor& grad_out, const at::Tensor& gate,
                                                            const at::Tensor& h) {
   constexpr const char* op = "gated_residual_backward";
-  const Shape s = check_rows(h, op, "h");
-  check_same_shape(grad_out, h, op, "grad_out", "h");
+  const Shape s = Check::rows(h, op, "h");
+  Check::same_shape(grad_out, h, op, "grad_out", "h");
   GatedResidualArgs a{};
   a.dtype = to_dtype(h, op, "h");
   a.batch = s.b, a.tokens = s.n, a.dim = s.d;
-  a.gate_per_token = check_mod(gate, h, s, op, "gate");
+  a.gate_per_token = Check::mod(gate, h, s, op, "gate");
   const c10::cuda::CUDAGuard guard(h.device());
   at::Tensor grad_gate = mod_grad(h, s, a.gate_per_token), grad_h = at::empty_like(h);
   a.grad_out = grad_out.data_ptr(), a.gate = gate.data_ptr(), a.h = h.data_ptr();
@@ -193,16 +138,16 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> gated_residual_adaln(
     const at::Tensor& x, const at::Tensor& gate, const at::Tensor& h, const at::Tensor& shift, const at::Tensor& scale,
     const Opt& weight, const Opt& bias, double eps, bool rms) {
   constexpr const char* op = "gated_residual_adaln";
-  const Shape s = check_rows(x, op, "x");
+  const Shape s = Check::rows(x, op, "x");
   AdalnForwardArgs a{};
   a.dtype = to_dtype(x, op, "x");
   a.batch = s.b, a.tokens = s.n, a.dim = s.d, a.eps = static_cast<float>(eps), a.rms = rms;
-  a.gate_per_token = check_mod(gate, x, s, op, "gate");
-  check_same_shape(h, x, op, "h", "x");
-  a.shift_per_token = check_mod(shift, x, s, op, "shift");
-  a.scale_per_token = check_mod(scale, x, s, op, "scale");
-  a.weight = check_param(weight, x, s, op, "weight");
-  a.bias = check_param(bias, x, s, op, "bias");
+  a.gate_per_token = Check::mod(gate, x, s, op, "gate");
+  Check::same_shape(h, x, op, "h", "x");
+  a.shift_per_token = Check::mod(shift, x, s, op, "shift");
+  a.scale_per_token = Check::mod(scale, x, s, op, "scale");
+  a.weight = Check::param(weight, x, s, op, "weight");
+  a.bias = Check::param(bias, x, s, op, "bias");
   const c10::cuda::CUDAGuard guard(x.device());
   at::Tensor x_out = at::empty_like(x), out = at::empty_like(x), mean = stats_like(x, s), rstd = stats_like(x, s);
   a.x = x.data_ptr(), a.gate = gate.data_ptr(), a.h = h.data_ptr();
@@ -218,19 +163,19 @@ gated_residual_adaln_backward(const at::Tensor& grad_x_out, const at::Tensor& gr
                               const Opt& bias, const at::Tensor& mean, const at::Tensor& rstd, bool rms,
                               bool shift_per_token) {
   constexpr const char* op = "gated_residual_adaln_backward";
-  const Shape s = check_rows(x_out, op, "x_out");
-  check_same_shape(grad_x_out, x_out, op, "grad_x_out", "x_out");
-  check_same_shape(grad_out, x_out, op, "grad_out", "x_out");
-  check_same_shape(h, x_out, op, "h", "x_out");
+  const Shape s = Check::rows(x_out, op, "x_out");
+  Check::same_shape(grad_x_out, x_out, op, "grad_x_out", "x_out");
+  Check::same_shape(grad_out, x_out, op, "grad_out", "x_out");
+  Check::same_shape(h, x_out, op, "h", "x_out");
   AdalnBackwardArgs a{};
   a.dtype = to_dtype(x_out, op, "x_out");
   a.batch = s.b, a.tokens = s.n, a.dim = s.d, a.rms = rms, a.shift_per_token = shift_per_token;
-  a.gate_per_token = check_mod(gate, x_out, s, op, "gate");
-  a.scale_per_token = check_mod(scale, x_out, s, op, "scale");
-  a.weight = check_param(weight, x_out, s, op, "weight");
-  a.bias = check_param(bias, x_out, s, op, "bias");
-  a.mean = check_stats(mean, x_out, s, op, "mean");
-  a.rstd = check_stats(rstd, x_out, s, op, "rstd");
+  a.gate_per_token = Check::mod(gate, x_out, s, op, "gate");
+  a.scale_per_token = Check::mod(scale, x_out, s, op, "scale");
+  a.weight = Check::param(weight, x_out, s, op, "weight");
+  a.bias = Check::param(bias, x_out, s, op, "bias");
+  a.mean = Check::stats(mean, x_out, s, op, "mean");
+  a.rstd = Check::stats(rstd, x_out, s, op, "rstd");
   const c10::cuda::CUDAGuard guard(x_out.device());
   at::Tensor grad_x = at::empty_like(x_out), grad_h = at::empty_like(x_out);
   at::Tensor grad_gate = mod_grad(x_out, s, a.gate_per_token);
