@@ -4,7 +4,8 @@ The model is free (``--model free``: it returns a precomputed output; ``touch``:
 writes a fresh output, three passes over the doubled batch), so each loop's time is its scheduler work:
 diffusers' step (several elementwise passes plus Python), fastdiff.schedulers' drop-in step (one
 fused sampler_update launch) and fastdiff.sample's loop (the same launch, no input scaling, with
-classifier-free guidance fused). Reported per step, median over interleaved repeats, with the
+classifier-free guidance fused). Every loop's set-up is timed with it (set_timesteps; fastdiff.sample's
+plan, found in its cache on a repeated call). Reported per step, median over interleaved repeats, with the
 median of per-pair ratios (timings on shared machines drift; pairs cancel the drift).
 
     python benchmarks/bench_sampler_overhead.py --out benchmarks/results/cpu
@@ -29,7 +30,7 @@ from torch import Tensor
 
 
 import fastdiff  # noqa: E402
-from fastdiff.samplers import loop, make_sampler  # noqa: E402
+from fastdiff.samplers import make_sampler  # noqa: E402
 from fastdiff.samplers.graph import CudaGraphRecorder, _GraphedSteps  # noqa: E402
 
 SAMPLERS = {"dpmpp_2m": "DPMSolverMultistepScheduler", "unipc": "UniPCMultistepScheduler", "euler": "EulerDiscreteScheduler",
@@ -60,10 +61,12 @@ def scheduler_loop(sched, x0, model, guidance: float, steps: int, device) -> flo
     return time.perf_counter() - t0
 
 
-def fused_loop(plan, x0, model, guidance: float, device) -> float:
+def fused_loop(name: str, x0, model, guidance: float, steps: int, device) -> float:
+    """The public call, set-up included (as set_timesteps is in the scheduler loops): a repeated
+    call finds its plan in the cache, as a pipeline generating image after image does."""
     _sync(device)
     t0 = time.perf_counter()
-    loop.run(plan, model, x0 * plan.init_scale, guidance_scale=guidance, progress=False)
+    fastdiff.sample(model, x0, sampler=name, steps=steps, guidance_scale=guidance, progress=False)
     _sync(device)
     return time.perf_counter() - t0
 
@@ -102,7 +105,7 @@ def bench(shape, device, steps: int, repeats: int, model_kind: str = "free") -> 
         graphed = make_graphed(plan, model, x0 * plan.init_scale, 7.5)
         loops = {"diffusers": lambda: scheduler_loop(ref, x0, model, 7.5, steps, device),
                  "fastdiff.schedulers": lambda: scheduler_loop(ours, x0, model, 7.5, steps, device),
-                 "fastdiff.sample": lambda: fused_loop(plan, x0, model, 7.5, device)}
+                 "fastdiff.sample": lambda: fused_loop(name, x0, model, 7.5, steps, device)}
         if graphed is not None:
             loops["fastdiff.sample+graph"] = lambda: graphed_loop(graphed, plan, x0, device)
         runs = {k: [] for k in loops}

@@ -14,12 +14,14 @@ config keys of the same sampler (``use_karras_sigmas=True``, ``final_sigmas_type
 from __future__ import annotations
 
 import math
+from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any, Mapping, Optional, Sequence
 
 import torch
 from torch import Tensor
 
+from .._cache import frozen
 from .program import Program
 
 SD_SCHEDULE = dict(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012, timestep_spacing="trailing", clip_sample=False)
@@ -52,6 +54,30 @@ class Plan:
         return self.program.history
 
 
+_PLAN_CACHE_SIZE = 32
+_PLANS: "OrderedDict[tuple, Plan]" = OrderedDict()
+
+
+_VALIDATED: "OrderedDict[tuple, None]" = OrderedDict()
+
+
+def _validate(cls: type, cfg: dict) -> None:
+    """Build the scheduler once to refuse a bad configuration now, not at the first run; a
+    configuration seen before is not built again (fastdiff.sample makes a Sampler per call)."""
+    try:
+        key = (cls, frozen(cfg))
+        hash(key)
+    except TypeError:
+        key = None
+    if key is not None and key in _VALIDATED:
+        return
+    cls(**cfg)
+    if key is not None:
+        _VALIDATED[key] = None
+        while len(_VALIDATED) > _PLAN_CACHE_SIZE:
+            _VALIDATED.popitem(last=False)
+
+
 class Sampler:
     """Base class; subclasses set ``scheduler_name`` and may translate friendly options."""
 
@@ -79,7 +105,7 @@ class Sampler:
                 raise TypeError(f"fastdiff: {type(self).__name__} got an unexpected option {k!r}; options: {', '.join(allowed)}")
         self.scheduler_class = cls
         self.config = cfg
-        cls(**cfg)  # validate now, not at the first run
+        _validate(cls, cfg)
 
     def _friendly(self) -> tuple:
         return ()
@@ -130,7 +156,28 @@ class Sampler:
         sigmas: Optional[Sequence[float]] = None,
         mu: Optional[float] = None,
     ) -> Plan:
-        """Derive the coefficient table (float64, host) and move it to ``device`` once."""
+        """Derive the coefficient table (float64, host) and move it to ``device`` once.
+
+        Plans are cached by content (sampler class, configuration, arguments, device), so calling
+        ``fastdiff.sample`` again with the same settings skips the derivation (about 1-4 ms of Python);
+        a Plan is never modified after it is built.
+        """
+        try:
+            key = (type(self), frozen(self.config), self._step_key(), steps, float(strength), frozen(timesteps),
+                   frozen(sigmas), mu, str(torch.device(device)))
+            hash(key)
+        except TypeError:  # an unhashable config value: plan without the cache
+            return self._plan(steps, device, strength=strength, timesteps=timesteps, sigmas=sigmas, mu=mu)
+        plan = _PLANS.get(key)
+        if plan is None:
+            plan = _PLANS[key] = self._plan(steps, device, strength=strength, timesteps=timesteps, sigmas=sigmas, mu=mu)
+            while len(_PLANS) > _PLAN_CACHE_SIZE:
+                _PLANS.popitem(last=False)
+        else:
+            _PLANS.move_to_end(key)
+        return plan
+
+    def _plan(self, steps, device, *, strength, timesteps, sigmas, mu) -> Plan:
         if not 0.0 < strength <= 1.0:
             raise ValueError(f"fastdiff: strength expected a number in (0, 1], got {strength}")
         if steps is not None and (not isinstance(steps, int) or steps < 1):

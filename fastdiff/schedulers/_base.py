@@ -18,18 +18,23 @@ otherwise by value, as diffusers does.
 
 from __future__ import annotations
 
+import functools
 import inspect
+from collections import OrderedDict
 from typing import Any, Mapping, Optional, Sequence
 
 import numpy as np
 import torch
 from torch import Tensor
 
+from .._cache import frozen
 from ..ops.sampler_update import LoopUpdate
 from ..samplers import solvers
 from ..samplers.program import Program, ProgramBuilder
 from ._common import check_timestep_spacing, expand_like, training_schedule
 
+
+_INIT_PARAMS: dict[type, dict] = {}
 
 class Config(dict):
     """A read-only mapping with attribute access, like diffusers' FrozenDict."""
@@ -83,10 +88,33 @@ class FusedScheduler:
     signature and defaults, ``_setup`` (training schedule), ``set_timesteps`` and ``_builder``."""
 
     order = 1
+    #: programs kept per instance across set_timesteps calls with the same arguments and config
+    _PROGRAM_MEMO_SIZE = 8
     #: extra keys a diffusers config may carry that the subclass accepts but ignores
     _ignored_config: tuple = ()
     #: whether step() returns the converted output (pred_original_sample / denoised)
     _exposes: bool = False
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        # Each subclass's set_timesteps (diffusers' signature) first records what it was called with:
+        # the schedule, so the programs built from it, is a function of those arguments and the config.
+        super().__init_subclass__(**kwargs)
+        inner = cls.__dict__.get("set_timesteps")
+        if inner is None or getattr(inner, "_records_schedule", False):
+            return
+
+        @functools.wraps(inner)
+        def set_timesteps(self, *args: Any, **kw: Any):
+            try:
+                key = frozen((type(self), dict(self.config), args, kw))
+                hash(key)
+            except (TypeError, AttributeError):  # an unhashable argument, or called before the config exists
+                key = None
+            self._schedule_key = key
+            return inner(self, *args, **kw)
+
+        set_timesteps._records_schedule = True
+        cls.set_timesteps = set_timesteps
 
     # -- configuration ---------------------------------------------------------------------------
     def _register(self, params: dict) -> None:
@@ -104,8 +132,13 @@ class FusedScheduler:
 
     @classmethod
     def _init_params(cls) -> dict:
-        sig = inspect.signature(cls.__init__)
-        return {k: p.default for k, p in sig.parameters.items() if k != "self" and p.kind == p.POSITIONAL_OR_KEYWORD}
+        """The constructor's keyword parameters and defaults (read once per class: callers only look)."""
+        params = _INIT_PARAMS.get(cls)
+        if params is None:
+            sig = inspect.signature(cls.__init__)
+            params = _INIT_PARAMS[cls] = {k: p.default for k, p in sig.parameters.items()
+                                          if k != "self" and p.kind == p.POSITIONAL_OR_KEYWORD}
+        return params
 
     @classmethod
     def from_config(cls, config: Any = None, return_unused_kwargs: bool = False, **kwargs: Any):
@@ -260,7 +293,19 @@ class FusedScheduler:
     def _program(self, begin: int, key: tuple = ()) -> Program:
         ck = (begin, key)
         if ck not in self._programs:
-            self._programs[ck] = self._builder(begin, key).build(expose=self._exposes)
+            # A pipeline calls set_timesteps with the same arguments for every image: reuse the program
+            # (deriving it is 1-4 ms of Python, ten times diffusers' set_timesteps).
+            schedule = getattr(self, "_schedule_key", None)
+            memo = self.__dict__.setdefault("_program_memo", OrderedDict())
+            mk = None if schedule is None else (schedule, begin, key)
+            prog = memo.get(mk) if mk is not None else None
+            if prog is None:
+                prog = self._builder(begin, key).build(expose=self._exposes)
+                if mk is not None:
+                    memo[mk] = prog
+                    while len(memo) > self._PROGRAM_MEMO_SIZE:
+                        memo.popitem(last=False)
+            self._programs[ck] = prog
         return self._programs[ck]
 
     def _table(self, device: torch.device, begin: int, key: tuple = (), *, as_sample: bool = False) -> tuple[Program, Tensor]:

@@ -277,3 +277,16 @@ def test_half_precision_sampling_tracks_float32(dtype):
     out = fused("dpmpp_2m", noise.to(dtype), steps=8, guidance_scale=3.0, fn=lambda x, t: model(x.float(), t).to(dtype))
     assert out.dtype == dtype
     torch.testing.assert_close(out.float(), ref, rtol=0, atol=(2e-2 if dtype == torch.bfloat16 else 4e-3) * ref.abs().max().item())
+
+
+def test_plans_are_cached_by_value_and_distinct_settings_get_their_own():
+    first = make_sampler("dpmpp_2m").plan(12, torch.device("cpu"))
+    assert make_sampler("dpmpp_2m").plan(12, "cpu") is first  # a new Sampler, the same settings
+    others = [make_sampler("dpmpp_2m").plan(13, "cpu"), make_sampler("dpmpp_2m", order=3).plan(12, "cpu"),
+              make_sampler("dpmpp_2m").plan(12, "cpu", strength=0.5), make_sampler("dpmpp_2m", use_karras_sigmas=True).plan(12, "cpu"),
+              make_sampler("ddim", eta=0.5).plan(12, "cpu")]
+    assert all(p is not first for p in others) and len({id(p) for p in others}) == len(others)
+    betas = torch.linspace(1e-4, 2e-2, 1000).tolist()  # a list-valued config still caches
+    a = make_sampler("ddim", trained_betas=betas).plan(6, "cpu")
+    assert make_sampler("ddim", trained_betas=list(betas)).plan(6, "cpu") is a
+    assert make_sampler("ddim", trained_betas=betas[:-1] + [3e-2]).plan(6, "cpu") is not a

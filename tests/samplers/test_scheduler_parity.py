@@ -277,3 +277,52 @@ def test_flow_match_euler_custom_sigmas_timesteps_and_img2img():
             set_kw={"sigmas": [1.0, 0.75, 0.5, 0.25], "timesteps": [1000.0, 750.0, 500.0, 250.0]})
     x0 = torch.linspace(-1, 1, 120).reshape(2, 3, 5, 4)
     compare("FlowMatchEulerDiscreteScheduler", dict(shift=3.0), steps=8, begin=3, x0=x0)
+
+
+# ---------------------------------------------------------------------------------------------
+# One instance, many runs: programs are reused across set_timesteps, never mixed up
+# ---------------------------------------------------------------------------------------------
+REUSE = [
+    ("DDIMScheduler", {**SD, "timestep_spacing": "trailing"}, [(8, {}), (5, {}), (8, {})]),
+    ("DDPMScheduler", SD, [(6, {}), (None, {"timesteps": [900, 500, 300, 100, 0]}), (6, {})]),
+    ("EulerDiscreteScheduler", {**SD, "use_karras_sigmas": True}, [(8, {}), (6, {}), (8, {})]),
+    ("DPMSolverMultistepScheduler", {**SD, "solver_order": 3}, [(8, {}), (12, {}), (8, {})]),
+    ("UniPCMultistepScheduler", SD, [(7, {}), (9, {}), (7, {})]),
+    ("FlowMatchEulerDiscreteScheduler", {"shift": 3.0}, [(8, {}), (None, {"sigmas": [1.0, 0.7, 0.4, 0.1]}), (8, {})]),
+]
+
+
+@pytest.mark.parametrize("name,cfg,runs", REUSE, ids=[r[0] for r in REUSE])
+def test_one_instance_reused_across_set_timesteps_matches_fresh_diffusers_runs(name, cfg, runs):
+    import fastdiff.schedulers as fs
+    from tests.samplers.harness import quiet_diffusers, trajectory
+
+    diffusers = quiet_diffusers()
+    ours = getattr(fs, name)(**cfg)
+    programs = []
+    for steps, set_kw in runs:
+        ref = getattr(diffusers, name)(**cfg)
+        xs_ref, _ = trajectory(ref, steps=steps, set_kw=set_kw)
+        xs, _ = trajectory(ours, steps=steps, set_kw=set_kw)
+        for a, b in zip(xs[1:], xs_ref[1:]):
+            torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5 * b.abs().max().item())
+        programs.append(next(iter(ours._programs.values())))  # the program this run stepped through
+    assert programs[0] is programs[2] and programs[0] is not programs[1]  # the repeat reused its program
+
+
+def test_register_to_config_after_set_timesteps_builds_a_new_program():
+    import fastdiff.schedulers as fs
+    from tests.samplers.harness import quiet_diffusers, trajectory
+
+    diffusers = quiet_diffusers()
+    ours = fs.DDIMScheduler(**SD)
+    ours.set_timesteps(6)
+    before = ours._program(0, (0.0,))
+    ours.register_to_config(prediction_type="v_prediction")
+    ours.set_timesteps(6)
+    assert ours._program(0, (0.0,)) is not before
+    ref = diffusers.DDIMScheduler(**{**SD, "prediction_type": "v_prediction"})
+    xs, _ = trajectory(ours, steps=6)
+    xs_ref, _ = trajectory(ref, steps=6)
+    torch.testing.assert_close(xs[-1], xs_ref[-1], rtol=1e-5, atol=1e-5)
+
