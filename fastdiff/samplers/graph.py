@@ -147,4 +147,3 @@ class _GraphedSteps:
         reset: every slot is written before it is read."""
         self.x.copy_(x)
         self.counter.zero_()
-

@@ -14,14 +14,13 @@ config keys of the same sampler (``use_karras_sigmas=True``, ``final_sigmas_type
 from __future__ import annotations
 
 import math
-from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any, Mapping, Optional, Sequence
 
 import torch
 from torch import Tensor
 
-from .._cache import frozen
+from .._cache import LRU, cache_key
 from .program import Program
 
 SD_SCHEDULE = dict(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012, timestep_spacing="trailing", clip_sample=False)
@@ -54,28 +53,20 @@ class Plan:
         return self.program.history
 
 
-_PLAN_CACHE_SIZE = 32
-_PLANS: "OrderedDict[tuple, Plan]" = OrderedDict()
-
-
-_VALIDATED: "OrderedDict[tuple, None]" = OrderedDict()
+#: plans by value (fastdiff.sample makes a Sampler per call), and the configurations already validated
+_PLANS: "LRU[Plan]" = LRU(32)
+_VALIDATED: "LRU[bool]" = LRU(32)
 
 
 def _validate(cls: type, cfg: dict) -> None:
     """Build the scheduler once to refuse a bad configuration now, not at the first run; a
-    configuration seen before is not built again (fastdiff.sample makes a Sampler per call)."""
-    try:
-        key = (cls, frozen(cfg))
-        hash(key)
-    except TypeError:
-        key = None
-    if key is not None and key in _VALIDATED:
+    configuration seen before is not built again."""
+    key = cache_key(cls, cfg)
+    if key is not None and _VALIDATED.get(key):
         return
     cls(**cfg)
     if key is not None:
-        _VALIDATED[key] = None
-        while len(_VALIDATED) > _PLAN_CACHE_SIZE:
-            _VALIDATED.popitem(last=False)
+        _VALIDATED.put(key, True)
 
 
 class Sampler:
@@ -162,19 +153,13 @@ class Sampler:
         ``fastdiff.sample`` again with the same settings skips the derivation (about 1-4 ms of Python);
         a Plan is never modified after it is built.
         """
-        try:
-            key = (type(self), frozen(self.config), self._step_key(), steps, float(strength), frozen(timesteps),
-                   frozen(sigmas), mu, str(torch.device(device)))
-            hash(key)
-        except TypeError:  # an unhashable config value: plan without the cache
-            return self._plan(steps, device, strength=strength, timesteps=timesteps, sigmas=sigmas, mu=mu)
-        plan = _PLANS.get(key)
+        key = cache_key(type(self), self.config, self._step_key(), steps, strength, timesteps, sigmas, mu,
+                        str(torch.device(device)))
+        plan = None if key is None else _PLANS.get(key)
         if plan is None:
-            plan = _PLANS[key] = self._plan(steps, device, strength=strength, timesteps=timesteps, sigmas=sigmas, mu=mu)
-            while len(_PLANS) > _PLAN_CACHE_SIZE:
-                _PLANS.popitem(last=False)
-        else:
-            _PLANS.move_to_end(key)
+            plan = self._plan(steps, device, strength=strength, timesteps=timesteps, sigmas=sigmas, mu=mu)
+            if key is not None:
+                _PLANS.put(key, plan)
         return plan
 
     def _plan(self, steps, device, *, strength, timesteps, sigmas, mu) -> Plan:

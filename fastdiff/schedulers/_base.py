@@ -20,21 +20,22 @@ from __future__ import annotations
 
 import functools
 import inspect
-from collections import OrderedDict
 from typing import Any, Mapping, Optional, Sequence
 
 import numpy as np
 import torch
 from torch import Tensor
 
-from .._cache import frozen
+from .._cache import LRU, cache_key
 from ..ops.sampler_update import LoopUpdate
 from ..samplers import solvers
 from ..samplers.program import Program, ProgramBuilder
 from ._common import check_timestep_spacing, expand_like, training_schedule
 
 
+#: each class's constructor parameters and defaults, read once
 _INIT_PARAMS: dict[type, dict] = {}
+
 
 class Config(dict):
     """A read-only mapping with attribute access, like diffusers' FrozenDict."""
@@ -90,6 +91,7 @@ class FusedScheduler:
     order = 1
     #: programs kept per instance across set_timesteps calls with the same arguments and config
     _PROGRAM_MEMO_SIZE = 8
+    _schedule_key: Optional[tuple] = None
     #: extra keys a diffusers config may carry that the subclass accepts but ignores
     _ignored_config: tuple = ()
     #: whether step() returns the converted output (pred_original_sample / denoised)
@@ -105,12 +107,8 @@ class FusedScheduler:
 
         @functools.wraps(inner)
         def set_timesteps(self, *args: Any, **kw: Any):
-            try:
-                key = frozen((type(self), dict(self.config), args, kw))
-                hash(key)
-            except (TypeError, AttributeError):  # an unhashable argument, or called before the config exists
-                key = None
-            self._schedule_key = key
+            config = getattr(self, "_internal_dict", None)  # None while __init__ has not registered it yet
+            self._schedule_key = None if config is None else cache_key(type(self), config, args, kw)
             return inner(self, *args, **kw)
 
         set_timesteps._records_schedule = True
@@ -295,16 +293,13 @@ class FusedScheduler:
         if ck not in self._programs:
             # A pipeline calls set_timesteps with the same arguments for every image: reuse the program
             # (deriving it is 1-4 ms of Python, ten times diffusers' set_timesteps).
-            schedule = getattr(self, "_schedule_key", None)
-            memo = self.__dict__.setdefault("_program_memo", OrderedDict())
-            mk = None if schedule is None else (schedule, begin, key)
-            prog = memo.get(mk) if mk is not None else None
+            memo = self.__dict__.setdefault("_program_memo", LRU(self._PROGRAM_MEMO_SIZE))
+            mk = None if self._schedule_key is None else (self._schedule_key, begin, key)
+            prog = None if mk is None else memo.get(mk)
             if prog is None:
                 prog = self._builder(begin, key).build(expose=self._exposes)
                 if mk is not None:
-                    memo[mk] = prog
-                    while len(memo) > self._PROGRAM_MEMO_SIZE:
-                        memo.popitem(last=False)
+                    memo.put(mk, prog)
             self._programs[ck] = prog
         return self._programs[ck]
 
