@@ -49,9 +49,10 @@ MODELS = {
 
 
 def scheduler_loop(sched, x0, model, guidance: float, steps: int, device) -> float:
-    sched.set_timesteps(steps, device=device)
+    """A pipeline's denoising loop, set_timesteps included."""
     _sync(device)
     t0 = time.perf_counter()
+    sched.set_timesteps(steps, device=device)
     x = x0 * float(getattr(sched, "init_noise_sigma", 1.0))
     for t in sched.timesteps:
         xi = sched.scale_model_input(x, t)
