@@ -34,6 +34,14 @@ DIFFUSION_PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")
 PREDICTION_TYPES = DIFFUSION_PREDICTION_TYPES + ("flow_prediction",)
 
 
+def _noise_level(where: str, alpha: Number, sigma: Number) -> tuple[float, float]:
+    """(alpha, sigma) as floats, refused unless finite, non-negative and not both 0."""
+    alpha, sigma = float(alpha), float(sigma)
+    if not (math.isfinite(alpha) and math.isfinite(sigma)) or alpha < 0 or sigma < 0 or (alpha == 0 and sigma == 0):
+        raise ValueError(f"{where} expected finite alpha, sigma >= 0, not both 0, got alpha={alpha}, sigma={sigma}")
+    return alpha, sigma
+
+
 def _is_cpu_eager(t: Tensor) -> bool:
     # Value checks read the tensor; only do it where that costs no device sync and not while tracing.
     return t.device.type == "cpu" and not torch.compiler.is_compiling()
@@ -141,9 +149,7 @@ class GaussianMixture:
 
     def marginal(self, alpha: Number, sigma: Number) -> "GaussianMixture":
         """The law of ``alpha x0 + sigma eps``: components ``N(alpha mu_k, (alpha^2 s_k^2 + sigma^2) I)``."""
-        alpha, sigma = float(alpha), float(sigma)
-        if not (math.isfinite(alpha) and math.isfinite(sigma)) or alpha < 0 or sigma < 0 or (alpha == 0 and sigma == 0):
-            raise ValueError(f"GaussianMixture.marginal: expected finite alpha, sigma >= 0, not both 0, got alpha={alpha}, sigma={sigma}")
+        alpha, sigma = _noise_level("GaussianMixture.marginal:", alpha, sigma)
         stds = torch.sqrt(alpha**2 * self.stds**2 + sigma**2)
         return GaussianMixture(alpha * self.means, stds, self.weights)
 
@@ -245,10 +251,8 @@ class GaussianMixture:
         """
         if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
             raise ValueError(f"GaussianMixture.solve_pf_ode: steps expected a positive int, got {steps!r}")
-        (a0, s0), (a1, s1) = ((float(a), float(s)) for a, s in (start, end))
-        for name, (a, s) in (("start", (a0, s0)), ("end", (a1, s1))):
-            if not (math.isfinite(a) and math.isfinite(s)) or a < 0 or s < 0 or a + s == 0:
-                raise ValueError(f"GaussianMixture.solve_pf_ode: {name} expected (alpha, sigma) finite, >= 0, not both 0, got {(a, s)}")
+        a0, s0 = _noise_level("GaussianMixture.solve_pf_ode: start", *start)
+        a1, s1 = _noise_level("GaussianMixture.solve_pf_ode: end", *end)
         mix = self.to(dtype=torch.float64)
         t0, t1 = s0 / (a0 + s0), s1 / (a1 + s1)
         y = x.to(torch.float64) / (a0 + s0)
