@@ -1,80 +1,86 @@
-// Argument checks of the adaln ops, shared by the CPU implementations (csrc/cpu/adaln.cpp) and the CUDA
-// bindings (csrc/cuda/bindings_adaln.cpp). The two differ only in where a tensor must be: `Place` is a
-// type with
-//   static void check_with(const at::Tensor& t, const at::Tensor& ref, const char* op, const char* arg);
-// that fails unless t is where the backend needs it (with ref, the op's main input; ref is t for the main
-// input itself) and contiguous, in the backend's own words (cpu::OnCpu for the CPU ops).
+// The parameters of the adaln kernels (adaln_modulate, gated_residual, gated_residual_adaln, forward and
+// backward; semantics in the adaln block of csrc/ops.cpp), torch-free: the structs that both the C++ CPU
+// kernels (csrc/cpu/kernels/adaln.h) and the CUDA launchers (csrc/cuda/adaln.h) take. They are filled
+// once from tensors, for either backend, by adaln_fill.h; the backends differ only in allocation
+// (outputs, workspace) and in how the kernels run.
+//
+// Layout: every (B, N, D) tensor is contiguous, rows r = b*N + n of length D; a modulation tensor (shift,
+// scale, gate) is read at row b when per sample ((B, D)) or at row r when per token ((B, N, D)); weight and
+// bias are (D,) or null. All tensors share `dtype` except the float32 statistics mean/rstd ((B*N) floats).
 #pragma once
 
-#include <ATen/core/Tensor.h>
-#include <c10/util/Exception.h>
-
 #include <cstdint>
-#include <optional>
 
-#include "torch_args.h"
+#include "dtype.h"
 
-namespace fastdiff::adaln_args {
+namespace fastdiff {
 
-// B, N, D of the op's (B, N, D) main input.
-struct Shape {
-  int64_t b, n, d;
+// adaln_modulate (gate == h == x_out == null) or gated_residual_adaln (all three set).
+struct AdalnForwardArgs {
+  DType dtype;
+  int64_t batch, tokens, dim;  // B, N, D
+  float eps;
+  bool rms;                    // RMSNorm (mean stored as 0) instead of LayerNorm
+  const void* x;
+  const void* gate;            // fused: x_out = x + gate * h
+  bool gate_per_token;
+  const void* h;
+  const void* shift;
+  bool shift_per_token;
+  const void* scale;
+  bool scale_per_token;
+  const void* weight;          // (D,) or null
+  const void* bias;            // (D,) or null
+  void* x_out;                 // fused only
+  void* out;
+  float* mean;                 // (B*N) float32
+  float* rstd;
 };
 
-template <typename Place>
-struct Checks {
-  // x is the op's (B, N, D) main input, of a kernel dtype.
-  static Shape rows(const at::Tensor& x, const char* op, const char* arg) {
-    Place::check_with(x, x, op, arg);
-    TORCH_CHECK(x.dim() == 3, "fastdiff.", op, ": argument '", arg, "' expected a (B, N, D) tensor, got shape ",
-                x.sizes());
-    to_dtype(x, op, arg);
-    return {x.size(0), x.size(1), x.size(2)};
-  }
-
-  // t is placed like x and has x's dtype.
-  static void like(const at::Tensor& t, const at::Tensor& x, const char* op, const char* arg) {
-    Place::check_with(t, x, op, arg);
-    TORCH_CHECK(t.scalar_type() == x.scalar_type(), "fastdiff.", op, ": argument '", arg, "' expected dtype ",
-                x.scalar_type(), ", got ", t.scalar_type());
-  }
-
-  // t is like x and has x's shape (x_name: x's argument name, for the message).
-  static void same_shape(const at::Tensor& t, const at::Tensor& x, const char* op, const char* arg,
-                         const char* x_name) {
-    like(t, x, op, arg);
-    TORCH_CHECK(t.sizes() == x.sizes(), "fastdiff.", op, ": argument '", arg, "' expected ", x_name, "'s shape ",
-                x.sizes(), ", got ", t.sizes());
-  }
-
-  // A modulation tensor: (B, D) per sample or (B, N, D) per token. Returns whether it is per token.
-  static bool mod(const at::Tensor& t, const at::Tensor& x, Shape s, const char* op, const char* arg) {
-    like(t, x, op, arg);
-    const bool per_sample = t.dim() == 2 && t.size(0) == s.b && t.size(1) == s.d;
-    const bool per_token = t.dim() == 3 && t.sizes() == x.sizes();
-    TORCH_CHECK(per_sample || per_token, "fastdiff.", op, ": argument '", arg, "' expected shape (", s.b, ", ", s.d,
-                ") or (", s.b, ", ", s.n, ", ", s.d, "), got ", t.sizes());
-    return per_token;
-  }
-
-  // An optional (D,) parameter (weight, bias): its data, or null when absent.
-  static const void* param(const std::optional<at::Tensor>& t, const at::Tensor& x, Shape s, const char* op,
-                           const char* arg) {
-    if (!t.has_value()) return nullptr;
-    like(*t, x, op, arg);
-    TORCH_CHECK(t->dim() == 1 && t->size(0) == s.d, "fastdiff.", op, ": argument '", arg, "' expected shape (", s.d,
-                "), got ", t->sizes());
-    return t->data_ptr();
-  }
-
-  // Saved statistics (mean, rstd): float32 (B, N), placed like x. Returns their data.
-  static const float* stats(const at::Tensor& t, const at::Tensor& x, Shape s, const char* op, const char* arg) {
-    Place::check_with(t, x, op, arg);
-    TORCH_CHECK(t.scalar_type() == at::kFloat && t.dim() == 2 && t.size(0) == s.b && t.size(1) == s.n, "fastdiff.", op,
-                ": argument '", arg, "' expected float32 of shape (", s.b, ", ", s.n, "), got ", t.scalar_type(), " ",
-                t.sizes());
-    return t.data_ptr<float>();
-  }
+// adaln_modulate_backward (grad_x_out == gate == h == grad_h == null) or gated_residual_adaln_backward.
+// grad_shift / grad_scale / grad_gate are (B, N, D) when per token, else (B, D) sums over the tokens;
+// grad_weight / grad_bias are (D,) sums over every row, written only when weight / bias are given. (The
+// CPU kernels write the per-token gradients and return the sums as partials: their caller finishes
+// those, and leaves grad_weight / grad_bias and the per-sample pointers null.)
+struct AdalnBackwardArgs {
+  DType dtype;
+  int64_t batch, tokens, dim;
+  bool rms;
+  const void* grad_out;
+  const void* x;               // x (modulate) or x_out (fused)
+  const void* scale;
+  bool scale_per_token;
+  bool shift_per_token;        // only says the layout of grad_shift
+  const void* weight;
+  const void* bias;
+  const float* mean;
+  const float* rstd;
+  const void* grad_x_out;      // fused only
+  const void* gate;            // fused only
+  bool gate_per_token;
+  const void* h;               // fused only
+  void* grad_x;
+  void* grad_h;                // fused only
+  void* grad_gate;             // fused only
+  void* grad_shift;
+  void* grad_scale;
+  void* grad_weight;           // null when weight is null
+  void* grad_bias;             // null when bias is null
 };
 
-}  // namespace fastdiff::adaln_args
+// gated_residual: out = x + gate * h. Backward: grad_h = g * gate, grad_gate = g * h (per token) or its
+// sum over the tokens (per sample, (B, D)).
+struct GatedResidualArgs {
+  DType dtype;
+  int64_t batch, tokens, dim;
+  const void* x;               // forward only
+  const void* gate;
+  bool gate_per_token;
+  const void* h;
+  void* out;                   // forward only
+  const void* grad_out;        // backward only
+  void* grad_gate;             // backward only
+  void* grad_h;                // backward only
+};
+
+}  // namespace fastdiff

@@ -1,38 +1,25 @@
-// Argument checks of the guidance ops (guidance_combine, guidance_rescale_factor, and the guided half of
-// sampler_update), shared by the CPU implementations (csrc/cpu/guidance.cpp) and the CUDA bindings
-// (csrc/cuda/bindings.cpp). The two differ only in where a tensor must be: `Place` is a type with
-//   static void check_main(const at::Tensor& t, const char* op, const char* arg);
-//   static void check_with(const at::Tensor& t, const at::Tensor& ref, const char* op, const char* arg);
-// that fail unless t (model_out; a per-sample tensor of ref = model_out) is where the backend needs it
-// and contiguous, in the backend's own words (cpu::OnCpu for the CPU ops).
+// The parameters of the guidance kernels (guidance_combine, guidance_rescale_factor), torch-free: the
+// one struct that the C++ CPU kernels (csrc/cpu/kernels/) and the CUDA launchers (csrc/cuda/launchers.h)
+// both take. It is filled once from tensors, for either backend, by guidance_params<Place> in
+// guidance_fill.h; the backends differ only in where outputs are allocated and how the kernels run.
 #pragma once
 
-#include <ATen/core/Tensor.h>
-#include <c10/util/Exception.h>
-
 #include <cstdint>
-#include <optional>
+
+#include "dtype.h"
 
 namespace fastdiff {
 
-// Checks model_out ((2B, ...): [uncond; cond]) and the optional per-sample float32 (B,) tensors
-// (scale_per_sample, factor); returns B.
-template <typename Place>
-int64_t check_guidance_inputs(const at::Tensor& model_out, const std::optional<at::Tensor>& scale_ps,
-                              const std::optional<at::Tensor>& factor, const char* op) {
-  Place::check_main(model_out, op, "model_out");
-  TORCH_CHECK(model_out.dim() >= 1 && model_out.size(0) % 2 == 0, "fastdiff.", op,
-              ": argument 'model_out' expected an even batch ([uncond; cond]), got shape ", model_out.sizes());
-  const int64_t batch = model_out.size(0) / 2;
-  for (const auto* t : {&scale_ps, &factor}) {
-    if (t->has_value()) {
-      Place::check_with(**t, model_out, op, t == &scale_ps ? "scale_per_sample" : "factor");
-      TORCH_CHECK((*t)->scalar_type() == at::kFloat && (*t)->dim() == 1 && (*t)->size(0) == batch, "fastdiff.", op,
-                  ": per-sample tensors must be float32 of shape (", batch, "), got ", (*t)->sizes(), " ",
-                  (*t)->scalar_type());
-    }
-  }
-  return batch;
-}
+// Classifier-free guidance on a batched [uncond; cond] output. Pointers are to contiguous storage
+// (host memory for the CPU kernels, device memory for the CUDA launchers).
+struct GuidanceParams {
+  const void* model_out;          // (2B, n): [uncond; cond]
+  DType dtype;
+  int64_t batch;                  // B
+  int64_t per_sample;             // n
+  float scale;                    // used when scale_per_sample is null
+  const float* scale_per_sample;  // (B,) float32 or null
+  const float* factor;            // (B,) float32 or null (guidance_combine only)
+};
 
 }  // namespace fastdiff

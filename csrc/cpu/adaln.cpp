@@ -1,5 +1,5 @@
-// CPU implementations of the adaln ops (schemas and semantics: csrc/ops.cpp). Checks, allocation and
-// threading here; the row loops in cpu/kernels/adaln.cpp.
+// CPU implementations of the adaln ops (schemas and semantics: csrc/ops.cpp). Parameters checked and
+// filled by adaln_fill.h (as for CUDA); allocation and threading here; the row loops in cpu/kernels/adaln.cpp.
 //
 // Backward sums over tokens (per-sample modulation) and over all rows (weight, bias) are deterministic:
 // the rows of each sample are cut into chunks whose size depends only on the shape, each chunk sums
@@ -8,9 +8,10 @@
 
 #include <tuple>
 
-#include "adaln_args.h"
+#include "adaln_fill.h"
 #include "cpu/common.h"
 #include "cpu/kernels/adaln.h"
+#include "place.h"
 
 namespace fastdiff::cpu {
 namespace {
@@ -20,16 +21,7 @@ namespace {
 
 using Opt = std::optional<at::Tensor>;
 
-using Shape = adaln_args::Shape;
-using Check = adaln_args::Checks<OnCpu>;
-
-AdalnArgs base_args(const at::Tensor& x, Shape s, const char* op) {
-  AdalnArgs a{};
-  a.dtype = to_dtype(x, op, "x");
-  a.batch = s.b, a.tokens = s.n, a.dim = s.d;
-  a.x = x.data_ptr();
-  return a;
-}
+using Shape = AdalnShape;
 
 // Rows per parallel task of the forwards: about kGrain elements.
 int64_t row_grain(int64_t d) { return std::max<int64_t>(1, kGrain / std::max<int64_t>(d, 1)); }
@@ -88,15 +80,9 @@ at::Tensor finish(const at::Tensor& partial, int which, bool over_samples, at::S
 std::tuple<at::Tensor, at::Tensor, at::Tensor> adaln_modulate(const at::Tensor& x, const at::Tensor& shift,
                                                               const at::Tensor& scale, const Opt& weight,
                                                               const Opt& bias, double eps, bool rms) {
-  constexpr const char* op = "adaln_modulate";
-  const Shape s = Check::rows(x, op, "x");
-  AdalnArgs a = base_args(x, s, op);
-  a.shift_per_token = Check::mod(shift, x, s, op, "shift");
-  a.scale_per_token = Check::mod(scale, x, s, op, "scale");
-  a.shift = shift.data_ptr(), a.scale = scale.data_ptr();
-  a.weight = Check::param(weight, x, s, op, "weight");
-  a.bias = Check::param(bias, x, s, op, "bias");
-  a.eps = static_cast<float>(eps), a.rms = rms;
+  AdalnForwardArgs a =
+      adaln_forward_params<OnCpu>(x, nullptr, nullptr, shift, scale, weight, bias, eps, rms, "adaln_modulate");
+  const Shape s = adaln_shape(a);
   at::Tensor out = at::empty_like(x);
   at::Tensor mean = at::empty({s.b, s.n}, x.options().dtype(at::kFloat));
   at::Tensor rstd = at::empty({s.b, s.n}, x.options().dtype(at::kFloat));
@@ -109,19 +95,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> adaln_modulate(const at::Tensor& 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> adaln_modulate_backward(
     const at::Tensor& grad_out, const at::Tensor& x, const at::Tensor& scale, const Opt& weight, const Opt& bias,
     const at::Tensor& mean, const at::Tensor& rstd, bool rms, bool shift_per_token) {
-  constexpr const char* op = "adaln_modulate_backward";
-  const Shape s = Check::rows(x, op, "x");
-  Check::same_shape(grad_out, x, op, "grad_out", "x");
-  AdalnArgs a = base_args(x, s, op);
-  a.scale_per_token = Check::mod(scale, x, s, op, "scale");
-  a.scale = scale.data_ptr();
-  a.shift_per_token = shift_per_token;
-  a.weight = Check::param(weight, x, s, op, "weight");
-  a.bias = Check::param(bias, x, s, op, "bias");
-  Check::stats(mean, x, s, op, "mean");
-  Check::stats(rstd, x, s, op, "rstd");
-  a.mean = mean.data_ptr<float>(), a.rstd = rstd.data_ptr<float>(), a.rms = rms;
-  a.grad_out = grad_out.data_ptr();
+  AdalnBackwardArgs a = adaln_backward_params<OnCpu>(nullptr, grad_out, x, nullptr, nullptr, scale, weight, bias, mean,
+                                                     rstd, rms, shift_per_token, "adaln_modulate_backward");
+  const Shape s = adaln_shape(a);
   at::Tensor grad_x = at::empty_like(x);
   a.grad_x = grad_x.data_ptr();
   at::Tensor grad_shift = shift_per_token ? at::empty_like(x) : at::Tensor();
@@ -138,12 +114,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> adaln_mod
 }
 
 at::Tensor gated_residual(const at::Tensor& x, const at::Tensor& gate, const at::Tensor& h) {
-  constexpr const char* op = "gated_residual";
-  const Shape s = Check::rows(x, op, "x");
-  AdalnArgs a = base_args(x, s, op);
-  a.gate_per_token = Check::mod(gate, x, s, op, "gate");
-  Check::same_shape(h, x, op, "h", "x");
-  a.gate = gate.data_ptr(), a.h = h.data_ptr();
+  GatedResidualArgs a = gated_residual_params<OnCpu>(x, gate, h, "gated_residual");
+  const Shape s = adaln_shape(a);
   at::Tensor out = at::empty_like(x);
   a.out = out.data_ptr();
   if (out.numel() == 0) return out;
@@ -153,12 +125,8 @@ at::Tensor gated_residual(const at::Tensor& x, const at::Tensor& gate, const at:
 
 std::tuple<at::Tensor, at::Tensor> gated_residual_backward(const at::Tensor& grad_out, const at::Tensor& gate,
                                                            const at::Tensor& h) {
-  constexpr const char* op = "gated_residual_backward";
-  const Shape s = Check::rows(h, op, "h");
-  Check::same_shape(grad_out, h, op, "grad_out", "h");
-  AdalnArgs a = base_args(h, s, op);
-  a.gate_per_token = Check::mod(gate, h, s, op, "gate");
-  a.gate = gate.data_ptr(), a.h = h.data_ptr(), a.grad_out = grad_out.data_ptr();
+  GatedResidualArgs a = gated_residual_backward_params<OnCpu>(grad_out, gate, h, "gated_residual_backward");
+  const Shape s = adaln_shape(a);
   at::Tensor grad_h = at::empty_like(h);
   at::Tensor grad_gate = a.gate_per_token ? at::empty_like(h) : at::Tensor();
   a.grad_h = grad_h.data_ptr();
@@ -172,17 +140,9 @@ std::tuple<at::Tensor, at::Tensor> gated_residual_backward(const at::Tensor& gra
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> gated_residual_adaln(
     const at::Tensor& x, const at::Tensor& gate, const at::Tensor& h, const at::Tensor& shift, const at::Tensor& scale,
     const Opt& weight, const Opt& bias, double eps, bool rms) {
-  constexpr const char* op = "gated_residual_adaln";
-  const Shape s = Check::rows(x, op, "x");
-  AdalnArgs a = base_args(x, s, op);
-  a.gate_per_token = Check::mod(gate, x, s, op, "gate");
-  Check::same_shape(h, x, op, "h", "x");
-  a.shift_per_token = Check::mod(shift, x, s, op, "shift");
-  a.scale_per_token = Check::mod(scale, x, s, op, "scale");
-  a.gate = gate.data_ptr(), a.h = h.data_ptr(), a.shift = shift.data_ptr(), a.scale = scale.data_ptr();
-  a.weight = Check::param(weight, x, s, op, "weight");
-  a.bias = Check::param(bias, x, s, op, "bias");
-  a.eps = static_cast<float>(eps), a.rms = rms;
+  AdalnForwardArgs a =
+      adaln_forward_params<OnCpu>(x, &gate, &h, shift, scale, weight, bias, eps, rms, "gated_residual_adaln");
+  const Shape s = adaln_shape(a);
   at::Tensor x_out = at::empty_like(x), out = at::empty_like(x);
   at::Tensor mean = at::empty({s.b, s.n}, x.options().dtype(at::kFloat));
   at::Tensor rstd = at::empty({s.b, s.n}, x.options().dtype(at::kFloat));
@@ -197,22 +157,9 @@ gated_residual_adaln_backward(const at::Tensor& grad_x_out, const at::Tensor& gr
                               const at::Tensor& gate, const at::Tensor& h, const at::Tensor& scale, const Opt& weight,
                               const Opt& bias, const at::Tensor& mean, const at::Tensor& rstd, bool rms,
                               bool shift_per_token) {
-  constexpr const char* op = "gated_residual_adaln_backward";
-  const Shape s = Check::rows(x_out, op, "x_out");
-  Check::same_shape(grad_x_out, x_out, op, "grad_x_out", "x_out");
-  Check::same_shape(grad_out, x_out, op, "grad_out", "x_out");
-  Check::same_shape(h, x_out, op, "h", "x_out");
-  AdalnArgs a = base_args(x_out, s, op);
-  a.gate_per_token = Check::mod(gate, x_out, s, op, "gate");
-  a.scale_per_token = Check::mod(scale, x_out, s, op, "scale");
-  a.shift_per_token = shift_per_token;
-  a.gate = gate.data_ptr(), a.h = h.data_ptr(), a.scale = scale.data_ptr();
-  a.weight = Check::param(weight, x_out, s, op, "weight");
-  a.bias = Check::param(bias, x_out, s, op, "bias");
-  Check::stats(mean, x_out, s, op, "mean");
-  Check::stats(rstd, x_out, s, op, "rstd");
-  a.mean = mean.data_ptr<float>(), a.rstd = rstd.data_ptr<float>(), a.rms = rms;
-  a.grad_out = grad_out.data_ptr(), a.grad_x_out = grad_x_out.data_ptr();
+  AdalnBackwardArgs a = adaln_backward_params<OnCpu>(&grad_x_out, grad_out, x_out, &gate, &h, scale, weight, bias, mean,
+                                                     rstd, rms, shift_per_token, "gated_residual_adaln_backward");
+  const Shape s = adaln_shape(a);
   at::Tensor grad_x = at::empty_like(x_out), grad_h = at::empty_like(x_out);
   a.grad_x = grad_x.data_ptr(), a.grad_h = grad_h.data_ptr();
   at::Tensor grad_gate = a.gate_per_token ? at::empty_like(x_out) : at::Tensor();

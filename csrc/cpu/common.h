@@ -1,5 +1,5 @@
-// Torch-side helpers shared by the CPU op files: ISA dispatch, threading, outputs, placement checks
-// (to_dtype, shared with the CUDA bindings, is in torch_args.h).
+// Torch-side helpers shared by the CPU op files: ISA dispatch, threading, outputs. (Argument checks
+// and parameter fills, shared with the CUDA bindings, are in csrc/<family>_fill.h with place.h's OnCpu.)
 #pragma once
 
 #include <ATen/Functions.h>
@@ -66,19 +66,5 @@ inline at::Tensor empty_output(at::IntArrayRef shape, const at::TensorOptions& o
   advise_huge_pages(out.data_ptr(), out.nbytes());
   return out;
 }
-
-inline void check_cpu_contiguous(const at::Tensor& t, const char* op, const char* arg) {
-  TORCH_CHECK(t.device().is_cpu(), "fastdiff.", op, ": argument '", arg, "' expected a CPU tensor, got ", t.device());
-  TORCH_CHECK(t.is_contiguous(), "fastdiff.", op, ": argument '", arg, "' expected a contiguous tensor");
-}
-
-// The placement policy of the argument checks shared with the CUDA bindings (adaln_args.h,
-// guidance_args.h): every tensor a contiguous CPU tensor, whatever the op's main input (ref) is.
-struct OnCpu {
-  static void check_main(const at::Tensor& t, const char* op, const char* arg) { check_cpu_contiguous(t, op, arg); }
-  static void check_with(const at::Tensor& t, const at::Tensor& /*ref*/, const char* op, const char* arg) {
-    check_cpu_contiguous(t, op, arg);
-  }
-};
 
 }  // namespace fastdiff::cpu

@@ -6,30 +6,15 @@
 
 #include "cpu/common.h"
 #include "cpu/kernels/convert.h"
-#include "cpu/guidance.h"
-#include "guidance_args.h"
+#include "guidance_fill.h"
+#include "place.h"
 
 namespace fastdiff::cpu {
-
-GuidanceArgs guidance_args(const at::Tensor& model_out, double scale, const std::optional<at::Tensor>& scale_ps,
-                           const std::optional<at::Tensor>& factor, const char* op) {
-  const int64_t batch = check_guidance_inputs<OnCpu>(model_out, scale_ps, factor, op);
-  GuidanceArgs a{};
-  a.model_out = model_out.data_ptr();
-  a.dtype = to_dtype(model_out, op, "model_out");
-  a.batch = batch;
-  a.per_sample = batch ? model_out.numel() / (2 * batch) : 0;
-  a.scale = static_cast<float>(scale);
-  a.scale_per_sample = scale_ps.has_value() ? scale_ps->data_ptr<float>() : nullptr;
-  a.factor = factor.has_value() ? factor->data_ptr<float>() : nullptr;
-  return a;
-}
-
 namespace {
 
 at::Tensor guidance_combine(const at::Tensor& model_out, double scale, const std::optional<at::Tensor>& scale_ps,
                             const std::optional<at::Tensor>& factor) {
-  const GuidanceArgs a = guidance_args(model_out, scale, scale_ps, factor, "guidance_combine");
+  const GuidanceParams a = guidance_params<OnCpu>(model_out, scale, scale_ps, factor, "guidance_combine");
   std::vector<int64_t> shape(model_out.sizes().begin(), model_out.sizes().end());
   shape[0] = a.batch;
   at::Tensor out = empty_output(shape, model_out.options());
@@ -42,7 +27,7 @@ at::Tensor guidance_combine(const at::Tensor& model_out, double scale, const std
 
 at::Tensor guidance_rescale_factor(const at::Tensor& model_out, double scale, const std::optional<at::Tensor>& scale_ps,
                                    double rescale) {
-  const GuidanceArgs a = guidance_args(model_out, scale, scale_ps, std::nullopt, "guidance_rescale_factor");
+  const GuidanceParams a = guidance_params<OnCpu>(model_out, scale, scale_ps, std::nullopt, "guidance_rescale_factor");
   at::Tensor out = at::empty({a.batch}, model_out.options().dtype(at::kFloat));
   const int64_t n = a.per_sample;
   // Fixed-size chunks, summed in order: the result does not depend on the thread count.

@@ -1,10 +1,7 @@
 // Torch-free launchers of the CUDA adaln kernels (adaln_modulate, gated_residual, gated_residual_adaln,
 // forward and backward; semantics in the adaln block of csrc/ops.cpp). The caller (cuda/bindings_adaln.cpp)
-// checks shapes and dtypes, allocates every output and the backward workspace, and passes raw pointers.
-//
-// Layout: every (B, N, D) tensor is contiguous, rows r = b*N + n of length D; a modulation tensor (shift,
-// scale, gate) is read at row b when per sample ((B, D)) or at row r when per token ((B, N, D)); weight and
-// bias are (D,) or null. All tensors share `dtype` except the float32 statistics mean/rstd ((B*N) floats).
+// checks shapes and dtypes, allocates every output and the backward workspace, and passes raw pointers
+// in the parameter structs of csrc/adaln_args.h (layout there).
 #pragma once
 
 #include <cuda_runtime.h>
@@ -12,82 +9,22 @@
 #include <cstddef>
 #include <cstdint>
 
+#include "adaln_args.h"
 #include "dtype.h"
 
 namespace fastdiff::cuda {
 
-// adaln_modulate (gate == h == x_out == null) or gated_residual_adaln (all three set).
-struct AdalnForwardArgs {
-  DType dtype;
-  int64_t batch, tokens, dim;  // B, N, D
-  float eps;
-  bool rms;                    // RMSNorm (mean stored as 0) instead of LayerNorm
-  const void* x;
-  const void* gate;            // fused: x_out = x + gate * h
-  bool gate_per_token;
-  const void* h;
-  const void* shift;
-  bool shift_per_token;
-  const void* scale;
-  bool scale_per_token;
-  const void* weight;          // (D,) or null
-  const void* bias;            // (D,) or null
-  void* x_out;                 // fused only
-  void* out;
-  float* mean;                 // (B*N) float32
-  float* rstd;
-};
+// The parameter structs are the ones the CPU kernels take (csrc/adaln_args.h).
+using ::fastdiff::AdalnBackwardArgs;
+using ::fastdiff::AdalnForwardArgs;
+using ::fastdiff::GatedResidualArgs;
 
 cudaError_t adaln_forward(const AdalnForwardArgs& a, cudaStream_t stream);
-
-// adaln_modulate_backward (grad_x_out == gate == h == grad_h == null) or gated_residual_adaln_backward.
-// grad_shift / grad_scale / grad_gate are (B, N, D) when per token, else (B, D) sums over the tokens;
-// grad_weight / grad_bias are (D,) sums over every row, written only when weight / bias are given.
-struct AdalnBackwardArgs {
-  DType dtype;
-  int64_t batch, tokens, dim;
-  bool rms;
-  const void* grad_out;
-  const void* x;               // x (modulate) or x_out (fused)
-  const void* scale;
-  bool scale_per_token;
-  bool shift_per_token;        // only says the layout of grad_shift
-  const void* weight;
-  const void* bias;
-  const float* mean;
-  const float* rstd;
-  const void* grad_x_out;      // fused only
-  const void* gate;            // fused only
-  bool gate_per_token;
-  const void* h;               // fused only
-  void* grad_x;
-  void* grad_h;                // fused only
-  void* grad_gate;             // fused only
-  void* grad_shift;
-  void* grad_scale;
-  void* grad_weight;           // null when weight is null
-  void* grad_bias;             // null when bias is null
-};
 
 // Bytes of float32 scratch adaln_backward needs (0 when nothing is summed over tokens). The partial
 // sums' layout depends on the shape only, so the sums are bitwise reproducible run to run.
 size_t adaln_backward_workspace_bytes(const AdalnBackwardArgs& a);
 cudaError_t adaln_backward(const AdalnBackwardArgs& a, void* workspace, cudaStream_t stream);
-
-// gated_residual: out = x + gate * h. Backward: grad_h = g * gate, grad_gate = g * h (per token) or its
-// sum over the tokens (per sample, (B, D)).
-struct GatedResidualArgs {
-  DType dtype;
-  int64_t batch, tokens, dim;
-  const void* x;               // forward only
-  const void* gate;
-  bool gate_per_token;
-  const void* h;
-  void* out;                   // forward only
-  const void* grad_out;        // backward only
-  void* grad_gate;             // backward only
-  void* grad_h;                // backward only
-};
 
 cudaError_t gated_residual_forward(const GatedResidualArgs& a, cudaStream_t stream);
 size_t gated_residual_backward_workspace_bytes(const GatedResidualArgs& a);

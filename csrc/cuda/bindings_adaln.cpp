@@ -1,6 +1,6 @@
-// CUDA implementations of the adaln ops (schemas and semantics: csrc/ops.cpp): argument checks, device
-// guard, current stream, outputs and the backward's workspace allocated through torch; the kernels are
-// the torch-free launchers of cuda/adaln.cu.
+// CUDA implementations of the adaln ops (schemas and semantics: csrc/ops.cpp): parameters checked and
+// filled by adaln_fill.h (as for the CPU ops), device guard, current stream, outputs and the backward's
+// workspace allocated through torch; the kernels are the torch-free launchers of cuda/adaln.cu.
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
 #include <ATen/ops/empty_like.h>
@@ -12,8 +12,9 @@
 #include <optional>
 #include <tuple>
 
-#include "adaln_args.h"
+#include "adaln_fill.h"
 #include "cuda/adaln.h"
+#include "place.h"
 
 // The op implementations live in their own namespace: several share their names with the launchers.
 namespace fastdiff::cuda::ops {
@@ -21,20 +22,7 @@ namespace {
 
 using Opt = std::optional<at::Tensor>;
 
-// Where the CUDA ops need a tensor: a contiguous CUDA tensor on ref's device.
-struct OnRefDevice {
-  static void check_with(const at::Tensor& t, const at::Tensor& ref, const char* op, const char* arg) {
-    TORCH_CHECK(t.is_cuda(), "fastdiff.", op, ": argument '", arg, "' expected a CUDA tensor, got a tensor on ",
-                t.device());
-    TORCH_CHECK(t.device() == ref.device(), "fastdiff.", op, ": argument '", arg, "' expected a tensor on ",
-                ref.device(), " (like the other inputs), got a tensor on ", t.device());
-    TORCH_CHECK(t.is_contiguous(), "fastdiff.", op, ": argument '", arg, "' expected a contiguous tensor, got strides ",
-                t.strides());
-  }
-};
-
-using Shape = adaln_args::Shape;
-using Check = adaln_args::Checks<OnRefDevice>;
+using Shape = AdalnShape;
 
 cudaStream_t stream_of(const at::Tensor& x) { return c10::cuda::getCurrentCUDAStream(x.device().index()).stream(); }
 
@@ -58,18 +46,11 @@ at::Tensor workspace(size_t bytes, const at::Tensor& x) {
 std::tuple<at::Tensor, at::Tensor, at::Tensor> adaln_modulate(const at::Tensor& x, const at::Tensor& shift,
                                                               const at::Tensor& scale, const Opt& weight,
                                                               const Opt& bias, double eps, bool rms) {
-  constexpr const char* op = "adaln_modulate";
-  const Shape s = Check::rows(x, op, "x");
-  AdalnForwardArgs a{};
-  a.dtype = to_dtype(x, op, "x");
-  a.batch = s.b, a.tokens = s.n, a.dim = s.d, a.eps = static_cast<float>(eps), a.rms = rms;
-  a.shift_per_token = Check::mod(shift, x, s, op, "shift");
-  a.scale_per_token = Check::mod(scale, x, s, op, "scale");
-  a.weight = Check::param(weight, x, s, op, "weight");
-  a.bias = Check::param(bias, x, s, op, "bias");
+  AdalnForwardArgs a =
+      adaln_forward_params<OnCuda>(x, nullptr, nullptr, shift, scale, weight, bias, eps, rms, "adaln_modulate");
+  const Shape s = adaln_shape(a);
   const c10::cuda::CUDAGuard guard(x.device());
   at::Tensor out = at::empty_like(x), mean = stats_like(x, s), rstd = stats_like(x, s);
-  a.x = x.data_ptr(), a.shift = shift.data_ptr(), a.scale = scale.data_ptr();
   a.out = out.data_ptr(), a.mean = mean.data_ptr<float>(), a.rstd = rstd.data_ptr<float>();
   C10_CUDA_CHECK(cuda::adaln_forward(a, stream_of(x)));
   return {out, mean, rstd};
@@ -78,22 +59,13 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> adaln_modulate(const at::Tensor& 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> adaln_modulate_backward(
     const at::Tensor& grad_out, const at::Tensor& x, const at::Tensor& scale, const Opt& weight, const Opt& bias,
     const at::Tensor& mean, const at::Tensor& rstd, bool rms, bool shift_per_token) {
-  constexpr const char* op = "adaln_modulate_backward";
-  const Shape s = Check::rows(x, op, "x");
-  Check::same_shape(grad_out, x, op, "grad_out", "x");
-  AdalnBackwardArgs a{};
-  a.dtype = to_dtype(x, op, "x");
-  a.batch = s.b, a.tokens = s.n, a.dim = s.d, a.rms = rms, a.shift_per_token = shift_per_token;
-  a.scale_per_token = Check::mod(scale, x, s, op, "scale");
-  a.weight = Check::param(weight, x, s, op, "weight");
-  a.bias = Check::param(bias, x, s, op, "bias");
-  a.mean = Check::stats(mean, x, s, op, "mean");
-  a.rstd = Check::stats(rstd, x, s, op, "rstd");
+  AdalnBackwardArgs a = adaln_backward_params<OnCuda>(nullptr, grad_out, x, nullptr, nullptr, scale, weight, bias, mean,
+                                                      rstd, rms, shift_per_token, "adaln_modulate_backward");
+  const Shape s = adaln_shape(a);
   const c10::cuda::CUDAGuard guard(x.device());
   at::Tensor grad_x = at::empty_like(x);
   at::Tensor grad_shift = mod_grad(x, s, shift_per_token), grad_scale = mod_grad(x, s, a.scale_per_token);
   at::Tensor grad_w = param_grad(weight, x), grad_b = param_grad(bias, x);
-  a.grad_out = grad_out.data_ptr(), a.x = x.data_ptr(), a.scale = scale.data_ptr();
   a.grad_x = grad_x.data_ptr(), a.grad_shift = grad_shift.data_ptr(), a.grad_scale = grad_scale.data_ptr();
   a.grad_weight = ptr_if(weight, grad_w), a.grad_bias = ptr_if(bias, grad_b);
   at::Tensor ws = workspace(cuda::adaln_backward_workspace_bytes(a), x);
@@ -102,32 +74,20 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> adaln_mod
 }
 
 at::Tensor gated_residual(const at::Tensor& x, const at::Tensor& gate, const at::Tensor& h) {
-  constexpr const char* op = "gated_residual";
-  const Shape s = Check::rows(x, op, "x");
-  GatedResidualArgs a{};
-  a.dtype = to_dtype(x, op, "x");
-  a.batch = s.b, a.tokens = s.n, a.dim = s.d;
-  a.gate_per_token = Check::mod(gate, x, s, op, "gate");
-  Check::same_shape(h, x, op, "h", "x");
+  GatedResidualArgs a = gated_residual_params<OnCuda>(x, gate, h, "gated_residual");
   const c10::cuda::CUDAGuard guard(x.device());
   at::Tensor out = at::empty_like(x);
-  a.x = x.data_ptr(), a.gate = gate.data_ptr(), a.h = h.data_ptr(), a.out = out.data_ptr();
+  a.out = out.data_ptr();
   C10_CUDA_CHECK(cuda::gated_residual_forward(a, stream_of(x)));
   return out;
 }
 
 std::tuple<at::Tensor, at::Tensor> gated_residual_backward(const at::Tensor& grad_out, const at::Tensor& gate,
                                                            const at::Tensor& h) {
-  constexpr const char* op = "gated_residual_backward";
-  const Shape s = Check::rows(h, op, "h");
-  Check::same_shape(grad_out, h, op, "grad_out", "h");
-  GatedResidualArgs a{};
-  a.dtype = to_dtype(h, op, "h");
-  a.batch = s.b, a.tokens = s.n, a.dim = s.d;
-  a.gate_per_token = Check::mod(gate, h, s, op, "gate");
+  GatedResidualArgs a = gated_residual_backward_params<OnCuda>(grad_out, gate, h, "gated_residual_backward");
+  const Shape s = adaln_shape(a);
   const c10::cuda::CUDAGuard guard(h.device());
   at::Tensor grad_gate = mod_grad(h, s, a.gate_per_token), grad_h = at::empty_like(h);
-  a.grad_out = grad_out.data_ptr(), a.gate = gate.data_ptr(), a.h = h.data_ptr();
   a.grad_gate = grad_gate.data_ptr(), a.grad_h = grad_h.data_ptr();
   at::Tensor ws = workspace(cuda::gated_residual_backward_workspace_bytes(a), h);
   C10_CUDA_CHECK(cuda::gated_residual_backward(a, ws.numel() ? ws.data_ptr() : nullptr, stream_of(h)));
@@ -137,21 +97,11 @@ std::tuple<at::Tensor, at::Tensor> gated_residual_backward(const at::Tensor& gra
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> gated_residual_adaln(
     const at::Tensor& x, const at::Tensor& gate, const at::Tensor& h, const at::Tensor& shift, const at::Tensor& scale,
     const Opt& weight, const Opt& bias, double eps, bool rms) {
-  constexpr const char* op = "gated_residual_adaln";
-  const Shape s = Check::rows(x, op, "x");
-  AdalnForwardArgs a{};
-  a.dtype = to_dtype(x, op, "x");
-  a.batch = s.b, a.tokens = s.n, a.dim = s.d, a.eps = static_cast<float>(eps), a.rms = rms;
-  a.gate_per_token = Check::mod(gate, x, s, op, "gate");
-  Check::same_shape(h, x, op, "h", "x");
-  a.shift_per_token = Check::mod(shift, x, s, op, "shift");
-  a.scale_per_token = Check::mod(scale, x, s, op, "scale");
-  a.weight = Check::param(weight, x, s, op, "weight");
-  a.bias = Check::param(bias, x, s, op, "bias");
+  AdalnForwardArgs a =
+      adaln_forward_params<OnCuda>(x, &gate, &h, shift, scale, weight, bias, eps, rms, "gated_residual_adaln");
+  const Shape s = adaln_shape(a);
   const c10::cuda::CUDAGuard guard(x.device());
   at::Tensor x_out = at::empty_like(x), out = at::empty_like(x), mean = stats_like(x, s), rstd = stats_like(x, s);
-  a.x = x.data_ptr(), a.gate = gate.data_ptr(), a.h = h.data_ptr();
-  a.shift = shift.data_ptr(), a.scale = scale.data_ptr();
   a.x_out = x_out.data_ptr(), a.out = out.data_ptr(), a.mean = mean.data_ptr<float>(), a.rstd = rstd.data_ptr<float>();
   C10_CUDA_CHECK(cuda::adaln_forward(a, stream_of(x)));
   return {x_out, out, mean, rstd};
@@ -162,27 +112,14 @@ gated_residual_adaln_backward(const at::Tensor& grad_x_out, const at::Tensor& gr
                               const at::Tensor& gate, const at::Tensor& h, const at::Tensor& scale, const Opt& weight,
                               const Opt& bias, const at::Tensor& mean, const at::Tensor& rstd, bool rms,
                               bool shift_per_token) {
-  constexpr const char* op = "gated_residual_adaln_backward";
-  const Shape s = Check::rows(x_out, op, "x_out");
-  Check::same_shape(grad_x_out, x_out, op, "grad_x_out", "x_out");
-  Check::same_shape(grad_out, x_out, op, "grad_out", "x_out");
-  Check::same_shape(h, x_out, op, "h", "x_out");
-  AdalnBackwardArgs a{};
-  a.dtype = to_dtype(x_out, op, "x_out");
-  a.batch = s.b, a.tokens = s.n, a.dim = s.d, a.rms = rms, a.shift_per_token = shift_per_token;
-  a.gate_per_token = Check::mod(gate, x_out, s, op, "gate");
-  a.scale_per_token = Check::mod(scale, x_out, s, op, "scale");
-  a.weight = Check::param(weight, x_out, s, op, "weight");
-  a.bias = Check::param(bias, x_out, s, op, "bias");
-  a.mean = Check::stats(mean, x_out, s, op, "mean");
-  a.rstd = Check::stats(rstd, x_out, s, op, "rstd");
+  AdalnBackwardArgs a = adaln_backward_params<OnCuda>(&grad_x_out, grad_out, x_out, &gate, &h, scale, weight, bias,
+                                                      mean, rstd, rms, shift_per_token, "gated_residual_adaln_backward");
+  const Shape s = adaln_shape(a);
   const c10::cuda::CUDAGuard guard(x_out.device());
   at::Tensor grad_x = at::empty_like(x_out), grad_h = at::empty_like(x_out);
   at::Tensor grad_gate = mod_grad(x_out, s, a.gate_per_token);
   at::Tensor grad_shift = mod_grad(x_out, s, shift_per_token), grad_scale = mod_grad(x_out, s, a.scale_per_token);
   at::Tensor grad_w = param_grad(weight, x_out), grad_b = param_grad(bias, x_out);
-  a.grad_out = grad_out.data_ptr(), a.x = x_out.data_ptr(), a.scale = scale.data_ptr();
-  a.grad_x_out = grad_x_out.data_ptr(), a.gate = gate.data_ptr(), a.h = h.data_ptr();
   a.grad_x = grad_x.data_ptr(), a.grad_h = grad_h.data_ptr(), a.grad_gate = grad_gate.data_ptr();
   a.grad_shift = grad_shift.data_ptr(), a.grad_scale = grad_scale.data_ptr();
   a.grad_weight = ptr_if(weight, grad_w), a.grad_bias = ptr_if(bias, grad_b);

@@ -10,19 +10,14 @@
 #include <cstdint>
 
 #include "dtype.h"
+#include "guidance_args.h"
+#include "sampler_update_args.h"
 
 namespace fastdiff::cuda {
 
-// Classifier-free guidance on a batched [uncond; cond] output.
-struct GuidanceParams {
-  const void* model_out;          // (2B, n): [uncond; cond]
-  DType dtype;
-  int64_t batch;                  // B
-  int64_t per_sample;             // n
-  float scale;                    // used when scale_per_sample is null
-  const float* scale_per_sample;  // (B,) float32 or null
-  const float* factor;            // (B,) float32 or null (guidance_combine only)
-};
+// The parameter structs are the ones the CPU kernels take (csrc/<family>_args.h).
+using ::fastdiff::GuidanceParams;
+using ::fastdiff::UpdateParams;
 
 // out[b] = factor[b] * (u[b] + s_b (c[b] - u[b])), out (B, n) in p.dtype.
 cudaError_t launch_guidance_combine(const GuidanceParams& p, void* out, cudaStream_t stream);
@@ -38,22 +33,6 @@ cudaError_t launch_guidance_rescale_factor(const GuidanceParams& p, double resca
                                            cudaStream_t stream);
 
 // One fused solver step (see the sampler_update schema in csrc/ops.cpp).
-struct UpdateParams {
-  const void* x;                  // (B, n)
-  DType x_dtype;                  // also the dtype of out, history and noise
-  const void* model_out;          // (B, n), or (2B, n) [uncond; cond] when guided
-  DType m_dtype;
-  bool guided;
-  float scale;                    // guidance scale when scale_per_sample is null
-  const float* scale_per_sample;  // (B,) or null; guided only
-  const float* factor;            // (B,) rescale multipliers or null; guided only
-  const float* coeffs;            // device row [a, b, c_x, c_d, c_z, slot, c_h0 .. c_h{K-1}]
-  void* history;                  // (K, B, n) or null; history[slot] is overwritten
-  int64_t history_len;            // K
-  const void* noise;              // (B, n) or null
-  int64_t batch, per_sample;      // B, n
-};
-
 // out = x_next (B, n) in x_dtype; history[slot] = d when 0 <= slot < K. The coefficient row is read
 // on the device, so the host never learns (or waits for) its values.
 cudaError_t launch_sampler_update(const UpdateParams& p, void* out, cudaStream_t stream);

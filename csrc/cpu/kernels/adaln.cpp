@@ -143,23 +143,31 @@ inline void shift_factors(int64_t d, const float* __restrict a1, const float* __
   for (int64_t j = 0; j < d; ++j) c[j] = a1[j] * bf[j] + sh[j];
 }
 
+// The per-column factors of each row's modulation. The forward passes its shift; the backward, which
+// needs only a1 and aw, passes none.
 template <typename T>
 struct Modulation {
-  const AdalnArgs& a;
+  int64_t d, tokens;
+  const void* scale;
+  bool scale_per_token;
+  const void* shift;  // or null
+  bool shift_per_token;
   Scratch s;
   float *wf, *bf, *a1, *aw, *c, *tmp;
   int64_t cached = -1;  // the row (per token) or sample (per sample) whose factors are loaded
 
-  explicit Modulation(const AdalnArgs& args) : a(args), s(6, args.dim) {
+  Modulation(int64_t dim, int64_t n_tokens, const void* weight, const void* bias, const void* scale_, bool scale_pt,
+             const void* shift_, bool shift_pt)
+      : d(dim), tokens(n_tokens), scale(scale_), scale_per_token(scale_pt), shift(shift_), shift_per_token(shift_pt),
+        s(6, dim) {
     wf = s[0], bf = s[1], a1 = s[2], aw = s[3], c = s[4], tmp = s[5];
-    const int64_t d = a.dim;
-    if (a.weight) {
-      to_floats(static_cast<const T*>(a.weight), d, wf);
+    if (weight) {
+      to_floats(static_cast<const T*>(weight), d, wf);
     } else {
       std::fill(wf, wf + d, 1.0f);
     }
-    if (a.bias) {
-      to_floats(static_cast<const T*>(a.bias), d, bf);
+    if (bias) {
+      to_floats(static_cast<const T*>(bias), d, bf);
     } else {
       std::fill(bf, bf + d, 0.0f);
     }
@@ -167,15 +175,15 @@ struct Modulation {
 
   // Loads the factors of row r (no work when they are per sample and already loaded).
   void load(int64_t r) {
-    const int64_t d = a.dim, b = r / a.tokens;
-    const bool per_token = a.scale_per_token || (a.shift && a.shift_per_token);
+    const int64_t b = r / tokens;
+    const bool per_token = scale_per_token || (shift && shift_per_token);
     const int64_t key = per_token ? r : b;
     if (key == cached) return;
     cached = key;
-    const T* sc = static_cast<const T*>(a.scale) + (a.scale_per_token ? r : b) * d;
+    const T* sc = static_cast<const T*>(scale) + (scale_per_token ? r : b) * d;
     scale_factors(d, in_row(sc, d, tmp), wf, a1, aw);
-    if (a.shift) {
-      const T* sh = static_cast<const T*>(a.shift) + (a.shift_per_token ? r : b) * d;
+    if (shift) {
+      const T* sh = static_cast<const T*>(shift) + (shift_per_token ? r : b) * d;
       shift_factors(d, a1, bf, in_row(sh, d, tmp), c);
     }
   }
@@ -198,9 +206,9 @@ inline void modulate_row(int64_t d, const float* __restrict v, float mean, float
 }
 
 template <typename T>
-void forward(const AdalnArgs& a, int64_t r0, int64_t r1) {
+void forward(const AdalnForwardArgs& a, int64_t r0, int64_t r1) {
   const int64_t d = a.dim;
-  Modulation<T> mod(a);
+  Modulation<T> mod(d, a.tokens, a.weight, a.bias, a.scale, a.scale_per_token, a.shift, a.shift_per_token);
   Scratch s(5, d);
   for (int64_t r = r0; r < r1; ++r) {
     mod.load(r);
@@ -229,7 +237,7 @@ void forward(const AdalnArgs& a, int64_t r0, int64_t r1) {
 }
 
 template <typename T>
-void residual_forward(const AdalnArgs& a, int64_t r0, int64_t r1) {
+void residual_forward(const GatedResidualArgs& a, int64_t r0, int64_t r1) {
   const int64_t d = a.dim;
   Scratch s(4, d);
   for (int64_t r = r0; r < r1; ++r) {
@@ -306,9 +314,9 @@ inline void sum_or_store(int64_t d, const float* v, float* partial, void* grad, 
 // two row sums; pass 2 writes everything else. kSampleMods: shift, scale and (fused) gate all per
 // sample, the DiT layout, summed inside pass 2. kAffine: weight or bias present.
 template <typename T, bool kFused, bool kAffine, bool kSampleMods>
-void backward_rows(const AdalnArgs& a, int64_t r0, int64_t r1, float* partial) {
+void backward_rows(const AdalnBackwardArgs& a, int64_t r0, int64_t r1, float* partial) {
   const int64_t d = a.dim;
-  Modulation<T> mod(a);  // a.shift is null here: only a1 and aw are loaded
+  Modulation<T> mod(d, a.tokens, a.weight, a.bias, a.scale, a.scale_per_token, nullptr, false);  // a1 and aw only
   Scratch s(11, d);
   float *xhat = s[0], *gx = s[1], *g_nrm = s[2], *g_gate = s[3];
   float* p_shift = a.shift_per_token ? nullptr : partial + kPartShift * d;
@@ -353,7 +361,7 @@ void backward_rows(const AdalnArgs& a, int64_t r0, int64_t r1, float* partial) {
 }
 
 template <typename T>
-void backward(const AdalnArgs& a, int64_t r0, int64_t r1, float* partial) {
+void backward(const AdalnBackwardArgs& a, int64_t r0, int64_t r1, float* partial) {
   const bool fused = a.h != nullptr, affine = a.weight || a.bias;
   const bool sample_mods = !a.shift_per_token && !a.scale_per_token && !(fused && a.gate_per_token);
   if (fused) {
@@ -377,7 +385,7 @@ inline void add_product(int64_t d, const float* __restrict u, const float* __res
 }
 
 template <typename T>
-void residual_backward(const AdalnArgs& a, int64_t r0, int64_t r1, float* partial) {
+void residual_backward(const GatedResidualArgs& a, int64_t r0, int64_t r1, float* partial) {
   const int64_t d = a.dim;
   Scratch s(5, d);
   float* p_gate = a.gate_per_token ? nullptr : partial + kPartGate * d;
@@ -410,17 +418,17 @@ void residual_backward(const AdalnArgs& a, int64_t r0, int64_t r1, float* partia
     case DType::bf16: return fn<bf16>(__VA_ARGS__);               \
   }
 
-void adaln_forward(const AdalnArgs& a, int64_t r0, int64_t r1) { FASTDIFF_ADALN_DISPATCH(forward, a, r0, r1) }
+void adaln_forward(const AdalnForwardArgs& a, int64_t r0, int64_t r1) { FASTDIFF_ADALN_DISPATCH(forward, a, r0, r1) }
 
-void gated_residual_forward(const AdalnArgs& a, int64_t r0, int64_t r1) {
+void gated_residual_forward(const GatedResidualArgs& a, int64_t r0, int64_t r1) {
   FASTDIFF_ADALN_DISPATCH(residual_forward, a, r0, r1)
 }
 
-void adaln_backward(const AdalnArgs& a, int64_t r0, int64_t r1, float* partial) {
+void adaln_backward(const AdalnBackwardArgs& a, int64_t r0, int64_t r1, float* partial) {
   FASTDIFF_ADALN_DISPATCH(backward, a, r0, r1, partial)
 }
 
-void gated_residual_backward(const AdalnArgs& a, int64_t r0, int64_t r1, float* partial) {
+void gated_residual_backward(const GatedResidualArgs& a, int64_t r0, int64_t r1, float* partial) {
   FASTDIFF_ADALN_DISPATCH(residual_backward, a, r0, r1, partial)
 }
 

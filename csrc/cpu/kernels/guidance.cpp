@@ -8,7 +8,7 @@ namespace fastdiff::cpu::FASTDIFF_ISA {
 namespace {
 
 template <typename T>
-void combine(const GuidanceArgs& a, T* out, int64_t b, int64_t begin, int64_t end) {
+void combine(const GuidanceParams& a, T* out, int64_t b, int64_t begin, int64_t end) {
   const int64_t n = a.per_sample;
   const T* u = static_cast<const T*>(a.model_out) + b * n;
   const T* c = u + a.batch * n;
@@ -22,7 +22,7 @@ void combine(const GuidanceArgs& a, T* out, int64_t b, int64_t begin, int64_t en
 }
 
 template <typename T>
-MomentSums moments(const GuidanceArgs& a, int64_t b, int64_t begin, int64_t end, float sc, float sg) {
+MomentSums moments(const GuidanceParams& a, int64_t b, int64_t begin, int64_t end, float sc, float sg) {
   const int64_t n = a.per_sample;
   const T* u = static_cast<const T*>(a.model_out) + b * n;
   const T* c = u + a.batch * n;
@@ -65,7 +65,7 @@ MomentSums moments(const GuidanceArgs& a, int64_t b, int64_t begin, int64_t end,
 
 }  // namespace
 
-void guidance_combine(const GuidanceArgs& a, void* out, int64_t b, int64_t begin, int64_t end) {
+void guidance_combine(const GuidanceParams& a, void* out, int64_t b, int64_t begin, int64_t end) {
   switch (a.dtype) {
     case DType::f32: return combine(a, static_cast<float*>(out), b, begin, end);
     case DType::f16: return combine(a, static_cast<half*>(out), b, begin, end);
@@ -73,7 +73,7 @@ void guidance_combine(const GuidanceArgs& a, void* out, int64_t b, int64_t begin
   }
 }
 
-MomentSums guidance_moments(const GuidanceArgs& a, int64_t b, int64_t begin, int64_t end, float sc, float sg) {
+MomentSums guidance_moments(const GuidanceParams& a, int64_t b, int64_t begin, int64_t end, float sc, float sg) {
   switch (a.dtype) {
     case DType::f32: return moments<float>(a, b, begin, end, sc, sg);
     case DType::f16: return moments<half>(a, b, begin, end, sc, sg);

@@ -9,7 +9,7 @@ namespace fastdiff::cpu::FASTDIFF_ISA {
 namespace {
 
 template <typename TX, typename TM>
-void update(const UpdateArgs& a, TX* out, int64_t b, int64_t begin, int64_t end) {
+void update(const UpdateParams& a, TX* out, int64_t b, int64_t begin, int64_t end) {
   const int64_t n = a.per_sample, bn = a.batch * n;
   const float ca = a.coeffs[0], cb = a.coeffs[1], cx = a.coeffs[2], cd = a.coeffs[3], cz = a.coeffs[4];
   const float slot_f = a.coeffs[5];
@@ -21,8 +21,8 @@ void update(const UpdateArgs& a, TX* out, int64_t b, int64_t begin, int64_t end)
   const TX* x = static_cast<const TX*>(a.x) + b * n;
   const TM* mu = static_cast<const TM*>(a.model_out) + b * n;
   const TM* mc = mu + bn;  // cond half, read only when guided
-  const float s = a.guidance.scale_per_sample ? a.guidance.scale_per_sample[b] : a.guidance.scale;
-  const float f = a.guidance.factor ? a.guidance.factor[b] : 1.0f;
+  const float s = a.scale_per_sample ? a.scale_per_sample[b] : a.scale;
+  const float f = a.factor ? a.factor[b] : 1.0f;
   const TX* z = (a.noise && cz != 0.0f) ? static_cast<const TX*>(a.noise) + b * n : nullptr;
   TX* hist = static_cast<TX*>(a.history);
   TX* o = out + b * n;
@@ -62,7 +62,7 @@ void update(const UpdateArgs& a, TX* out, int64_t b, int64_t begin, int64_t end)
 }
 
 template <typename TX>
-void dispatch_m(const UpdateArgs& a, void* out, int64_t b, int64_t begin, int64_t end) {
+void dispatch_m(const UpdateParams& a, void* out, int64_t b, int64_t begin, int64_t end) {
   TX* o = static_cast<TX*>(out);
   switch (a.m_dtype) {
     case DType::f32: return update<TX, float>(a, o, b, begin, end);
@@ -73,7 +73,7 @@ void dispatch_m(const UpdateArgs& a, void* out, int64_t b, int64_t begin, int64_
 
 }  // namespace
 
-void sampler_update(const UpdateArgs& a, void* out, int64_t b, int64_t begin, int64_t end) {
+void sampler_update(const UpdateParams& a, void* out, int64_t b, int64_t begin, int64_t end) {
   switch (a.x_dtype) {
     case DType::f32: return dispatch_m<float>(a, out, b, begin, end);
     case DType::f16: return dispatch_m<half>(a, out, b, begin, end);
