@@ -4,6 +4,9 @@ Backends: ``cuda`` (hand-written kernels in fastdiff._C), ``triton``, ``cpu`` (C
 fastdiff._C) and ``reference`` (pure PyTorch, the specification). Without a forced choice a CUDA
 tensor goes to cuda, else triton; a CPU tensor to cpu; anything a kernel cannot serve (float64, say)
 to the reference. A forced backend that cannot serve the inputs raises and says why.
+
+Every op family declares what each backend serves in one `Family` (dtypes, compiled kernels, its own
+limits on shapes) and every op picks its backend through `Family.select`.
 """
 
 from __future__ import annotations
@@ -11,7 +14,7 @@ from __future__ import annotations
 import contextlib
 import importlib.util
 import os
-from typing import Callable, Iterator, Optional
+from typing import Callable, Iterator, Optional, Sequence
 
 import torch
 
@@ -112,33 +115,121 @@ def device_reason(name: str, device: torch.device) -> Optional[str]:
     raise AssertionError(name)
 
 
-def dtype_reason(dtype: torch.dtype) -> Optional[str]:
-    if dtype not in KERNEL_DTYPES:
-        return f"the kernels take float32, float16 or bfloat16, got {dtype}"
-    return None
+def _dtype_names(dtypes: Sequence[torch.dtype]) -> str:
+    names = [str(d).replace("torch.", "") for d in dtypes]
+    return names[0] if len(names) == 1 else ", ".join(names[:-1]) + " or " + names[-1]
 
 
-def select(op: str, device: torch.device, reason: Callable[[str], Optional[str]]) -> str:
-    """Pick the backend for one call of `op`.
+class Support:
+    """What one backend serves for an op family, beyond what the backend itself needs.
 
-    `reason(name)` returns why backend `name` cannot serve this call (dtype, head dim, ...), or None;
-    device and availability checks are added here.
+    A backend's devices and whether it is importable are its own (`device_reason`). A family adds:
+    ``dtypes`` its kernels take (every dtype of a call must be one); ``kernels``, the fastdiff ops
+    that a compiled backend (cpu, cuda) must carry in this build of fastdiff._C; ``check(backend,
+    dtypes, **features)``, the family's own limits on a call (shapes, head dims, ...): why not, or
+    None; or ``missing``, why this backend never serves the family.
     """
 
-    def why_not(name: str) -> Optional[str]:
-        return device_reason(name, device) or (None if name == "reference" else reason(name))
+    __slots__ = ("dtypes", "kernels", "check", "missing")
 
-    want = forced()
-    if want is not None:
-        why = why_not(want)
+    def __init__(
+        self,
+        *,
+        dtypes: Sequence[torch.dtype] = KERNEL_DTYPES,
+        kernels: Sequence[str] = (),
+        check: Optional[Callable[..., Optional[str]]] = None,
+        missing: Optional[str] = None,
+    ):
+        self.dtypes, self.kernels, self.check, self.missing = tuple(dtypes), tuple(kernels), check, missing
+
+
+_DISPATCH_KEYS = {"cpu": "CPU", "cuda": "CUDA"}
+
+
+def _carries(key: str, ops: Sequence[str]) -> bool:
+    try:
+        return all(torch._C._dispatch_has_kernel_for_dispatch_key(f"fastdiff::{op}", key) for op in ops)
+    except RuntimeError:  # an op fastdiff._C does not define (not built, or built before it existed)
+        return False
+
+
+_FAMILIES: dict[str, "Family"] = {}
+
+
+class Family:
+    """The backends of one op family and what each serves: the one selection path of every op.
+
+    Declared once per family module (``Family("adaln", cpu=Support(...), cuda=..., triton=...)``);
+    a backend not declared does not serve the family. ``select`` picks the backend for one call;
+    ``reasons`` says, for every backend, why it cannot serve a call (None where it can).
+    """
+
+    def __init__(self, name: str, **backends: Support):
+        for b in backends:
+            _check_name(b, f"Family({name!r})")
+        self.name = name
+        self.backends = backends
+        # Read once: the dispatcher query cannot be traced by torch.compile.
+        self._carried = {b: _carries(_DISPATCH_KEYS[b], s.kernels) for b, s in backends.items() if b in _DISPATCH_KEYS}
+        _FAMILIES[name] = self
+
+    def carried(self, backend: str) -> bool:
+        """Whether this build of fastdiff._C carries the family's kernels for `backend` (cpu, cuda)."""
+        return self._carried.get(backend, False)
+
+    def reason(self, backend: str, device: torch.device, dtypes: Sequence[torch.dtype] = (), **features) -> Optional[str]:
+        """Why `backend` cannot serve a call on `device` with these dtypes and features, or None."""
+        if backend == "reference":
+            return None
+        s = self.backends.get(backend)
+        if s is None:
+            return f"fastdiff has no {backend} kernels for {self.name}"
+        if s.missing is not None:
+            return s.missing
+        why = device_reason(backend, device)
         if why is not None:
-            raise BackendUnavailable(f"fastdiff.{op}: backend '{want}' cannot serve these inputs: {why}")
-        return want
-    order = ("cuda", "triton") if device.type == "cuda" else ("cpu",)
-    for name in order:
-        if why_not(name) is None:
-            return name
-    return "reference"
+            return why
+        if backend in _DISPATCH_KEYS and not self._carried[backend]:
+            return f"fastdiff._C carries no {backend} kernels for {self.name} (rebuild the extension)"
+        if s.check is not None:
+            why = s.check(backend, dtypes, **features)
+            if why is not None:
+                return why
+        for d in dtypes:
+            if d not in s.dtypes:
+                return f"the {backend} kernels of {self.name} take {_dtype_names(s.dtypes)}, got {d}"
+        return None
+
+    def select(self, op: str, device: torch.device, dtypes: Sequence[torch.dtype] = (), **features) -> str:
+        """The backend that serves this call of `op`: the forced one (raising `BackendUnavailable`
+        with the reason when it cannot), else the first that can of cuda > triton on CUDA tensors,
+        cpu on CPU tensors, else the reference."""
+        want = forced()
+        if want is not None:
+            why = self.reason(want, device, dtypes, **features)
+            if why is not None:
+                raise BackendUnavailable(f"fastdiff.{op}: backend '{want}' cannot serve these inputs: {why}")
+            return want
+        for name in ("cuda", "triton") if device.type == "cuda" else ("cpu",):
+            if self.reason(name, device, dtypes, **features) is None:
+                return name
+        return "reference"
+
+    def reasons(self, device: torch.device, dtypes: Sequence[torch.dtype] = (), **features) -> dict[str, Optional[str]]:
+        """Every backend and why it cannot serve such a call (None: it can)."""
+        return {b: self.reason(b, device, dtypes, **features) for b in BACKENDS}
+
+
+def family(name: str) -> Family:
+    """The declared `Family` of an op family ("guidance", "adaln", ...)."""
+    try:
+        return _FAMILIES[name]
+    except KeyError:
+        raise ValueError(f"fastdiff: no op family {name!r}; known: {', '.join(sorted(_FAMILIES))}") from None
+
+
+def families() -> dict[str, Family]:
+    return dict(_FAMILIES)
 
 
 def available() -> dict[str, str]:

@@ -37,7 +37,6 @@ from torch import Tensor
 
 from . import _backend
 from .models.gaussian_mixture import GaussianMixture, MixtureModel, sliced_wasserstein
-from .ops._common import kernel_reason
 from .ops.sampler_update import sampler_update
 from .samplers import ddim_table, dpmpp_2m_table, scaled_linear_alphas_cumprod
 
@@ -199,7 +198,7 @@ def run_demo(
 
     with _backend.backend(backend or "auto"), _one_cpu_thread(dev):
         # Which backend serves float32 sampler_update here (raises BackendUnavailable, with the reason, if forced and unable).
-        served = _backend.select("sampler_update", dev, kernel_reason(torch.float32))
+        served = _backend.family("sampler_update").select("sampler_update", dev, (torch.float32, torch.float32), coeffs_dtype=torch.float32)
         # Warm up (first-call dispatch, lazy imports, Triton compilation) outside the timed runs.
         for key, (_, make) in SAMPLERS.items():
             run_sampler(model, noise[:2], make(ac, timesteps[:2]), timesteps[:2], guidance)

@@ -122,15 +122,17 @@ def copy_floor(nbytes: int, dtype: torch.dtype, device: torch.device) -> Candida
     return Candidate("copy", FLOOR, lambda: dst.copy_(src))
 
 
-def on_backend(backend: str, op: str, device: torch.device, reason: Callable[[str], Optional[str]], fn: Callable[[], Any]) -> Callable[[], Any]:
+def on_backend(backend: str, family: str, op: str, device: torch.device, dtypes: tuple[torch.dtype, ...],
+               fn: Callable[[], Any], **features: Any) -> Callable[[], Any]:
     """`fn` run on a given fastdiff backend.
 
-    When automatic selection already picks that backend, `fn` is returned as is, so the timing holds
-    exactly what a user's call costs; otherwise the call runs inside ``fastdiff.backend(backend)``.
+    When automatic selection (`family`'s, for a call of `op` with these dtypes and features) already
+    picks that backend, `fn` is returned as is, so the timing holds exactly what a user's call costs;
+    otherwise the call runs inside ``fastdiff.backend(backend)``.
     """
     from .. import _backend, backend as force
 
-    if _backend.forced() is None and _backend.select(op, device, reason) == backend:
+    if _backend.forced() is None and _backend.family(family).select(op, device, dtypes, **features) == backend:
         return fn
 
     def forced_call() -> Any:

@@ -306,11 +306,10 @@ def parse_args(argv: Optional[list[str]]) -> argparse.Namespace:
 
 
 def default_backend(device: str) -> str:
-    if device == "cpu":
-        return "cpu"
-    from fastdiff.ops import adaln
+    """What automatic selection picks for the adaln ops on `device` (kernel dtypes)."""
+    from fastdiff import _backend
 
-    return "cuda" if adaln._COMPILED["cuda"] else "triton"
+    return _backend.family("adaln").select("adaln_modulate", torch.device(device), (torch.float32,))
 
 
 def main(argv: Optional[list[str]] = None) -> int:

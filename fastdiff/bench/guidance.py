@@ -11,7 +11,6 @@ import torch
 from torch import Tensor
 
 from .. import ops
-from ..ops._common import kernel_reason
 from ._case import BASELINE, FASTDIFF, Candidate, Case, copy_floor, on_backend
 from ._sizes import Size
 
@@ -41,7 +40,7 @@ def guided_inputs(size: Size, dtype: torch.dtype, device: torch.device, seed: in
 
 def _fastdiff_candidate(backend: str, model_out: Tensor, device: torch.device) -> Candidate:
     # ops.guidance_combine is looked up at call time: the tests replace it to prove a wrong kernel is caught.
-    call = on_backend(backend, OP, device, kernel_reason(model_out.dtype), lambda: ops.guidance_combine(model_out, SCALE))
+    call = on_backend(backend, "guidance", OP, device, (model_out.dtype,), lambda: ops.guidance_combine(model_out, SCALE))
     return Candidate(f"fastdiff[{backend}]", FASTDIFF, call, lambda: {"out": call()})
 
 

@@ -19,7 +19,6 @@ import torch
 from torch import Tensor
 
 from .. import ops
-from ..ops.sampler_update import _reason
 from ..samplers import ddim_table, dpmpp_2m_table, scaled_linear_alphas_cumprod
 from ._case import BASELINE, FASTDIFF, Candidate, Case, copy_floor, on_backend
 from ._sizes import Size
@@ -107,7 +106,7 @@ def _diffusers_call(step: Step, x: Tensor, model_out: Tensor, h_prev: Optional[T
 
 
 def _fastdiff_candidate(backend: str, step: Step, x: Tensor, model_out: Tensor, row: Tensor, h_prev: Optional[Tensor]) -> Candidate:
-    reason = _reason(x.dtype, model_out.dtype, row.dtype)
+    dtypes = (x.dtype, model_out.dtype)
     history = None if h_prev is None else h_prev.unsqueeze(0).clone()  # (1, B, ...) ring buffer, slot 0
 
     def timed() -> Tensor:
@@ -117,10 +116,11 @@ def _fastdiff_candidate(backend: str, step: Step, x: Tensor, model_out: Tensor, 
         if h_prev is None:
             return {"x_next": call()}
         fresh = h_prev.unsqueeze(0).clone()
-        out = on_backend(backend, OP, x.device, reason, lambda: ops.sampler_update(x, model_out, row, history=fresh, guidance_scale=SCALE))()
+        out = on_backend(backend, OP, OP, x.device, dtypes, lambda: ops.sampler_update(x, model_out, row, history=fresh, guidance_scale=SCALE),
+                         coeffs_dtype=row.dtype)()
         return {"x_next": out, "history": fresh[0]}
 
-    call = on_backend(backend, OP, x.device, reason, timed)
+    call = on_backend(backend, OP, OP, x.device, dtypes, timed, coeffs_dtype=row.dtype)
     return Candidate(f"fastdiff[{backend}]", FASTDIFF, call, checked)
 
 

@@ -1,4 +1,5 @@
-"""Argument checks with uniform messages, and the registration helpers every op family uses."""
+"""Argument checks with uniform messages, helpers of the references, and the registration helpers every
+op family uses."""
 
 from __future__ import annotations
 
@@ -6,8 +7,6 @@ import importlib
 from typing import Any, Callable, NoReturn, Optional, Sequence
 
 import torch
-
-from .. import _backend
 
 
 class InputError(ValueError):
@@ -49,6 +48,16 @@ def check_tensor(
 FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
 
 
+def acc_dtype(*tensors: Optional[torch.Tensor]) -> torch.dtype:
+    """The references' arithmetic: float64 when any input is float64, else float32."""
+    return torch.float64 if any(t is not None and t.dtype == torch.float64 for t in tensors) else torch.float32
+
+
+def per_sample(v: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """A (B,) per-sample vector shaped to broadcast against `like` (B, ...)."""
+    return v.reshape(v.shape[0], *([1] * (like.dim() - 1)))
+
+
 def needs_grad(*tensors: Optional[torch.Tensor]) -> bool:
     return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
 
@@ -76,16 +85,3 @@ def kernel_op(op: str, backend: str) -> Callable[..., Any]:
     if backend == "triton":
         return getattr(torch.ops.fastdiff, f"{op}_triton").default
     return getattr(torch.ops.fastdiff, op).default
-
-
-def kernel_reason(*dtypes: torch.dtype) -> Callable[[str], Optional[str]]:
-    """The usual `reason` for `_backend.select`: kernels take fp32/fp16/bf16."""
-
-    def reason(name: str) -> Optional[str]:
-        for d in dtypes:
-            why = _backend.dtype_reason(d)
-            if why is not None:
-                return why
-        return None
-
-    return reason

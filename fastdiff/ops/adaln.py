@@ -25,8 +25,7 @@ import torch
 from torch import Tensor
 
 from .. import _backend
-from ._common import FLOAT_DTYPES, check_tensor, describe, fail, kernel_op, register_fake, register_triton
-from .guidance import _acc_dtype
+from ._common import FLOAT_DTYPES, acc_dtype, check_tensor, describe, fail, kernel_op, register_fake, register_triton
 
 NORMS = ("layer", "rms")
 
@@ -79,7 +78,7 @@ def adaln_modulate_forward_reference(
     x: Tensor, shift: Tensor, scale: Tensor, weight: Optional[Tensor], bias: Optional[Tensor], eps: float, rms: bool
 ) -> tuple[Tensor, Tensor, Tensor]:
     """What ``fastdiff::adaln_modulate`` returns: (out in x's dtype, mean, rstd)."""
-    acc = _acc_dtype(x, shift, scale, weight, bias)
+    acc = acc_dtype(x, shift, scale, weight, bias)
     out, mean, rstd = _modulate_acc(x.to(acc), shift, scale, weight, bias, eps, rms, acc)
     return out.to(x.dtype), mean, rstd
 
@@ -106,7 +105,7 @@ def adaln_modulate_backward_reference(
     mean: Tensor, rstd: Tensor, rms: bool, shift_per_token: bool,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
     """What ``fastdiff::adaln_modulate_backward`` returns: (grad_x, grad_shift, grad_scale, grad_weight, grad_bias)."""
-    acc = _acc_dtype(grad_out, x, scale, weight, bias)
+    acc = acc_dtype(grad_out, x, scale, weight, bias)
     gx, gs, gsc, gw, gb = _modulate_backward_acc(
         grad_out.to(acc), x.to(acc), scale, weight, bias, mean, rstd, rms, shift_per_token, acc
     )
@@ -117,7 +116,7 @@ def adaln_modulate_backward_reference(
 
 def gated_residual_backward_reference(grad_out: Tensor, gate: Tensor, h: Tensor) -> tuple[Tensor, Tensor]:
     """What ``fastdiff::gated_residual_backward`` returns: (grad_gate, grad_h)."""
-    acc = _acc_dtype(grad_out, gate, h)
+    acc = acc_dtype(grad_out, gate, h)
     g = grad_out.to(acc)
     grad_gate = _reduce_like(g * h.to(acc), gate.dim() == 3)
     return grad_gate.to(gate.dtype), (g * _tok(gate.to(acc))).to(h.dtype)
@@ -132,7 +131,7 @@ def gated_residual_adaln_forward_reference(
     The statistics and ``out`` are taken of x_out as stored, rounded to ``x_out_dtype`` (default x's
     dtype; tests of low-precision kernels pass that dtype with float64 inputs). The rounding is
     straight-through for autograd: the kernels' backward treats it as the identity."""
-    acc = _acc_dtype(x, gate, h, shift, scale, weight, bias)
+    acc = acc_dtype(x, gate, h, shift, scale, weight, bias)
     xo = x.to(acc) + _tok(gate.to(acc)) * h.to(acc)
     stored = xo.to(x_out_dtype or x.dtype)
     xo = xo + (stored.to(acc) - xo).detach()
@@ -146,7 +145,7 @@ def gated_residual_adaln_backward_reference(
 ) -> tuple[Tensor, ...]:
     """What ``fastdiff::gated_residual_adaln_backward`` returns:
     (grad_x, grad_gate, grad_h, grad_shift, grad_scale, grad_weight, grad_bias)."""
-    acc = _acc_dtype(grad_x_out, grad_out, x_out, gate, h, scale, weight, bias)
+    acc = acc_dtype(grad_x_out, grad_out, x_out, gate, h, scale, weight, bias)
     gx, gs, gsc, gw, gb = _modulate_backward_acc(
         grad_out.to(acc), x_out.to(acc), scale, weight, bias, mean, rstd, rms, shift_per_token, acc
     )
@@ -168,7 +167,7 @@ def adaln_modulate_reference(
 
 
 def gated_residual_reference(x: Tensor, gate: Tensor, h: Tensor) -> Tensor:
-    acc = _acc_dtype(x, gate, h)
+    acc = acc_dtype(x, gate, h)
     return (x.to(acc) + _tok(gate.to(acc)) * h.to(acc)).to(x.dtype)
 
 
@@ -218,26 +217,17 @@ def _check_norm(op: str, eps: Any, norm: Any) -> tuple[float, bool]:
     return float(eps), norm == "rms"
 
 
-# Which compiled backends carry the adaln kernels (an extension built before they existed, or a CUDA
-# build without them, falls through to the next backend). Read once: the dispatcher query cannot be traced.
-def _has_kernel(key: str) -> bool:
-    return all(
-        torch._C._dispatch_has_kernel_for_dispatch_key(f"fastdiff::{name}", key)
-        for name in ("adaln_modulate", "adaln_modulate_backward", "gated_residual", "gated_residual_backward",
-                     "gated_residual_adaln", "gated_residual_adaln_backward")
-    )
-
-
-_COMPILED = {"cpu": _has_kernel("CPU"), "cuda": _has_kernel("CUDA")}
-
-
-def _select(op: str, x: Tensor) -> str:
-    def reason(name: str) -> Optional[str]:
-        if name in _COMPILED and not _COMPILED[name]:
-            return f"fastdiff._C carries no {name} kernels for the adaln ops (rebuild the extension)"
-        return _backend.dtype_reason(x.dtype)
-
-    return _backend.select(op, x.device, reason)
+# Every adaln op with its backward: a compiled backend serves the family only when it carries all of
+# them (an extension built before they existed, or a CUDA build without them, falls through).
+_KERNELS = ("adaln_modulate", "adaln_modulate_backward", "gated_residual", "gated_residual_backward",
+            "gated_residual_adaln", "gated_residual_adaln_backward")
+#: The backends of the adaln ops and what each serves.
+FAMILY = _backend.Family(
+    "adaln",
+    cpu=_backend.Support(kernels=_KERNELS),
+    cuda=_backend.Support(kernels=_KERNELS),
+    triton=_backend.Support(),
+)
 
 
 def _c(t: Optional[Tensor]) -> Optional[Tensor]:
@@ -263,7 +253,7 @@ def adaln_modulate(
     scale = _check_modulation(op, "scale", scale, x)
     weight, bias = _check_param(op, "weight", weight, x), _check_param(op, "bias", bias, x)
     eps, rms = _check_norm(op, eps, norm)
-    backend = _select(op, x)
+    backend = FAMILY.select(op, x.device, (x.dtype,))
     if backend == "reference":
         return adaln_modulate_reference(x, shift, scale, eps=eps, weight=weight, bias=bias, norm=norm)
     return kernel_op(op, backend)(x.contiguous(), shift.contiguous(), scale.contiguous(), _c(weight), _c(bias), eps, rms)[0]
@@ -275,7 +265,7 @@ def gated_residual(x: Tensor, gate: Tensor, h: Tensor) -> Tensor:
     _check_x(op, x)
     gate = _check_modulation(op, "gate", gate, x)
     check_tensor(op, "h", h, dtypes=(x.dtype,), device=x.device, shape=x.shape)
-    backend = _select(op, x)
+    backend = FAMILY.select(op, x.device, (x.dtype,))
     if backend == "reference":
         return gated_residual_reference(x, gate, h)
     return kernel_op(op, backend)(x.contiguous(), gate.contiguous(), h.contiguous())
@@ -300,7 +290,7 @@ def gated_residual_adaln(
     scale = _check_modulation(op, "scale", scale, x)
     weight, bias = _check_param(op, "weight", weight, x), _check_param(op, "bias", bias, x)
     eps, rms = _check_norm(op, eps, norm)
-    backend = _select(op, x)
+    backend = FAMILY.select(op, x.device, (x.dtype,))
     if backend == "reference":
         return gated_residual_adaln_reference(x, gate, h, shift, scale, eps=eps, weight=weight, bias=bias, norm=norm)
     x_out, out, _, _ = kernel_op(op, backend)(

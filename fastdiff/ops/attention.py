@@ -36,12 +36,6 @@ MAX_HEAD_DIM = 256
 #: Head dims the Triton kernels serve with no work on padding (see fastdiff/triton/attention.py).
 TRITON_EXACT_HEAD_DIMS = tuple(d for d in range(8, MAX_HEAD_DIM + 1, 8) if bin(d // 8).count("1") <= 3)
 
-# Only the cuda backend registers compiled kernels for CUDA dispatch; _C is loaded before this
-# module (fastdiff/__init__.py), so whether it holds an attention kernel is known now. Read once
-# here rather than per call so torch.compile does not trace a dispatcher query.
-_CUDA_KERNEL = torch._C._dispatch_has_kernel_for_dispatch_key("fastdiff::attention_fwd", "CUDA")
-
-
 # ---------------------------------------------------------------------------------------------
 # Reference: the specification (SDPA math semantics), float64-capable, differentiable
 # ---------------------------------------------------------------------------------------------
@@ -163,28 +157,37 @@ def _check_scale(scale: Any, d: int) -> float:
 # ---------------------------------------------------------------------------------------------
 # Backend choice
 # ---------------------------------------------------------------------------------------------
-def _kernel_reason(name: str, dtype: torch.dtype, d: int, bias: Optional[Tensor]) -> Optional[str]:
-    if name == "cpu":
-        return "there is no C++ CPU attention kernel; CPU tensors run the reference (SDPA math)"
-    if name == "cuda" and not _CUDA_KERNEL:
-        return "fastdiff._C holds no CUDA attention kernel"
-    if dtype not in KERNEL_DTYPES or d % 8 or not 8 <= d <= MAX_HEAD_DIM:
-        return f"{name} attention needs fp16/bf16 and D a multiple of 8 <= {MAX_HEAD_DIM}, got {dtype} and D={d}"
-    if bias is not None and torch.is_grad_enabled() and bias.requires_grad:
-        return f"{name} attention does not differentiate the bias, and this bias requires grad"
+def _limits(backend: str, dtypes: tuple[torch.dtype, ...], *, head_dim: int, bias_grad: bool) -> Optional[str]:
+    """What the attention kernels (cuda, triton) take beyond their dtypes."""
+    dtype = dtypes[0]
+    if dtype not in KERNEL_DTYPES or head_dim % 8 or not 8 <= head_dim <= MAX_HEAD_DIM:
+        return f"{backend} attention needs fp16/bf16 and D a multiple of 8 <= {MAX_HEAD_DIM}, got {dtype} and D={head_dim}"
+    if bias_grad:
+        return f"{backend} attention does not differentiate the bias, and this bias requires grad"
     return None
 
 
+#: The backends of attention and what each serves.
+FAMILY = _backend.Family(
+    "attention",
+    cpu=_backend.Support(missing="there is no C++ CPU attention kernel; CPU tensors run the reference (SDPA math)"),
+    cuda=_backend.Support(dtypes=KERNEL_DTYPES, kernels=("attention_fwd", "attention_bwd"), check=_limits),
+    triton=_backend.Support(dtypes=KERNEL_DTYPES, check=_limits),
+)
+
+
 def select_backend(q: Tensor, bias: Optional[Tensor] = None) -> str:
-    """The backend that would serve `attention` for these inputs (raises if a forced one cannot)."""
-    d = q.shape[-1]
-    return _backend.select(OP, q.device, lambda name: _kernel_reason(name, q.dtype, d, bias))
+    """The backend that serves `attention` for these inputs (raises if a forced one cannot).
+
+    The one place where attention chooses between its kernels and the reference (SDPA)."""
+    bias_grad = bias is not None and torch.is_grad_enabled() and bias.requires_grad
+    return FAMILY.select(OP, q.device, (q.dtype,), head_dim=q.shape[-1], bias_grad=bias_grad)
 
 
 def support() -> dict[str, str]:
     """Which attention kernels serve which dtypes, devices and head dims, in words (`fastdiff info`)."""
     dims = f"D a multiple of 8 in [8, {MAX_HEAD_DIM}]"
-    cuda_state = "compiled" if _CUDA_KERNEL else "not in this build of fastdiff._C"
+    cuda_state = "compiled" if FAMILY.carried("cuda") else "not in this build of fastdiff._C"
     return {
         "cuda": f"CUDA tensors, fp16/bf16, {dims}; forward + backward ({cuda_state})",
         "triton": (

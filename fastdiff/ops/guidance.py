@@ -11,33 +11,34 @@ import torch
 from torch import Tensor
 
 from .. import _backend
-from ._common import FLOAT_DTYPES, check_tensor, describe, fail, kernel_op, kernel_reason, needs_grad, register_fake, register_triton
+from ._common import FLOAT_DTYPES, acc_dtype, check_tensor, describe, fail, kernel_op, needs_grad, per_sample, register_fake, register_triton
 
 Scale = Union[float, int, Tensor]
+
+
+#: The backends of the guidance ops and what each serves (the guided half of sampler_update too).
+FAMILY = _backend.Family(
+    "guidance",
+    cpu=_backend.Support(kernels=("guidance_combine", "guidance_rescale_factor")),
+    cuda=_backend.Support(kernels=("guidance_combine", "guidance_rescale_factor")),
+    triton=_backend.Support(),
+)
 
 
 # ---------------------------------------------------------------------------------------------
 # Reference: the specification. float64 in, float64 arithmetic; otherwise float32 arithmetic.
 # ---------------------------------------------------------------------------------------------
-def _acc_dtype(*tensors: Optional[Tensor]) -> torch.dtype:
-    return torch.float64 if any(t is not None and t.dtype == torch.float64 for t in tensors) else torch.float32
-
-
-def _per_sample(v: Tensor, like: Tensor) -> Tensor:
-    return v.reshape(v.shape[0], *([1] * (like.dim() - 1)))
-
-
 def guided_reference(model_out: Tensor, scale: Scale, acc: torch.dtype) -> Tensor:
     """u + s (c - u) in `acc` precision; s a number or a per-sample (B,) tensor."""
     b = model_out.shape[0] // 2
     u, c = model_out[:b].to(acc), model_out[b:].to(acc)
-    s = _per_sample(scale.to(acc), u) if isinstance(scale, Tensor) else float(scale)
+    s = per_sample(scale.to(acc), u) if isinstance(scale, Tensor) else float(scale)
     return u + s * (c - u)
 
 
 def rescale_factor_reference(model_out: Tensor, scale: Scale, rescale: float) -> Tensor:
     """Per-sample ``1 - phi + phi * std(c) / std(guided)``; population std, ratio 1 where std(guided) = 0."""
-    acc = _acc_dtype(model_out, scale if isinstance(scale, Tensor) else None)
+    acc = acc_dtype(model_out, scale if isinstance(scale, Tensor) else None)
     b = model_out.shape[0] // 2
     g = guided_reference(model_out, scale, acc)
     c = model_out[b:].to(acc)
@@ -51,10 +52,10 @@ def rescale_factor_reference(model_out: Tensor, scale: Scale, rescale: float) ->
 
 
 def guidance_combine_reference(model_out: Tensor, scale: Scale, *, rescale: float = 0.0) -> Tensor:
-    acc = _acc_dtype(model_out, scale if isinstance(scale, Tensor) else None)
+    acc = acc_dtype(model_out, scale if isinstance(scale, Tensor) else None)
     g = guided_reference(model_out, scale, acc)
     if rescale:
-        g = g * _per_sample(rescale_factor_reference(model_out, scale, rescale), g)
+        g = g * per_sample(rescale_factor_reference(model_out, scale, rescale), g)
     return g.to(model_out.dtype)
 
 
@@ -113,8 +114,9 @@ def guidance_combine(model_out: Tensor, scale: Scale, *, rescale: float = 0.0) -
     b = check_guided_batch(op, "model_out", model_out)
     scale_f, scale_t = check_scale(op, "scale", scale, b, model_out.device)
     rescale = check_rescale(op, "rescale", rescale)
-    dtypes = [model_out.dtype] + ([scale_t.dtype] if scale_t is not None and scale_t.dtype == torch.float64 else [])
-    backend = _backend.select(op, model_out.device, kernel_reason(*dtypes))
+    # A float64 per-sample scale keeps the float64 reference (the kernels read float32 scales).
+    dtypes = (model_out.dtype,) + ((scale_t.dtype,) if scale_t is not None and scale_t.dtype == torch.float64 else ())
+    backend = FAMILY.select(op, model_out.device, dtypes)
     if backend == "reference" or needs_grad(model_out, scale_t):
         # Autograd runs through the reference: the kernels serve inference.
         return guidance_combine_reference(model_out, scale if scale_t is None else scale_t, rescale=rescale)

@@ -24,8 +24,8 @@ import torch
 from torch import Tensor
 
 from .. import _backend
-from ._common import FLOAT_DTYPES, check_tensor, describe, fail, kernel_op, needs_grad, register_fake, register_triton
-from .guidance import Scale, _acc_dtype, _per_sample, check_rescale, check_scale, guided_reference, rescale_factor, rescale_factor_reference
+from ._common import FLOAT_DTYPES, acc_dtype, check_tensor, describe, fail, kernel_op, needs_grad, per_sample, register_fake, register_triton
+from .guidance import Scale, check_rescale, check_scale, guided_reference, rescale_factor, rescale_factor_reference
 
 #: Index of each scalar in a coefficient row; history coefficients follow at HISTORY.
 A, B, CX, CD, CZ, SLOT, HISTORY = range(7)
@@ -33,6 +33,23 @@ A, B, CX, CD, CZ, SLOT, HISTORY = range(7)
 
 def row_length(history_len: int) -> int:
     return HISTORY + history_len
+
+
+def _coeffs_reason(backend: str, dtypes, *, coeffs_dtype: torch.dtype) -> Optional[str]:
+    if coeffs_dtype != torch.float32:
+        return f"the kernels take float32 coefficient rows, got {coeffs_dtype}"
+    return None
+
+
+#: The backends of sampler_update and what each serves. A call passes x's and model_out's dtypes and
+#: the row's dtype as ``coeffs_dtype``. (Guidance rescale runs guidance_rescale_factor on the same backend.)
+_KERNELS = ("sampler_update", "guidance_rescale_factor")
+FAMILY = _backend.Family(
+    "sampler_update",
+    cpu=_backend.Support(kernels=_KERNELS, check=_coeffs_reason),
+    cuda=_backend.Support(kernels=_KERNELS, check=_coeffs_reason),
+    triton=_backend.Support(check=_coeffs_reason),
+)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -48,12 +65,12 @@ def sampler_update_reference(
     guidance_scale: Optional[Scale] = None,
     guidance_rescale: float = 0.0,
 ) -> Tensor:
-    acc = _acc_dtype(x, model_out, coeffs)
+    acc = acc_dtype(x, model_out, coeffs)
     cf = coeffs.to(acc)
     if guidance_scale is not None:
         m = guided_reference(model_out, guidance_scale, acc)
         if guidance_rescale:
-            m = m * _per_sample(rescale_factor_reference(model_out, guidance_scale, guidance_rescale).to(acc), m)
+            m = m * per_sample(rescale_factor_reference(model_out, guidance_scale, guidance_rescale).to(acc), m)
     else:
         m = model_out.to(acc)
     xa = x.to(acc)
@@ -118,7 +135,7 @@ def sampler_update(
         check_tensor(op, "noise", noise, dtypes=(x.dtype,), device=dev, shape=x.shape)
     check_coeffs(op, coeffs, k, dev)
 
-    backend = _backend.select(op, dev, _reason(x.dtype, model_out.dtype, coeffs.dtype))
+    backend = FAMILY.select(op, dev, (x.dtype, model_out.dtype), coeffs_dtype=coeffs.dtype)
     if backend == "reference" or needs_grad(x, model_out, noise, scale_t, coeffs):
         return sampler_update_reference(
             x, model_out, coeffs, history=history, noise=noise,
@@ -166,20 +183,11 @@ class LoopUpdate:
         out = sampler_update(x, model_out, coeffs, history=self.history, noise=noise,
                              guidance_scale=self.guidance_scale, guidance_rescale=self.guidance_rescale)
         if self._bindable and x.numel():
-            backend = _backend.select("sampler_update", x.device, _reason(x.dtype, model_out.dtype, coeffs.dtype))
+            backend = FAMILY.select("sampler_update", x.device, (x.dtype, model_out.dtype), coeffs_dtype=coeffs.dtype)
             if backend != "reference":
                 scale = 1.0 if self.guidance_scale is None else float(self.guidance_scale)
                 self._bound = (self._signature(x, model_out, coeffs, noise), kernel_op("sampler_update", backend), scale)
         return out
-
-
-def _reason(x_dtype: torch.dtype, out_dtype: torch.dtype, coeff_dtype: torch.dtype):
-    def reason(name: str) -> Optional[str]:
-        if coeff_dtype != torch.float32:
-            return f"the kernels take float32 coefficient rows, got {coeff_dtype}"
-        return _backend.dtype_reason(x_dtype) or _backend.dtype_reason(out_dtype)
-
-    return reason
 
 
 def check_coeffs(op: str, coeffs: Tensor, k: int, device: torch.device) -> None:

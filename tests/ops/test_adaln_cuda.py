@@ -337,7 +337,7 @@ def test_auto_selection_picks_the_cuda_kernels():
     assert _backend.cuda_compiled()
     x = torch.randn(2, 4, 72, device="cuda", dtype=torch.float16)
     for op in ("adaln_modulate", "gated_residual", "gated_residual_adaln"):
-        assert A._select(op, x) == "cuda"
+        assert A.FAMILY.select(op, x.device, (x.dtype,)) == "cuda"
 
 
 @pytest.mark.parametrize("case", ["per-sample", "per-token-rms-affine"])

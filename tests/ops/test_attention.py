@@ -33,7 +33,7 @@ def _attention_backends():
     """(backend, device) pairs that serve attention kernels here (the cpu backend has none)."""
     out = []
     for name, dev in kernel_backends():
-        if name == "triton" or (name == "cuda" and attn_mod._CUDA_KERNEL):
+        if name == "triton" or (name == "cuda" and attn_mod.FAMILY.carried("cuda")):
             out.append((name, dev))
     return out
 

@@ -31,7 +31,7 @@ attn_mod = __import__("fastdiff.ops.attention", fromlist=["_"])
 pytestmark = [
     pytest.mark.gpu,
     pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device"),
-    pytest.mark.skipif(not attn_mod._CUDA_KERNEL, reason="fastdiff._C holds no CUDA attention kernel"),
+    pytest.mark.skipif(not attn_mod.FAMILY.carried("cuda"), reason="fastdiff._C holds no CUDA attention kernel"),
 ]
 
 DEV = "cuda"
