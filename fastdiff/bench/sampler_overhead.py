@@ -31,7 +31,7 @@ from torch import Tensor
 
 import fastdiff  # noqa: E402
 from fastdiff.samplers import make_sampler  # noqa: E402
-from fastdiff.samplers.graph import CudaGraphRecorder, _GraphedSteps  # noqa: E402
+from fastdiff.samplers.graph import CudaGraphRecorder, GraphedSteps  # noqa: E402
 
 SAMPLERS = {"dpmpp_2m": "DPMSolverMultistepScheduler", "unipc": "UniPCMultistepScheduler", "euler": "EulerDiscreteScheduler",
             "ddim": "DDIMScheduler"}
@@ -77,7 +77,7 @@ def make_graphed(plan, model, x: Tensor, guidance: float):
     None off CUDA (no graphs to replay)."""
     if x.device.type != "cuda":
         return None
-    return _GraphedSteps(plan, model, x, guidance, 0.0, None, None, CudaGraphRecorder(x.device, None))
+    return GraphedSteps(plan, model, x, guidance, 0.0, None, None, CudaGraphRecorder(x.device, None))
 
 
 def graphed_loop(graphed, plan, x0, device) -> float:

@@ -45,7 +45,7 @@ def run_graphed(
         if x.device.type != "cuda":
             raise ValueError(f"fastdiff.sample: cuda_graph=True needs CUDA tensors, got noise on {x.device}")
         recorder = CudaGraphRecorder(x.device, generator)
-    steps = _GraphedSteps(plan, model_fn, x, guidance_scale, guidance_rescale, generator, inpaint, recorder)
+    steps = GraphedSteps(plan, model_fn, x, guidance_scale, guidance_rescale, generator, inpaint, recorder)
     bar = _progress_bar(progress, len(plan), desc)
     try:
         for j in range(len(plan)):
@@ -97,7 +97,10 @@ class CudaGraphRecorder(Recorder):
         return g.replay
 
 
-class _GraphedSteps:
+class GraphedSteps:
+    """One sampling step captured (by `recorder`) with and without a noise draw; `replay(draw)` runs one
+    step, `reset(x)` starts again from x without re-capturing (the sampler_overhead benchmark times it)."""
+
     def __init__(self, plan: Plan, model_fn, x: Tensor, guidance_scale, guidance_rescale: float,
                  generator: Optional[torch.Generator], inpaint: Optional[Inpaint], recorder: Recorder):
         dev = x.device

@@ -24,13 +24,13 @@ def test_writes_a_row_per_sampler_with_both_speedups(tmp_path, model, capsys):
 def test_the_graph_column_times_replays_of_one_capture(monkeypatch, tmp_path, capsys):
     # Off CUDA there is nothing to replay; with the plain Recorder (what CPU tests use for CUDA graphs)
     # the same code path runs, and a restarted replay gives the eager loop's result.
-    from fastdiff.samplers.graph import Recorder, _GraphedSteps
+    from fastdiff.samplers.graph import Recorder, GraphedSteps
 
     assert bench.make_graphed(None, None, torch.zeros(1), 1.0) is None
     made = []
 
     def cpu_graphed(plan, model, x, guidance):
-        made.append(_GraphedSteps(plan, model, x, guidance, 0.0, None, None, Recorder()))
+        made.append(GraphedSteps(plan, model, x, guidance, 0.0, None, None, Recorder()))
         return made[-1]
 
     monkeypatch.setattr(bench, "make_graphed", cpu_graphed)

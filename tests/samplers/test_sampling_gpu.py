@@ -102,9 +102,9 @@ def test_cuda_graph_with_default_generator_inpainting_and_callback():
 def test_cuda_graph_replays_without_host_sync():
     sampler = make_sampler("dpmpp_3m")
     plan = sampler.plan(10, torch.device("cuda"))
-    from fastdiff.samplers.graph import CudaGraphRecorder, _GraphedSteps
+    from fastdiff.samplers.graph import CudaGraphRecorder, GraphedSteps
 
-    steps = _GraphedSteps(plan, model, noise(4), 3.0, 0.0, None, None, CudaGraphRecorder(torch.device("cuda"), None))
+    steps = GraphedSteps(plan, model, noise(4), 3.0, 0.0, None, None, CudaGraphRecorder(torch.device("cuda"), None))
     torch.cuda.synchronize()
     with no_host_sync():
         for j in range(len(plan)):
