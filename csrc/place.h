@@ -2,7 +2,8 @@
 // CPU ops and the CUDA bindings (csrc/<family>_fill.h). A policy is a type with
 //   static void check(const at::Tensor& t, const at::Tensor& ref, const char* op, const char* arg);
 // that fails, in the backend's own words, unless t is a contiguous tensor where the backend runs; ref
-// is the op's main input (t itself when t is the main input). Torch side only; no CUDA headers needed.
+// is the op's main input (t itself when t is the main input, which is checked first). Torch side only;
+// no CUDA headers needed.
 #pragma once
 
 #include <ATen/core/Tensor.h>
@@ -18,13 +19,16 @@ struct OnCpu {
   }
 };
 
-// The CUDA kernels: every tensor a contiguous CUDA tensor on the main input's device.
+// The CUDA kernels: the main input a contiguous CUDA tensor, every other tensor contiguous on its device.
 struct OnCuda {
   static void check(const at::Tensor& t, const at::Tensor& ref, const char* op, const char* arg) {
-    TORCH_CHECK(t.is_cuda(), "fastdiff.", op, ": argument '", arg, "' expected a CUDA tensor, got a tensor on ",
-                t.device());
-    TORCH_CHECK(t.device() == ref.device(), "fastdiff.", op, ": argument '", arg, "' expected a tensor on ",
-                ref.device(), " (like the other inputs), got a tensor on ", t.device());
+    if (t.is_same(ref)) {
+      TORCH_CHECK(t.is_cuda(), "fastdiff.", op, ": argument '", arg, "' expected a CUDA tensor, got a tensor on ",
+                  t.device());
+    } else {
+      TORCH_CHECK(t.device() == ref.device(), "fastdiff.", op, ": argument '", arg, "' expected a tensor on ",
+                  ref.device(), " (like the other inputs), got a tensor on ", t.device());
+    }
     TORCH_CHECK(t.is_contiguous(), "fastdiff.", op, ": argument '", arg, "' expected a contiguous tensor, got strides ",
                 t.strides());
   }

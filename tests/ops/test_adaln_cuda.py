@@ -363,7 +363,8 @@ def test_opcheck(case):
 def test_bad_input_is_refused_clearly():
     t = inputs(torch.float32, 2, 5, 72, "per-sample")
     x, s = t["x"], t["shift"]
-    with pytest.raises(RuntimeError, match=r"fastdiff\.adaln_modulate: argument 'shift' expected a CUDA tensor"):
+    with pytest.raises(RuntimeError, match=r"fastdiff\.adaln_modulate: argument 'shift' expected a tensor on cuda:0 "
+                                           r"\(like the other inputs\), got a tensor on cpu"):
         ops.adaln_modulate(x, s.cpu(), s, None, None, 1e-6, False)
     with pytest.raises(RuntimeError, match=r"fastdiff\.adaln_modulate: argument 'x' expected a contiguous tensor"):
         ops.adaln_modulate(x.transpose(0, 1).contiguous().transpose(0, 1), s, s, None, None, 1e-6, False)
