@@ -869,7 +869,7 @@ template <typename T>
 struct LaunchSum {
   static cudaError_t run(const SumArgs& s, int targets, cudaStream_t stream) {
     const dim3 grid(static_cast<unsigned>(ceil_div(s.dim, kSumCols)),
-                    static_cast<unsigned>(std::min<int64_t>(std::max<int64_t>(s.batch, 1), FASTDIFF_MAX_GRID_YZ)),
+                    static_cast<unsigned>(std::min<int64_t>(std::max<int64_t>(s.batch, 1), FASTDIFF_MAX_GRID_Y)),
                     static_cast<unsigned>(targets));
     sum_partials_kernel<T><<<grid, dim3(kSumCols, kSumLanes), 0, stream>>>(s);
     return cudaGetLastError();
@@ -1020,7 +1020,7 @@ struct LaunchResidual {
 };
 
 bool residual_grid_ok(const GatedResidualArgs& a, const ResidualPlan& p, const Chunks& ch) {
-  return a.batch * ch.count <= kMaxGridX && p.col_tiles <= FASTDIFF_MAX_GRID_YZ;
+  return a.batch * ch.count <= kMaxGridX && p.col_tiles <= FASTDIFF_MAX_GRID_Y;
 }
 
 }  // namespace

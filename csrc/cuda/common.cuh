@@ -101,14 +101,14 @@ inline bool aligned16(const void* p) { return (reinterpret_cast<uintptr_t>(p) & 
 // Threads per block of the elementwise kernels, and a cap on their grid: past it the kernels stride.
 // A fixed cap (rather than one derived from the SM count) keeps launchers free of device queries;
 // 8192 blocks of 256 threads is several full waves on an A100 or H100. The host emulator
-// (tests/cuda_emu/cuda_host.h) predefines FASTDIFF_MAX_BLOCKS and FASTDIFF_MAX_GRID_YZ as runtime
+// (tests/cuda_emu/cuda_host.h) predefines FASTDIFF_MAX_BLOCKS and FASTDIFF_MAX_GRID_Y as runtime
 // values, so that its tests reach the strided paths with small shapes.
 #ifndef FASTDIFF_MAX_BLOCKS
 #define FASTDIFF_MAX_BLOCKS 8192
 #endif
-// gridDim.y and gridDim.z limit of every CUDA GPU.
-#ifndef FASTDIFF_MAX_GRID_YZ
-#define FASTDIFF_MAX_GRID_YZ 65535
+// gridDim.y limit of every CUDA GPU (launchers whose grid.y can exceed it clamp and stride).
+#ifndef FASTDIFF_MAX_GRID_Y
+#define FASTDIFF_MAX_GRID_Y 65535
 #endif
 constexpr int kThreads = 256;
 

@@ -21,6 +21,7 @@
 #include <vector>
 
 #include "cuda/attention_kernels.cuh"
+#include "emu_check.h"
 #include "emulator.h"
 
 using fastdiff::DType;
@@ -28,37 +29,10 @@ using fastdiff::cuda::AttentionBwdParams;
 using fastdiff::cuda::AttentionParams;
 namespace attn = fastdiff::cuda::attn;
 namespace emu = fastdiff::cuda::emu;
+using emu::Buffer;
+using emu::Result;
 
 namespace {
-
-#if defined(__SANITIZE_ADDRESS__)
-constexpr size_t kGuard = 0;  // exact allocations: AddressSanitizer sees any access outside them
-#else
-constexpr size_t kGuard = 4096;  // NaN-filled bytes around every buffer
-#endif
-
-// A "device" buffer: bytes with poisoned guard bands (0xFF: NaN in every float format).
-struct Buffer {
-  std::vector<unsigned char> mem;
-  size_t bytes = 0;
-  explicit Buffer(size_t n, unsigned char fill = 0xFF) : mem(n + 2 * kGuard + 16, 0xFF), bytes(n) {
-    std::memset(data(), fill, n);
-  }
-  unsigned char* data() {
-    auto p = reinterpret_cast<uintptr_t>(mem.data()) + kGuard;
-    return reinterpret_cast<unsigned char*>((p + 15) / 16 * 16);
-  }
-  bool guards_intact() {
-    unsigned char* d = data();
-    for (unsigned char* p = mem.data(); p < d; ++p) {
-      if (*p != 0xFF) return false;
-    }
-    for (unsigned char* p = d + bytes; p < mem.data() + mem.size(); ++p) {
-      if (*p != 0xFF) return false;
-    }
-    return true;
-  }
-};
 
 struct EmuRunner {
   int launches = 0;
@@ -133,15 +107,6 @@ struct View {
 };
 
 constexpr double kTolUlps = 12.0;
-
-struct Result {
-  bool ok = true;
-  std::string notes;
-  void fail(const std::string& why) {
-    ok = false;
-    notes += " FAIL(" + why + ")";
-  }
-};
 
 // max |got - ref| / (u * max(max |ref|, 0.01)), NaN -> infinity. The floor covers gradients that
 // are exactly 0 in exact arithmetic (one key: p = 1, dS = 0) but not after rounding.

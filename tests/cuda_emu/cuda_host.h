@@ -28,7 +28,7 @@
 
 // The launchers' grid caps (csrc/cuda/common.cuh), runtime values here: tests lower them
 // (emu::device()) to reach the grid-stride and split paths with small shapes.
-#define FASTDIFF_MAX_GRID_YZ (static_cast<int64_t>(::fastdiff::cuda::emu::device().max_grid_yz))
+#define FASTDIFF_MAX_GRID_Y (static_cast<int64_t>(::fastdiff::cuda::emu::device().max_grid_y))
 #define FASTDIFF_MAX_BLOCKS (static_cast<int64_t>(::fastdiff::cuda::emu::device().max_blocks))
 
 #undef __global__

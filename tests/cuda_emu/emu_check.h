@@ -55,6 +55,9 @@ inline size_t elem_size(DType t) { return t == DType::f32 ? 4 : 2; }
 // The rounding unit of a storage type (half an ulp at 1).
 inline double unit(DType t) { return t == DType::f32 ? 0x1p-24 : t == DType::f16 ? 0x1p-11 : 0x1p-8; }
 
+// Half the spacing of the type's subnormals: the absolute rounding error floor near 0.
+inline double subnormal(DType t) { return t == DType::f32 ? 0x1p-150 : t == DType::f16 ? 0x1p-25 : 0x1p-134; }
+
 // Element i of a buffer of type t, as a double.
 inline double get(DType t, const void* base, int64_t i) {
   if (t == DType::f32) return static_cast<const float*>(base)[i];

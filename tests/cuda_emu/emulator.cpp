@@ -399,7 +399,7 @@ bool launch_ok(const void* kernel, Dim3 grid, Dim3 block, size_t dynamic_smem) {
   const uint64_t threads = uint64_t{block.x} * block.y * block.z;
   if (block.x == 0 || block.y == 0 || block.z == 0 || block.x > 1024 || block.y > 1024 || block.z > 64 ||
       threads > 1024 || grid.x == 0 || grid.y == 0 || grid.z == 0 || grid.x > 2147483647u ||
-      grid.y > g_device.max_grid_yz || grid.z > g_device.max_grid_yz) {
+      grid.y > g_device.max_grid_y || grid.z > 65535) {
     g_last_error = cudaErrorInvalidConfiguration;
     return false;
   }
@@ -420,8 +420,6 @@ Device& device() { return g_device; }
 void launch_grid(const void* kernel, Dim3 grid, Dim3 block, size_t dynamic_smem, const std::function<void()>& thread) {
   if (!launch_ok(kernel, grid, block, dynamic_smem)) return;
   ++g_counters.launches;
-  if (grid.y > g_counters.max_grid_y) g_counters.max_grid_y = grid.y;
-  if (grid.z > g_counters.max_grid_z) g_counters.max_grid_z = grid.z;
   const int threads = static_cast<int>(block.x * block.y * block.z);
   constexpr size_t kGuard = 256;
   std::vector<unsigned char> buf(dynamic_smem + 2 * kGuard + 16);
@@ -502,4 +500,14 @@ cudaError_t cudaFuncSetAttribute(const void* func, cudaFuncAttribute attr, int v
   if (value < 0 || value > fastdiff::cuda::emu::g_device.smem_optin) return cudaErrorInvalidValue;
   fastdiff::cuda::emu::g_max_dynamic_smem[func] = value;
   return cudaSuccess;
+}
+
+const char* cudaGetErrorName(cudaError_t e) {
+  switch (e) {
+    case cudaSuccess: return "cudaSuccess";
+    case cudaErrorInvalidValue: return "cudaErrorInvalidValue";
+    case cudaErrorInvalidConfiguration: return "cudaErrorInvalidConfiguration";
+    case cudaErrorInvalidDevice: return "cudaErrorInvalidDevice";
+    default: return "cudaError (other)";
+  }
 }

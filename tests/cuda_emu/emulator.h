@@ -38,7 +38,6 @@ void run_block(int threads, char* smem, size_t smem_bytes, const std::function<v
 
 struct Counters {
   uint64_t mma = 0, ldmatrix = 0, cp_async = 0, block_barriers = 0, shuffles = 0, launches = 0, blocks = 0;
-  unsigned max_grid_y = 0, max_grid_z = 0;  // largest gridDim.y / .z of a launch so far
 };
 Counters& counters();
 
@@ -72,7 +71,7 @@ void warp_sync_mask(unsigned mask);
 struct Device {
   int sm_count = 132;                 // H100 SXM
   int smem_optin = 227 * 1024;        // cudaDevAttrMaxSharedMemoryPerBlockOptin
-  unsigned max_grid_yz = 65535;       // gridDim.y and .z limit (the launchers' FASTDIFF_MAX_GRID_YZ)
+  unsigned max_grid_y = 65535;        // gridDim.y limit (the launchers' FASTDIFF_MAX_GRID_Y); .z stays 65535
   int64_t max_blocks = 8192;          // the elementwise launchers' grid cap (FASTDIFF_MAX_BLOCKS)
 };
 Device& device();

@@ -76,7 +76,7 @@ Result combine_case(const Spec& p) {
     got.push_back(get(p.t, out.data(), i));
     ref.push_back(f * (uu + s * (cc - uu)));
     // float32 arithmetic on the magnitudes involved, then one rounding to the storage type.
-    tol.push_back(2 * unit(p.t) * std::fabs(ref.back()) + 8 * 0x1p-24 * std::fabs(f) * (std::fabs(uu) + std::fabs(s) * (std::fabs(cc) + std::fabs(uu))) + 1e-30);
+    tol.push_back(2 * unit(p.t) * std::fabs(ref.back()) + 8 * 0x1p-24 * std::fabs(f) * (std::fabs(uu) + std::fabs(s) * (std::fabs(cc) + std::fabs(uu))) + subnormal(p.t));
   }
   expect_close(r, "out", got, ref, tol);
   if (!in.mo.guards_intact() || !out.guards_intact()) r.fail("a kernel wrote outside a buffer");

@@ -85,11 +85,11 @@ Result update_case(const Spec& p) {
     }
     got.push_back(get(p.tx, out.data(), i));
     ref.push_back(acc);
-    tol.push_back(2 * unit(p.tx) * std::fabs(acc) + 16 * 0x1p-24 * mag + 1e-30);
+    tol.push_back(2 * unit(p.tx) * std::fabs(acc) + 16 * 0x1p-24 * mag + subnormal(p.tx));
     if (writes) {
       got_d.push_back(get(p.tx, hist.data(), static_cast<int64_t>(p.slot) * total + i));
       ref_d.push_back(d);
-      tol_d.push_back(2 * unit(p.tx) * std::fabs(d) + 16 * 0x1p-24 * mag_d + 1e-30);
+      tol_d.push_back(2 * unit(p.tx) * std::fabs(d) + 16 * 0x1p-24 * mag_d + subnormal(p.tx));
     }
   }
   expect_close(r, "out", got, ref, tol);
