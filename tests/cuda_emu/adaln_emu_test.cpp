@@ -29,7 +29,8 @@ struct Tensor {
   DType t;
   Buffer buf;
   std::vector<double> v;
-  Tensor(DType type, int64_t count, size_t off_elems = 0) : t(type), buf(count * elem_size(type), 0xFF, off_elems * elem_size(type)), v(count) {}
+  Tensor(DType type, int64_t count, size_t off_elems = 0)
+      : t(type), buf(static_cast<size_t>(std::max<int64_t>(count, 0)) * elem_size(type), 0xFF, off_elems * elem_size(type)), v(count) {}
   Tensor(DType type, int64_t count, std::mt19937& rng, double mean, double spread, size_t off_elems = 0) : Tensor(type, count, off_elems) {
     std::normal_distribution<double> normal(mean, spread);
     for (int64_t i = 0; i < count; ++i) v[i] = put(t, buf.data(), i, normal(rng));

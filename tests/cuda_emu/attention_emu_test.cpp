@@ -1,4 +1,4 @@
-// Runs the CUDA attention kernels of csrc/cuda/attention_kernels.cuh on the host emulator
+// Runs the CUDA attention kernels of csrc/cuda/attention_*.cuh on the host emulator
 // (emulator.h) and checks forward and backward against a float64 reference: every compiled head-dim
 // width, both forward paths, boundary tiles, masks (with fully masked rows), broadcast biases and
 // strided (B, H, N, D) / fused-QKV layouts. Built and run by tests/cuda_emu/run.sh (and the slow
@@ -20,7 +20,7 @@
 #include <string>
 #include <vector>
 
-#include "cuda/attention_kernels.cuh"
+#include "cuda/attention_dispatch.cuh"
 #include "emu_check.h"
 #include "emulator.h"
 

@@ -3,7 +3,7 @@
 //
 // run_block runs one CUDA block: every thread is a fiber (ucontext) on one OS thread, switched only
 // at barriers, so a block executes deterministically. The kernels' primitives (declared in
-// attention_kernels.cuh under FASTDIFF_ATTN_EMULATE) are implemented here from their PTX ISA
+// attention_primitives.cuh under FASTDIFF_ATTN_EMULATE) are implemented here from their PTX ISA
 // specification, independently of how the kernels use them:
 //   ldmatrix .x1/.x2/.x4 [.trans]: lanes 8i..8i+7 address the rows of matrix i; lane l receives row
 //     l/4, elements 2(l%4), 2(l%4)+1 (of the transpose with .trans);
