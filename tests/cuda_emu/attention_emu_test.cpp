@@ -424,20 +424,13 @@ int main(int argc, char** argv) {
       // short path, 128 query rows per block: each warp walks two 16-row slabs (last block partial)
       {"d64 f16 short 2 slabs per warp", F, 1, 300, 77, 2, 64, Layout::kContig, Mask::kKeyMask, P::kShort, 0, 128},
   };
-  const std::string filter = argc > 1 ? argv[1] : "";
-  std::mt19937 rng(1234);
-  int failed = 0, ran = 0;
+  std::vector<emu::Case> runs;
   for (const Case& c : cases) {
-    if (!filter.empty() && c.name.find(filter) == std::string::npos) continue;
-    const Result r = run_case(c, rng);
-    ++ran;
-    std::printf("%-34s %s  %s\n", c.name.c_str(), r.ok ? "ok  " : "FAIL", r.notes.c_str());
-    std::fflush(stdout);
-    failed += r.ok ? 0 : 1;
+    // Each case seeds its own generator, so a case's inputs do not depend on which others run.
+    runs.push_back({c.name, [c] {
+                      std::mt19937 rng(static_cast<unsigned>(std::hash<std::string>{}(c.name)));
+                      return run_case(c, rng);
+                    }});
   }
-  const auto& n = emu::counters();
-  std::printf("%d cases, %d failed; emulated %llu mma, %llu ldmatrix, %llu cp.async, %llu block barriers\n", ran, failed,
-              static_cast<unsigned long long>(n.mma), static_cast<unsigned long long>(n.ldmatrix),
-              static_cast<unsigned long long>(n.cp_async), static_cast<unsigned long long>(n.block_barriers));
-  return failed == 0 && ran > 0 ? 0 : 1;
+  return emu::run_cases(argc, argv, runs);
 }

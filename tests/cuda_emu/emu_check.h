@@ -110,12 +110,24 @@ struct Case {
   std::function<Result()> run;
 };
 
-// Runs the cases whose name contains argv[1] (all without it); returns the process exit status.
+// Runs the cases whose name contains the filter argument (every case without one); with
+// --shard=I/N only every N-th of them from the I-th on (run.sh runs the shards in parallel).
+// Returns the process exit status.
 inline int run_cases(int argc, char** argv, const std::vector<Case>& cases) {
-  const std::string filter = argc > 1 ? argv[1] : "";
-  int failed = 0, ran = 0;
+  std::string filter;
+  int shard = 0, shards = 1;
+  for (int i = 1; i < argc; ++i) {
+    if (std::sscanf(argv[i], "--shard=%d/%d", &shard, &shards) == 2) continue;
+    filter = argv[i];
+  }
+  if (shards < 1 || shard < 0 || shard >= shards) {
+    std::fprintf(stderr, "bad --shard=%d/%d\n", shard, shards);
+    return 2;
+  }
+  int failed = 0, ran = 0, matched = 0;
   for (const Case& c : cases) {
     if (!filter.empty() && c.name.find(filter) == std::string::npos) continue;
+    if (matched++ % shards != shard) continue;
     const Result r = c.run();
     ++ran;
     std::printf("%-44s %s %s\n", c.name.c_str(), r.ok ? "ok  " : "FAIL", r.notes.c_str());
@@ -123,10 +135,14 @@ inline int run_cases(int argc, char** argv, const std::vector<Case>& cases) {
     failed += r.ok ? 0 : 1;
   }
   const Counters& n = counters();
-  std::printf("%d cases, %d failed; emulated %llu launches, %llu blocks, %llu shuffles, %llu block barriers\n", ran,
-              failed, static_cast<unsigned long long>(n.launches), static_cast<unsigned long long>(n.blocks),
-              static_cast<unsigned long long>(n.shuffles), static_cast<unsigned long long>(n.block_barriers));
-  return failed == 0 && ran > 0 ? 0 : 1;
+  std::printf("%d cases, %d failed; emulated %llu launches, %llu blocks, %llu block barriers, %llu shuffles, %llu mma, "
+              "%llu ldmatrix, %llu cp.async\n",
+              ran, failed, static_cast<unsigned long long>(n.launches), static_cast<unsigned long long>(n.blocks),
+              static_cast<unsigned long long>(n.block_barriers), static_cast<unsigned long long>(n.shuffles),
+              static_cast<unsigned long long>(n.mma), static_cast<unsigned long long>(n.ldmatrix),
+              static_cast<unsigned long long>(n.cp_async));
+  // A shard may be empty; a whole run with nothing matched is an error.
+  return failed == 0 && (ran > 0 || shards > 1) ? 0 : 1;
 }
 
 }  // namespace fastdiff::cuda::emu

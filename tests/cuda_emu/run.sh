@@ -7,7 +7,7 @@
 #   SANITIZE=1 tests/cuda_emu/run.sh ...           AddressSanitizer + UBSan build (ASAN=1 works too):
 #                                                  any out-of-bounds access by a kernel aborts
 # Environment: CXX (default g++), CUDA_HOME (default /usr/local/cuda), OUT (build dir, default
-# build/cuda_emu).
+# build/cuda_emu), JOBS (default 2: programs built, and each program's cases run, JOBS at a time).
 #
 # A family is one program, tests/cuda_emu/<family>_emu_test.cpp; run.sh and pytest
 # (test_cuda_emulated.py) find it by that name. To add one (say groupnorm):
@@ -59,21 +59,39 @@ newest_dep() {  # newest mtime (seconds) of the sources every test program depen
 dep_time="$(newest_dep)"
 stale() { [[ ! -x "$1" ]] || (( $(stat -c %Y "$1") < dep_time )); }
 
+jobs="${JOBS:-2}"
 emu_obj="$out/emulator$suffix.o"
 if stale "$emu_obj"; then
   "${CXX:-g++}" "${flags[@]}" -c "$here/emulator.cpp" -o "$emu_obj"
   chmod +x "$emu_obj"  # marks it built for `stale`
 fi
-failed=0
+
+# Build the stale programs, JOBS at a time.
+pids=()
 for fam in "${families[@]}"; do
   bin="$out/${fam}_emu_test$suffix"
-  if stale "$bin"; then
-    echo "building $bin" >&2
-    "${CXX:-g++}" "${flags[@]}" "$here/${fam}_emu_test.cpp" "$emu_obj" -o "$bin"
-  fi
+  stale "$bin" || continue
+  echo "building $bin" >&2
+  "${CXX:-g++}" "${flags[@]}" "$here/${fam}_emu_test.cpp" "$emu_obj" -o "$bin" &
+  pids+=($!)
+  if (( ${#pids[@]} >= jobs )); then wait "${pids[0]}"; pids=("${pids[@]:1}"); fi
+done
+for pid in "${pids[@]}"; do wait "$pid"; done
+
+# Run each program as JOBS shards in parallel (cases dealt round-robin), printing them in order.
+failed=0
+for fam in "${families[@]}"; do
   echo "== $fam"
-  # ASan: fibers switch stacks through swapcontext (annotated in emulator.cpp).
-  ASAN_OPTIONS="${ASAN_OPTIONS:-detect_leaks=0}" UBSAN_OPTIONS="${UBSAN_OPTIONS:-print_stacktrace=1}" \
-    "$bin" "$@" || failed=1
+  pids=()
+  for (( i = 0; i < jobs; i++ )); do
+    # ASan: fibers switch stacks through swapcontext (annotated in emulator.cpp).
+    ASAN_OPTIONS="${ASAN_OPTIONS:-detect_leaks=0}" UBSAN_OPTIONS="${UBSAN_OPTIONS:-print_stacktrace=1}" \
+      "$out/${fam}_emu_test$suffix" --shard="$i/$jobs" "$@" > "$out/$fam.shard$i.log" 2>&1 &
+    pids+=($!)
+  done
+  for (( i = 0; i < jobs; i++ )); do
+    wait "${pids[$i]}" || failed=1
+    grep -v "makecontext/swapcontext" "$out/$fam.shard$i.log" || true
+  done
 done
 exit $failed
