@@ -354,6 +354,19 @@ Device g_device;
 cudaError_t g_last_error = cudaSuccess;
 std::map<const void*, int> g_max_dynamic_smem;  // cudaFuncAttributeMaxDynamicSharedMemorySize per kernel
 
+// This lane arrives at s; returns once every lane of `mask` has.
+void mask_arrive(Warp::MaskSync& s, unsigned mask) {
+  const uint64_t gen = s.gen;
+  s.arrived |= 1u << lane();
+  if (s.arrived == mask) {
+    s.arrived = 0;
+    ++s.gen;
+    ++blk().progress;
+  } else {
+    while (s.gen == gen) yield();
+  }
+}
+
 // Waits until every lane of `mask` has arrived with the same tag; the values they published are then
 // in s.val. Lanes outside the mask neither take part nor wait.
 Warp::MaskSync& mask_rendezvous(unsigned mask, int tag, uint64_t bits) {
@@ -363,15 +376,7 @@ Warp::MaskSync& mask_rendezvous(unsigned mask, int tag, uint64_t bits) {
   Warp::MaskSync& s = warp().by_mask[mask];
   s.tag[l] = tag;
   s.val[l] = bits;
-  const uint64_t gen = s.gen;
-  s.arrived |= 1u << l;
-  if (s.arrived == mask) {
-    s.arrived = 0;
-    ++s.gen;
-    ++b.progress;
-  } else {
-    while (s.gen == gen) yield();
-  }
+  mask_arrive(s, mask);
   for (int k = 0; k < 32; ++k) {
     if ((mask >> k & 1u) && s.tag[k] != tag) {
       die("warp %d, mask %08x: lane %d made collective %d while lane %d made %d", b.cur / 32, mask, k, s.tag[k], l, tag);
@@ -381,19 +386,7 @@ Warp::MaskSync& mask_rendezvous(unsigned mask, int tag, uint64_t bits) {
 }
 
 // The second half of a collective: no lane of `mask` publishes again before every lane has read.
-void mask_release(unsigned mask) {
-  Block& b = blk();
-  Warp::MaskSync& s = warp().by_mask[mask];
-  const uint64_t gen = s.gen;
-  s.arrived |= 1u << lane();
-  if (s.arrived == mask) {
-    s.arrived = 0;
-    ++s.gen;
-    ++b.progress;
-  } else {
-    while (s.gen == gen) yield();
-  }
-}
+void mask_release(unsigned mask) { mask_arrive(warp().by_mask[mask], mask); }
 
 bool launch_ok(const void* kernel, Dim3 grid, Dim3 block, size_t dynamic_smem) {
   const uint64_t threads = uint64_t{block.x} * block.y * block.z;
