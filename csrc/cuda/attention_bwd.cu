@@ -1,6 +1,6 @@
 // CUDA attention backward (fastdiff::attention_bwd): the launcher. Kernels (delta, dK/dV, dQ) are in
-// attention_kernels.cuh.
-#include "cuda/attention_kernels.cuh"
+// attention_backward.cuh, the launch sequence in attention_dispatch.cuh.
+#include "cuda/attention_dispatch.cuh"
 #include "cuda/attention_launchers.h"
 
 namespace fastdiff::cuda {

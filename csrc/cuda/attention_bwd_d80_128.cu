@@ -1,6 +1,6 @@
 // CUDA attention backward kernels for the compiled head-dim widths 80, 96, 128 (fp16 and bf16):
-// explicit instantiations of attention_kernels.cuh, one file per width group so builds run in parallel.
-#include "cuda/attention_kernels.cuh"
+// explicit instantiations of attention_dispatch.cuh, one file per width group so builds run in parallel.
+#include "cuda/attention_dispatch.cuh"
 
 namespace fastdiff::cuda::attn {
 

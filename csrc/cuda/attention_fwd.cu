@@ -1,6 +1,6 @@
-// CUDA attention forward (fastdiff::attention_fwd): the launcher. Kernels and the choice between the
-// short-K/V and tiled paths are in attention_kernels.cuh.
-#include "cuda/attention_kernels.cuh"
+// CUDA attention forward (fastdiff::attention_fwd): the launcher. Kernels are in attention_forward.cuh, the
+// choice between the short-K/V and tiled paths in attention_dispatch.cuh.
+#include "cuda/attention_dispatch.cuh"
 #include "cuda/attention_launchers.h"
 
 namespace fastdiff::cuda {

@@ -100,13 +100,21 @@ inline bool aligned16(const void* p) { return (reinterpret_cast<uintptr_t>(p) & 
 
 // Threads per block of the elementwise kernels, and a cap on their grid: past it the kernels stride.
 // A fixed cap (rather than one derived from the SM count) keeps launchers free of device queries;
-// 8192 blocks of 256 threads is several full waves on an A100 or H100.
+// 8192 blocks of 256 threads is several full waves on an A100 or H100. The host emulator
+// (tests/cuda_emu/cuda_host.h) predefines FASTDIFF_MAX_BLOCKS and FASTDIFF_MAX_GRID_Y as runtime
+// values, so that its tests reach the strided paths with small shapes.
+#ifndef FASTDIFF_MAX_BLOCKS
+#define FASTDIFF_MAX_BLOCKS 8192
+#endif
+// gridDim.y limit of every CUDA GPU (launchers whose grid.y can exceed it clamp and stride).
+#ifndef FASTDIFF_MAX_GRID_Y
+#define FASTDIFF_MAX_GRID_Y 65535
+#endif
 constexpr int kThreads = 256;
-constexpr int64_t kMaxBlocks = 8192;
 
 inline unsigned grid_for(int64_t work_items) {
-  const int64_t blocks = (work_items + kThreads - 1) / kThreads;
-  return static_cast<unsigned>(blocks < kMaxBlocks ? blocks : kMaxBlocks);
+  const int64_t blocks = (work_items + kThreads - 1) / kThreads, max_blocks = FASTDIFF_MAX_BLOCKS;
+  return static_cast<unsigned>(blocks < max_blocks ? blocks : max_blocks);
 }
 
 // A tag carrying a storage type, for dispatching on DType with a generic lambda.

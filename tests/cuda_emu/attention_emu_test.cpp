@@ -1,4 +1,4 @@
-// Runs the CUDA attention kernels of csrc/cuda/attention_kernels.cuh on the host emulator
+// Runs the CUDA attention kernels of csrc/cuda/attention_*.cuh on the host emulator
 // (emulator.h) and checks forward and backward against a float64 reference: every compiled head-dim
 // width, both forward paths, boundary tiles, masks (with fully masked rows), broadcast biases and
 // strided (B, H, N, D) / fused-QKV layouts. Built and run by tests/cuda_emu/run.sh (and the slow
@@ -20,7 +20,8 @@
 #include <string>
 #include <vector>
 
-#include "cuda/attention_kernels.cuh"
+#include "cuda/attention_dispatch.cuh"
+#include "emu_check.h"
 #include "emulator.h"
 
 using fastdiff::DType;
@@ -28,37 +29,10 @@ using fastdiff::cuda::AttentionBwdParams;
 using fastdiff::cuda::AttentionParams;
 namespace attn = fastdiff::cuda::attn;
 namespace emu = fastdiff::cuda::emu;
+using emu::Buffer;
+using emu::Result;
 
 namespace {
-
-#if defined(__SANITIZE_ADDRESS__)
-constexpr size_t kGuard = 0;  // exact allocations: AddressSanitizer sees any access outside them
-#else
-constexpr size_t kGuard = 4096;  // NaN-filled bytes around every buffer
-#endif
-
-// A "device" buffer: bytes with poisoned guard bands (0xFF: NaN in every float format).
-struct Buffer {
-  std::vector<unsigned char> mem;
-  size_t bytes = 0;
-  explicit Buffer(size_t n, unsigned char fill = 0xFF) : mem(n + 2 * kGuard + 16, 0xFF), bytes(n) {
-    std::memset(data(), fill, n);
-  }
-  unsigned char* data() {
-    auto p = reinterpret_cast<uintptr_t>(mem.data()) + kGuard;
-    return reinterpret_cast<unsigned char*>((p + 15) / 16 * 16);
-  }
-  bool guards_intact() {
-    unsigned char* d = data();
-    for (unsigned char* p = mem.data(); p < d; ++p) {
-      if (*p != 0xFF) return false;
-    }
-    for (unsigned char* p = d + bytes; p < mem.data() + mem.size(); ++p) {
-      if (*p != 0xFF) return false;
-    }
-    return true;
-  }
-};
 
 struct EmuRunner {
   int launches = 0;
@@ -133,15 +107,6 @@ struct View {
 };
 
 constexpr double kTolUlps = 12.0;
-
-struct Result {
-  bool ok = true;
-  std::string notes;
-  void fail(const std::string& why) {
-    ok = false;
-    notes += " FAIL(" + why + ")";
-  }
-};
 
 // max |got - ref| / (u * max(max |ref|, 0.01)), NaN -> infinity. The floor covers gradients that
 // are exactly 0 in exact arithmetic (one key: p = 1, dS = 0) but not after rounding.
@@ -459,20 +424,13 @@ int main(int argc, char** argv) {
       // short path, 128 query rows per block: each warp walks two 16-row slabs (last block partial)
       {"d64 f16 short 2 slabs per warp", F, 1, 300, 77, 2, 64, Layout::kContig, Mask::kKeyMask, P::kShort, 0, 128},
   };
-  const std::string filter = argc > 1 ? argv[1] : "";
-  std::mt19937 rng(1234);
-  int failed = 0, ran = 0;
+  std::vector<emu::Case> runs;
   for (const Case& c : cases) {
-    if (!filter.empty() && c.name.find(filter) == std::string::npos) continue;
-    const Result r = run_case(c, rng);
-    ++ran;
-    std::printf("%-34s %s  %s\n", c.name.c_str(), r.ok ? "ok  " : "FAIL", r.notes.c_str());
-    std::fflush(stdout);
-    failed += r.ok ? 0 : 1;
+    // Each case seeds its own generator, so a case's inputs do not depend on which others run.
+    runs.push_back({c.name, [c] {
+                      std::mt19937 rng(static_cast<unsigned>(std::hash<std::string>{}(c.name)));
+                      return run_case(c, rng);
+                    }});
   }
-  const auto& n = emu::counters();
-  std::printf("%d cases, %d failed; emulated %llu mma, %llu ldmatrix, %llu cp.async, %llu block barriers\n", ran, failed,
-              static_cast<unsigned long long>(n.mma), static_cast<unsigned long long>(n.ldmatrix),
-              static_cast<unsigned long long>(n.cp_async), static_cast<unsigned long long>(n.block_barriers));
-  return failed == 0 && ran > 0 ? 0 : 1;
+  return emu::run_cases(argc, argv, runs);
 }

@@ -1,14 +1,16 @@
-// The host emulator of the attention kernels' warp primitives; see emulator.h.
+// The host emulator of CUDA blocks and warp primitives; see emulator.h.
 #include "emulator.h"
 
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
+#include <cuda_runtime.h>
 #include <ucontext.h>
 
 #include <cstdarg>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <map>
 #include <memory>
 #include <vector>
 
@@ -40,6 +42,14 @@ struct Warp {
   uint32_t a[32][4];
   uint32_t b[32][2];
   float f[32];
+  // Collectives over a lane mask (__shfl_*_sync, __syncwarp): one rendezvous per distinct mask.
+  struct MaskSync {
+    unsigned arrived = 0;
+    uint64_t gen = 0;
+    int tag[32];
+    uint64_t val[32];
+  };
+  std::map<unsigned, MaskSync> by_mask;
 };
 
 struct Copy {
@@ -51,13 +61,16 @@ struct Copy {
 
 constexpr size_t kStackBytes = 1 << 20;
 
+// Fiber stacks, reused from block to block (a grid runs many blocks).
+std::vector<std::unique_ptr<char[]>> g_stack_pool;
+
 struct Block {
   int threads = 0;
   char* smem = nullptr;
   size_t smem_bytes = 0;
   const std::function<void(int)>* body = nullptr;
   std::vector<ucontext_t> ctx;
-  std::vector<std::unique_ptr<char[]>> stacks;
+  std::vector<char*> stacks;
   std::vector<char> done;
   ucontext_t main_ctx;
   int cur = -1;
@@ -159,9 +172,10 @@ float elem(bool bf16, uint32_t reg, int hi) {
 }
 
 void make_fiber(Block& b, int t) {
-  b.stacks.emplace_back(new char[kStackBytes]);
+  if (g_stack_pool.size() <= static_cast<size_t>(t)) g_stack_pool.emplace_back(new char[kStackBytes]);
+  b.stacks.push_back(g_stack_pool[t].get());
   getcontext(&b.ctx[t]);
-  b.ctx[t].uc_stack.ss_sp = b.stacks.back().get();
+  b.ctx[t].uc_stack.ss_sp = b.stacks.back();
   b.ctx[t].uc_stack.ss_size = kStackBytes;
   b.ctx[t].uc_link = &b.main_ctx;
   makecontext(&b.ctx[t], fiber_entry, 0);
@@ -195,7 +209,7 @@ void run_block(int threads, char* smem, size_t smem_bytes, const std::function<v
       b.cur = t;
 #if defined(FD_EMU_ASAN)
       void* save = nullptr;
-      __sanitizer_start_switch_fiber(&save, b.stacks[t].get(), kStackBytes);
+      __sanitizer_start_switch_fiber(&save, b.stacks[t], kStackBytes);
       swapcontext(&b.main_ctx, &b.ctx[t]);
       __sanitizer_finish_switch_fiber(save, nullptr, nullptr);
 #else
@@ -327,4 +341,166 @@ void cp_async_wait(int newest_pending) {
   q.swap(keep);
 }
 
+// ---- plain __global__ kernels -------------------------------------------------------------------
+
+namespace {
+
+struct Grid {
+  Dim3 grid, block, idx;
+  char* smem = nullptr;
+};
+Grid g_grid;
+Device g_device;
+cudaError_t g_last_error = cudaSuccess;
+std::map<const void*, int> g_max_dynamic_smem;  // cudaFuncAttributeMaxDynamicSharedMemorySize per kernel
+
+// This lane arrives at s; returns once every lane of `mask` has.
+void mask_arrive(Warp::MaskSync& s, unsigned mask) {
+  const uint64_t gen = s.gen;
+  s.arrived |= 1u << lane();
+  if (s.arrived == mask) {
+    s.arrived = 0;
+    ++s.gen;
+    ++blk().progress;
+  } else {
+    while (s.gen == gen) yield();
+  }
+}
+
+// Waits until every lane of `mask` has arrived with the same tag; the values they published are then
+// in s.val. Lanes outside the mask neither take part nor wait.
+Warp::MaskSync& mask_rendezvous(unsigned mask, int tag, uint64_t bits) {
+  Block& b = blk();
+  const int l = lane();
+  if (!(mask >> l & 1u)) die("warp %d: lane %d calls a collective with mask %08x that excludes it", b.cur / 32, l, mask);
+  Warp::MaskSync& s = warp().by_mask[mask];
+  s.tag[l] = tag;
+  s.val[l] = bits;
+  mask_arrive(s, mask);
+  for (int k = 0; k < 32; ++k) {
+    if ((mask >> k & 1u) && s.tag[k] != tag) {
+      die("warp %d, mask %08x: lane %d made collective %d while lane %d made %d", b.cur / 32, mask, k, s.tag[k], l, tag);
+    }
+  }
+  return s;
+}
+
+// The second half of a collective: no lane of `mask` publishes again before every lane has read.
+void mask_release(unsigned mask) { mask_arrive(warp().by_mask[mask], mask); }
+
+bool launch_ok(const void* kernel, Dim3 grid, Dim3 block, size_t dynamic_smem) {
+  const uint64_t threads = uint64_t{block.x} * block.y * block.z;
+  if (block.x == 0 || block.y == 0 || block.z == 0 || block.x > 1024 || block.y > 1024 || block.z > 64 ||
+      threads > 1024 || grid.x == 0 || grid.y == 0 || grid.z == 0 || grid.x > 2147483647u ||
+      grid.y > g_device.max_grid_y || grid.z > 65535) {
+    g_last_error = cudaErrorInvalidConfiguration;
+    return false;
+  }
+  const auto opt = g_max_dynamic_smem.find(kernel);
+  const size_t limit = opt != g_max_dynamic_smem.end() ? static_cast<size_t>(opt->second) : 48 * 1024;
+  if (dynamic_smem > limit) {
+    g_last_error = cudaErrorInvalidValue;
+    return false;
+  }
+  if (threads % 32 != 0) die("launch of a %llu-thread block: the emulator runs whole warps only", static_cast<unsigned long long>(threads));
+  return true;
+}
+
+}  // namespace
+
+Device& device() { return g_device; }
+
+void launch_grid(const void* kernel, Dim3 grid, Dim3 block, size_t dynamic_smem, const std::function<void()>& thread) {
+  if (!launch_ok(kernel, grid, block, dynamic_smem)) return;
+  ++g_counters.launches;
+  const int threads = static_cast<int>(block.x * block.y * block.z);
+  constexpr size_t kGuard = 256;
+  std::vector<unsigned char> buf(dynamic_smem + 2 * kGuard + 16);
+  char* const smem = reinterpret_cast<char*>((reinterpret_cast<uintptr_t>(buf.data()) + kGuard + 15) / 16 * 16);
+  g_grid = Grid{grid, block, Dim3{}, smem};
+  const std::function<void(int)> body = [&](int) { thread(); };
+  for (unsigned z = 0; z < grid.z; ++z) {
+    for (unsigned y = 0; y < grid.y; ++y) {
+      for (unsigned x = 0; x < grid.x; ++x) {
+        ++g_counters.blocks;
+        g_grid.idx = Dim3{x, y, z};
+        std::memset(buf.data(), 0xFF, buf.size());  // shared memory starts poisoned (NaN in every format)
+        run_block(threads, smem, dynamic_smem, body);
+        for (size_t i = 0; i < buf.size(); ++i) {
+          const unsigned char* p = buf.data() + i;
+          const bool inside = p >= reinterpret_cast<unsigned char*>(smem) && p < reinterpret_cast<unsigned char*>(smem) + dynamic_smem;
+          if (!inside && *p != 0xFF) die("block (%u, %u, %u) wrote outside its %zu bytes of dynamic shared memory", x, y, z, dynamic_smem);
+        }
+      }
+    }
+  }
+  g_grid = Grid{};
+}
+
+Dim3 thread_idx() {
+  const int t = blk().cur;
+  const Dim3 bd = g_grid.block;
+  return Dim3{t % bd.x, t / bd.x % bd.y, t / (bd.x * bd.y)};
+}
+Dim3 block_idx() { return g_grid.idx; }
+Dim3 block_dim() { return g_grid.block; }
+Dim3 grid_dim() { return g_grid.grid; }
+char* dynamic_smem_base() { return g_grid.smem; }
+
+uint64_t shfl_sync(unsigned mask, uint64_t bits, int kind, int arg, int width) {
+  ++g_counters.shuffles;
+  Warp::MaskSync& s = mask_rendezvous(mask, kShfl * 64 + kind * 32 + (width & 31), bits);
+  const int l = lane(), seg = l & ~(width - 1);
+  int src = kind == 0 ? l ^ arg : l + arg;
+  if (src < seg || src >= seg + width) src = l;
+  if (!(mask >> src & 1u)) die("warp %d: lane %d shuffles from lane %d, outside mask %08x", blk().cur / 32, l, src, mask);
+  const uint64_t r = s.val[src];
+  mask_release(mask);
+  return r;
+}
+
+void warp_sync_mask(unsigned mask) {
+  mask_rendezvous(mask, kWarpSync * 64, 0);
+}
+
 }  // namespace fastdiff::cuda::emu
+
+// ---- the CUDA runtime calls the launchers make ---------------------------------------------------
+cudaError_t cudaGetLastError() {
+  const cudaError_t e = fastdiff::cuda::emu::g_last_error;
+  fastdiff::cuda::emu::g_last_error = cudaSuccess;
+  return e;
+}
+
+cudaError_t cudaGetDevice(int* device) {
+  *device = 0;
+  return cudaSuccess;
+}
+
+cudaError_t cudaDeviceGetAttribute(int* value, cudaDeviceAttr attr, int device) {
+  const auto& d = fastdiff::cuda::emu::g_device;
+  if (device != 0) return cudaErrorInvalidDevice;
+  switch (attr) {
+    case cudaDevAttrMultiProcessorCount: *value = d.sm_count; return cudaSuccess;
+    case cudaDevAttrMaxSharedMemoryPerBlockOptin: *value = d.smem_optin; return cudaSuccess;
+    case cudaDevAttrMaxSharedMemoryPerBlock: *value = 48 * 1024; return cudaSuccess;
+    default: return cudaErrorInvalidValue;
+  }
+}
+
+cudaError_t cudaFuncSetAttribute(const void* func, cudaFuncAttribute attr, int value) {
+  if (attr != cudaFuncAttributeMaxDynamicSharedMemorySize) return cudaErrorInvalidValue;
+  if (value < 0 || value > fastdiff::cuda::emu::g_device.smem_optin) return cudaErrorInvalidValue;
+  fastdiff::cuda::emu::g_max_dynamic_smem[func] = value;
+  return cudaSuccess;
+}
+
+const char* cudaGetErrorName(cudaError_t e) {
+  switch (e) {
+    case cudaSuccess: return "cudaSuccess";
+    case cudaErrorInvalidValue: return "cudaErrorInvalidValue";
+    case cudaErrorInvalidConfiguration: return "cudaErrorInvalidConfiguration";
+    case cudaErrorInvalidDevice: return "cudaErrorInvalidDevice";
+    default: return "cudaError (other)";
+  }
+}
