@@ -34,11 +34,12 @@ def _acc(*tensors: Tensor) -> torch.dtype:
 
 
 def _gelu_and_slope(g: Tensor, tanh: bool) -> tuple[Tensor, Tensor]:
-    """gelu(g) and gelu'(g), written out (what the kernels compute)."""
+    """gelu(g) and gelu'(g), written out (what the kernels compute) in forms that keep their relative
+    accuracy where gelu is tiny (g << 0), unlike 0.5 g (1 + erf(...)) or 0.5 g (1 + tanh(...))."""
     if tanh:
         k, c = math.sqrt(2.0 / math.pi), 0.044715
-        th = torch.tanh(k * (g + c * g**3))
-        return 0.5 * g * (1 + th), 0.5 * (1 + th) + 0.5 * g * (1 - th * th) * k * (1 + 3 * c * g * g)
+        s = torch.sigmoid(2 * k * (g + c * g**3))  # (1 + tanh(y)) / 2
+        return g * s, s + g * (2 * s * (1 - s)) * k * (1 + 3 * c * g * g)
     cdf = 0.5 * torch.erfc(-g / math.sqrt(2.0))
     return g * cdf, cdf + g * torch.exp(-0.5 * g * g) / math.sqrt(2.0 * math.pi)
 
