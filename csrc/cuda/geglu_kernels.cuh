@@ -50,18 +50,23 @@ FD_GEGLU_DEV T from_f(float v) {
   }
 }
 
+// One 16-byte word of T elements.
+template <typename T>
+union Word {
+  static constexpr int kPer = static_cast<int>(16 / sizeof(T));
+  uint4 word;
+  T e[kPer];
+};
+
 // N consecutive elements as floats: one or more 16-byte words (kVector), else N == 1 scalar access.
 template <int N, bool kVector, typename T>
 FD_GEGLU_DEV void load(const T* p, float (&v)[N]) {
   if constexpr (kVector) {
-    constexpr int kPer = 16 / sizeof(T);
+    constexpr int kPer = Word<T>::kPer;
     static_assert(N % kPer == 0, "whole 16-byte words");
 #pragma unroll
     for (int w = 0; w < N / kPer; ++w) {
-      union {
-        uint4 word;
-        T e[kPer];
-      } raw;
+      Word<T> raw;
       raw.word = reinterpret_cast<const uint4*>(p)[w];
 #pragma unroll
       for (int i = 0; i < kPer; ++i) v[w * kPer + i] = to_f(raw.e[i]);
@@ -75,13 +80,10 @@ FD_GEGLU_DEV void load(const T* p, float (&v)[N]) {
 template <int N, bool kVector, typename T>
 FD_GEGLU_DEV void store(T* p, const float (&v)[N]) {
   if constexpr (kVector) {
-    constexpr int kPer = 16 / sizeof(T);
+    constexpr int kPer = Word<T>::kPer;
 #pragma unroll
     for (int w = 0; w < N / kPer; ++w) {
-      union {
-        uint4 word;
-        T e[kPer];
-      } raw;
+      Word<T> raw;
 #pragma unroll
       for (int i = 0; i < kPer; ++i) raw.e[i] = from_f<T>(v[w * kPer + i]);
       reinterpret_cast<uint4*>(p)[w] = raw.word;

@@ -2,7 +2,7 @@
 // thread of a block a fiber) and checks forward and backward against a float64 reference: every
 // dtype, both GELU forms, the 16-byte and the scalar path (odd H, unaligned views), a grid smaller
 // than the work (the threads' stride loop). Outputs start as NaN and sit between NaN guard bands:
-// an unwritten element or a write out of bounds fails. Built and run by tests/cuda_emu/run_geglu.sh.
+// an unwritten element or a write out of bounds fails. Built and run by `EMU_TEST=geglu tests/cuda_emu/run.sh`.
 //
 // Criterion, per element: |got - ref| <= tol * |ref| + 1e-3 * tol * max|ref|, tol = 1e-5 for float32
 // and one unit of the dtype's rounding (2^-11 fp16, 2^-8 bf16) otherwise: the kernels compute in

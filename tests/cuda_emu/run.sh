@@ -1,29 +1,31 @@
 #!/usr/bin/env bash
-# Builds the CUDA attention kernels for the host emulator and runs them against the float64
-# reference (tests/cuda_emu/attention_emu_test.cpp). Needs g++ and the CUDA headers (cuda_fp16.h,
-# cuda_bf16.h, cuda_runtime.h), no GPU.
-#   tests/cuda_emu/run.sh [case-substring]          optimised build
-#   ASAN=1 tests/cuda_emu/run.sh [case-substring]   AddressSanitizer build (any out-of-bounds
-#                                                   global access by a kernel aborts)
+# Builds CUDA kernels for the host emulator and runs them against their float64 references:
+# tests/cuda_emu/<family>_emu_test.cpp, with family = EMU_TEST (default attention). Needs g++ and
+# the CUDA headers (cuda_fp16.h, cuda_bf16.h, cuda_runtime.h), no GPU.
+#   tests/cuda_emu/run.sh [case-substring]                  the attention kernels, optimised build
+#   EMU_TEST=geglu tests/cuda_emu/run.sh [case-substring]   the geglu kernels
+#   ASAN=1 tests/cuda_emu/run.sh [case-substring]           AddressSanitizer build (any out-of-bounds
+#                                                           global access by a kernel aborts)
 # Environment: CXX (default g++), CUDA_HOME (default /usr/local/cuda), OUT (build dir, default
 # build/cuda_emu).
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 cuda="${CUDA_HOME:-/usr/local/cuda}"
 out="${OUT:-$root/build/cuda_emu}"
+family="${EMU_TEST:-attention}"
 mkdir -p "$out"
+# FASTDIFF_ATTN_EMULATE: the attention kernels' switch; FASTDIFF_CUDA_EMULATE: the other families'.
 flags=(-std=c++17 -g -fno-strict-aliasing -Wall -Wextra -Wno-unknown-pragmas -DFASTDIFF_ATTN_EMULATE
-       -I "$root/csrc" -I "$root/tests/cuda_emu" -I "$cuda/include")
+       -DFASTDIFF_CUDA_EMULATE -I "$root/csrc" -I "$root/tests/cuda_emu" -I "$cuda/include")
 if [[ "${ASAN:-0}" != 0 ]]; then
   flags+=(-O1 -fsanitize=address -fno-omit-frame-pointer)
-  bin="$out/attention_emu_test_asan"
+  bin="$out/${family}_emu_test_asan"
 else
   flags+=(-O2)
-  bin="$out/attention_emu_test"
+  bin="$out/${family}_emu_test"
 fi
-srcs=("$root/tests/cuda_emu/emulator.cpp" "$root/tests/cuda_emu/attention_emu_test.cpp")
-deps=("${srcs[@]}" "$root/tests/cuda_emu/emulator.h" "$root/csrc/cuda/attention_kernels.cuh"
-      "$root/csrc/cuda/attention_launchers.h" "$root/csrc/dtype.h")
+srcs=("$root/tests/cuda_emu/emulator.cpp" "$root/tests/cuda_emu/${family}_emu_test.cpp")
+deps=("${srcs[@]}" "$root/tests/cuda_emu/emulator.h" "$root"/csrc/cuda/*.cuh "$root"/csrc/cuda/*.h "$root"/csrc/*.h)
 stale=0
 [[ -x "$bin" ]] || stale=1
 for f in "${deps[@]}"; do [[ "$f" -nt "$bin" ]] && stale=1; done

@@ -1,6 +1,6 @@
 """The CUDA geglu kernels run on the host emulator (no GPU needed), against float64.
 
-tests/cuda_emu/run_geglu.sh compiles csrc/cuda/geglu_kernels.cuh as plain C++ (FASTDIFF_CUDA_EMULATE)
+`EMU_TEST=geglu tests/cuda_emu/run.sh` compiles csrc/cuda/geglu_kernels.cuh as plain C++ (FASTDIFF_CUDA_EMULATE)
 and runs forward and backward of every dtype and GELU form, on the 16-byte and the scalar path,
 against a float64 reference, with poisoned outputs and guard bands (geglu_emu_test.cpp).
 """
@@ -22,7 +22,8 @@ pytestmark = [
 
 
 def test_cuda_geglu_kernels_match_float64_on_the_emulator():
-    run = subprocess.run([str(HERE / "run_geglu.sh")], capture_output=True, text=True, timeout=1800)
+    env = {**os.environ, "EMU_TEST": "geglu"}
+    run = subprocess.run([str(HERE / "run.sh")], capture_output=True, text=True, timeout=1800, env=env)
     report = run.stdout + run.stderr
     assert run.returncode == 0, report
     assert " 0 failed" in run.stdout and " 36 passed" in run.stdout, report
