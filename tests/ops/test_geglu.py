@@ -196,3 +196,16 @@ def test_raw_ops_refuse_bad_inputs_and_write_nothing():
         torch.ops.fastdiff.geglu_backward(torch.zeros(2, 2, dtype=torch.float16), torch.zeros(2, 4), False)
     with pytest.raises(RuntimeError, match=r"argument 'x' expected a contiguous tensor"):
         torch.ops.fastdiff.geglu(torch.zeros(4, 6).t(), False)
+
+
+@pytest.mark.parametrize("approximate", APPROX)
+def test_nan_and_inf_propagate(backend_device, approximate):
+    """NaN in stays NaN; infinities and huge gates follow the written-out formulas (gelu(inf) = inf,
+    gelu(-1e30) = -0), which F.gelu's exact form does not (it gives NaN at +inf)."""
+    backend, device = backend_device
+    gate = torch.tensor([float("nan"), float("inf"), 0.0, 1.0, 200.0, -200.0, 1e30, -1e30])
+    a = torch.tensor([1.0, 1.0, float("nan"), float("inf"), 1.0, 1.0, 1.0, 1.0])
+    x = torch.cat([a, gate]).reshape(1, -1)
+    out = run(backend, geglu, x.to(device), approximate=approximate).cpu()
+    value, _ = G._gelu_and_slope(gate.double(), approximate == "tanh")
+    torch.testing.assert_close(out[0], (a.double() * value).float(), equal_nan=True)

@@ -94,8 +94,10 @@ FD_INLINE vf gelu_exact(vf g, vf* slope) {
   // exp(-g^2 / 2) without rounding g^2 / 2 (which would cost g^2 2^-25 relative, 4e-6 at g = 11):
   // g = gh + gl with gh's low 12 mantissa bits cleared, so gh^2 / 2 is exact, and
   // exp(-g^2 / 2) = exp(-gh^2 / 2) exp(-d), d = (2 gh + gl) gl / 2 < g^2 2^-12, exp(-d) by 4 terms.
-  const vf gh = reinterpret_cast<vf>(reinterpret_cast<vi>(ag) & static_cast<int32_t>(0xFFFFF000u));
-  const vf gl = ag - gh;
+  // |g| > 16 leaves exp(-g^2 / 2) at 0 either way; the clamp keeps d finite for huge |g| (NaN stays NaN).
+  const vf agc = select(ag > 16.0f, splat(16.0f), ag);
+  const vf gh = reinterpret_cast<vf>(reinterpret_cast<vi>(agc) & static_cast<int32_t>(0xFFFFF000u));
+  const vf gl = agc - gh;
   const vf d = (gh + 0.5f * gl) * gl;
   const vf e = vexp(-0.5f * (gh * gh)) * (1.0f - d * (1.0f - d * (0.5f - d * (1.0f / 6))));
   const vf half_erfc = 0.5f * e * verfcx(t);
