@@ -1,5 +1,5 @@
 // The parameters of one geglu call (forward or backward), torch-free: filled once by the torch side
-// (csrc/geglu_checks.h, for the CPU op in csrc/cpu/geglu.cpp and the CUDA binding in
+// (csrc/geglu_fill.h, for the CPU op in csrc/cpu/geglu.cpp and the CUDA binding in
 // csrc/cuda/bindings_geglu.cpp) and read by the CPU kernels (csrc/cpu/kernels/geglu.cpp) and the CUDA
 // kernels (csrc/cuda/geglu_kernels.cuh). Semantics: the geglu block of csrc/ops.cpp.
 #pragma once

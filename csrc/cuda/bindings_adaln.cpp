@@ -14,13 +14,24 @@
 
 #include "adaln_args.h"
 #include "cuda/adaln.h"
-#include "cuda/on_device.h"
 
 // The op implementations live in their own namespace: several share their names with the launchers.
 namespace fastdiff::cuda::ops {
 namespace {
 
 using Opt = std::optional<at::Tensor>;
+
+// Where the CUDA ops need a tensor: a contiguous CUDA tensor on ref's device.
+struct OnRefDevice {
+  static void check_with(const at::Tensor& t, const at::Tensor& ref, const char* op, const char* arg) {
+    TORCH_CHECK(t.is_cuda(), "fastdiff.", op, ": argument '", arg, "' expected a CUDA tensor, got a tensor on ",
+                t.device());
+    TORCH_CHECK(t.device() == ref.device(), "fastdiff.", op, ": argument '", arg, "' expected a tensor on ",
+                ref.device(), " (like the other inputs), got a tensor on ", t.device());
+    TORCH_CHECK(t.is_contiguous(), "fastdiff.", op, ": argument '", arg, "' expected a contiguous tensor, got strides ",
+                t.strides());
+  }
+};
 
 using Shape = adaln_args::Shape;
 using Check = adaln_args::Checks<OnRefDevice>;

@@ -1,7 +1,7 @@
-// Argument checks of the geglu ops, shared by the CPU op (csrc/cpu/geglu.cpp) and the CUDA binding
-// (csrc/cuda/bindings_geglu.cpp), which differ only in where a tensor must be (`Place`, as in
-// adaln_args.h: check_with(t, ref, op, arg) fails unless t is contiguous and where the backend needs
-// it) and in how outputs are allocated and kernels launched. Fills the torch-free GegluArgs.
+// Argument checks of the geglu ops, filling the torch-free GegluArgs once for the CPU op
+// (csrc/cpu/geglu.cpp) and the CUDA binding (csrc/cuda/bindings_geglu.cpp), which differ only in where
+// a tensor must be (`Place`: place.h's OnCpu or OnCuda) and in how outputs are allocated and kernels
+// launched.
 #pragma once
 
 #include <ATen/core/Tensor.h>
@@ -10,14 +10,15 @@
 #include <vector>
 
 #include "geglu_args.h"
+#include "place.h"
 #include "torch_args.h"
 
-namespace fastdiff::geglu_checks {
+namespace fastdiff::geglu_fill {
 
 // x: (..., 2H) with H >= 0. Returns the args with x, dtype, rows, half and tanh filled.
 template <typename Place>
 GegluArgs input(const at::Tensor& x, bool tanh, const char* op) {
-  Place::check_with(x, x, op, "x");
+  Place::check(x, x, op, "x");
   GegluArgs a{};
   a.dtype = to_dtype(x, op, "x");
   TORCH_CHECK(x.dim() >= 1, "fastdiff.", op, ": argument 'x' expected at least 1 dimension, got a 0-d tensor");
@@ -35,7 +36,7 @@ GegluArgs input(const at::Tensor& x, bool tanh, const char* op) {
 // grad_out: x's shape with the last dim halved, x's dtype, placed like x.
 template <typename Place>
 void grad_out(const at::Tensor& g, const at::Tensor& x, const GegluArgs& a, const char* op) {
-  Place::check_with(g, x, op, "grad_out");
+  Place::check(g, x, op, "grad_out");
   TORCH_CHECK(g.scalar_type() == x.scalar_type(), "fastdiff.", op, ": argument 'grad_out' expected dtype ",
               x.scalar_type(), " (x's), got ", g.scalar_type());
   auto want = x.sizes().vec();
@@ -51,4 +52,4 @@ inline std::vector<int64_t> out_shape(const at::Tensor& x) {
   return s;
 }
 
-}  // namespace fastdiff::geglu_checks
+}  // namespace fastdiff::geglu_fill
