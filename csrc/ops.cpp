@@ -123,4 +123,17 @@ TORCH_LIBRARY(fastdiff, m) {
   m.def("attention_fwd_triton(Tensor q, Tensor k, Tensor v, Tensor? key_mask, Tensor? bias, float scale) -> (Tensor out, Tensor lse)");
   m.def("attention_bwd_triton(Tensor grad_out, Tensor q, Tensor k, Tensor v, Tensor out, Tensor lse, Tensor? key_mask, "
         "Tensor? bias, float scale) -> (Tensor grad_q, Tensor grad_k, Tensor grad_v)");
+
+  // ---- geglu: the gated GELU of transformer feed-forwards (diffusers' GEGLU after its projection) ---
+  // x: (..., 2H), contiguous, float32/float16/bfloat16, H >= 0 (an odd last dim is an argument error).
+  // Each row is [a | gate], a = x[..., :H], gate = x[..., H:]; out = a * gelu(gate), (..., H), x's dtype.
+  // gelu(g) = g * Phi(g) (Phi the standard normal CDF), or with tanh = true
+  //   gelu(g) = 0.5 g (1 + tanh(sqrt(2/pi) (g + 0.044715 g^3))). Arithmetic in float32.
+  m.def("geglu(Tensor x, bool tanh) -> Tensor");
+  // grad_out: (..., H) in x's dtype, contiguous. Returns grad_x (..., 2H) = [grad_out * gelu(gate) |
+  // grad_out * a * gelu'(gate)], x's dtype. Elementwise: no reductions, the same bits at any thread count.
+  m.def("geglu_backward(Tensor grad_out, Tensor x, bool tanh) -> Tensor");
+  // Triton variants: same schemas and contract, kernels in fastdiff/triton/geglu.py.
+  m.def("geglu_triton(Tensor x, bool tanh) -> Tensor");
+  m.def("geglu_backward_triton(Tensor grad_out, Tensor x, bool tanh) -> Tensor");
 }

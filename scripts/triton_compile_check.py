@@ -27,6 +27,7 @@ from triton.compiler import ASTSource  # noqa: E402
 
 from fastdiff.ops.sampler_update import A, B, CD, CX, CZ, HISTORY, SLOT  # noqa: E402
 from fastdiff.triton import _common  # noqa: E402
+from fastdiff.triton import geglu as GG  # noqa: E402
 from fastdiff.triton import guidance as G  # noqa: E402
 from fastdiff.triton import sampler_update as S  # noqa: E402
 
@@ -83,6 +84,12 @@ def cases():
         yield update("f32", "f32", k, guided, noise, guided, guided, ALIGNED)
     for size in SIZES:
         yield update("bf16", "f16", 3, True, True, True, True, size)
+
+    for dt, tanh, size in itertools.product(DTYPES, (False, True), SIZES):  # geglu: h is the row's half-width
+        blk = block(size, _common.BLOCK)
+        common = dict(h=SIZES[size]["n"], TANH=tanh, BLOCK=blk, WIDE=size == "huge")
+        yield GG._forward_kernel, dict(x_ptr=PTR[dt], out_ptr=PTR[dt], **common), _common.warps_for(blk), size
+        yield GG._backward_kernel, dict(go_ptr=PTR[dt], x_ptr=PTR[dt], gx_ptr=PTR[dt], **common), _common.warps_for(blk), size
 
 
 def compile_one(fn, args, num_warps, size, arch):
