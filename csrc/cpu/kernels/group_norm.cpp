@@ -61,20 +61,20 @@ void silu_inplace(float* __restrict v, int64_t n) {
   for (; j < n; ++j) v[j] *= sigmoid1(v[j]);
 }
 
-// g = g * silu'(y), silu'(y) = s (1 + y (1 - s)), s = sigmoid(y)
-void silu_grad_inplace(const float* __restrict y, float* __restrict g, int64_t n) {
+// dy = g * silu'(y), silu'(y) = s (1 + y (1 - s)), s = sigmoid(y)
+void silu_grad(const float* __restrict y, const float* __restrict g, float* __restrict dy, int64_t n) {
   int64_t j = 0;
 #if defined(__AVX2__) && defined(__FMA__)
   const __m256 one = _mm256_set1_ps(1.0f);
   for (; j + 8 <= n; j += 8) {
     const __m256 yv = _mm256_loadu_ps(y + j), s = sigmoid8(yv);
     const __m256 d = _mm256_mul_ps(s, _mm256_fmadd_ps(yv, _mm256_sub_ps(one, s), one));
-    _mm256_storeu_ps(g + j, _mm256_mul_ps(_mm256_loadu_ps(g + j), d));
+    _mm256_storeu_ps(dy + j, _mm256_mul_ps(_mm256_loadu_ps(g + j), d));
   }
 #endif
   for (; j < n; ++j) {
     const float s = sigmoid1(y[j]);
-    g[j] *= s * (1.0f + y[j] * (1.0f - s));
+    dy[j] = g[j] * (s * (1.0f + y[j] * (1.0f - s)));
   }
 }
 
@@ -253,14 +253,16 @@ void apply(const GroupNormArgs& a, int64_t n, int64_t c0, int64_t c1, int64_t b)
 }
 
 // ---- backward ------------------------------------------------------------------------------------
-// xhat and dy (the gradient at the affine output y) of one row.
+// xhat and dy (the gradient at the affine output y) of one row; returns dy (grad_out's own row for a
+// float tensor without SiLU, else `buf`).
 template <typename T>
-void row_grad(const Task<T>& t, int64_t off, int64_t m, float* row, float* xhat, float* y, float* dy) {
+const float* row_grad(const Task<T>& t, int64_t off, int64_t m, float* row, float* xhat, float* y, float* buf) {
   const GroupNormArgs& a = t.a;
   normalise(m, in_row(t.at(a.x, off), m, row), t.mean, t.rstd, t.w, t.bias, xhat, y);
-  const float* g = in_row(t.at(a.grad_out, off), m, dy);
-  if (g != dy) std::copy_n(g, m, dy);
-  if (a.silu) silu_grad_inplace(y, dy, m);
+  const float* g = in_row(t.at(a.grad_out, off), m, buf);
+  if (!a.silu) return g;
+  silu_grad(y, g, buf, m);
+  return buf;
 }
 
 template <typename T>
@@ -273,8 +275,7 @@ void grad_sums(const GroupNormArgs& a, int64_t n, int64_t c0, int64_t c1, int64_
     t.load_constants(0);
     std::fill_n(sa, C, 0.0f), std::fill_n(sb, C, 0.0f);
     t.rows(0, [&](int64_t off, int64_t m) {
-      row_grad(t, off, m, row, xhat, y, dy);
-      col_grad(m, dy, xhat, sa, sb);
+      col_grad(m, row_grad(t, off, m, row, xhat, y, dy), xhat, sa, sb);
     });
     for (int64_t c = 0; c < C; ++c) {
       float* r = record(a, n, c, b);
@@ -286,9 +287,9 @@ void grad_sums(const GroupNormArgs& a, int64_t n, int64_t c0, int64_t c1, int64_
     t.load_constants(c);
     double sa = 0.0, sb = 0.0;
     t.rows(c, [&](int64_t off, int64_t m) {
-      row_grad(t, off, m, row, xhat, y, dy);
-      sa += row_sum(dy, m);
-      sb += row_dot(dy, xhat, m);
+      const float* d = row_grad(t, off, m, row, xhat, y, dy);
+      sa += row_sum(d, m);
+      sb += row_dot(d, xhat, m);
     });
     float* r = record(a, n, c, b);
     r[0] = static_cast<float>(sa), r[1] = static_cast<float>(sb), r[2] = 0.0f;
@@ -309,10 +310,10 @@ void grad_x(const GroupNormArgs& a, int64_t n, int64_t c0, int64_t c1, int64_t b
       k1[j] = t.rstd[j] * t.w[j], k0[j] = -t.rstd[j] * coef[0], k2[j] = -t.rstd[j] * coef[1];
     }
     t.rows(c, [&](int64_t off, int64_t m) {
-      row_grad(t, off, m, row, xhat, y, dy);
+      const float* d = row_grad(t, off, m, row, xhat, y, dy);
       T* o = static_cast<T*>(a.grad_x) + off;
       float* of = out_row(o, obuf);
-      grad_input(m, dy, xhat, k1, k0, k2, of);
+      grad_input(m, d, xhat, k1, k0, k2, of);
       flush(o, of, m);
     });
   }
