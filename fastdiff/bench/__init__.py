@@ -35,6 +35,7 @@ FAMILY_BENCHES = {
     "overhead": ("sampler_overhead", "a whole guided sampling loop with a trivial model, fastdiff vs diffusers"),
     "adaln": ("adaln", "adaLN forward/backward against eager PyTorch and torch.compile"),
     "attention": ("attention", "attention forward/backward against every SDPA backend"),
+    "group_norm": ("group_norm", "GroupNorm + SiLU forward/backward against eager PyTorch and torch.compile"),
 }
 
 
