@@ -237,7 +237,6 @@ def group_norm_backward(grad_out: Tensor, x: Tensor, weight: Optional[Tensor], b
             _grad_x_kernel[(n * c, triton.cdiv(s, TILE))](x, grad_out, grad_x, coef, mean, rstd, w, b, c, s, cg,
                                                          num_groups, sn, sc, ss, TILE=TILE, **flags)
     per_channel = sums.sum(0)
-    empty = x.new_empty((0,))
-    grad_w = per_channel[:, 1].to(x.dtype) if weight is not None else empty
-    grad_b = per_channel[:, 0].to(x.dtype) if bias is not None else empty
+    grad_w = per_channel[:, 1].to(x.dtype) if weight is not None else x.new_empty((0,))
+    grad_b = per_channel[:, 0].to(x.dtype) if bias is not None else x.new_empty((0,))
     return grad_x, grad_w, grad_b
