@@ -1,9 +1,12 @@
-// Argument checks of the group_norm ops, shared by the CPU op (csrc/cpu/group_norm.cpp) and the CUDA
-// binding (csrc/cuda/bindings_group_norm.cpp): each fills the one GroupNormArgs (group_norm_args.h)
-// from its tensors; the two differ only in the device they expect, and then in allocation and launch.
+// Argument checks and buffers of the group_norm ops, shared by the CPU op (csrc/cpu/group_norm.cpp) and
+// the CUDA binding (csrc/cuda/bindings_group_norm.cpp): each fills the one GroupNormArgs
+// (group_norm_args.h) from its tensors and allocates its outputs and workspaces on x's device; the two
+// differ only in the device they expect and in how they launch.
 #pragma once
 
 #include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/empty_like.h>
 #include <c10/util/Exception.h>
 
 #include <cstdint>
@@ -90,6 +93,48 @@ inline const void* grad_out(const at::Tensor& g, const at::Tensor& x, const Grou
               ": argument 'grad_out' expected x's layout (", a.channels_last ? "channels-last" : "contiguous",
               "), got strides ", g.strides());
   return g.data_ptr();
+}
+
+// Outputs and float32 workspaces of one call on x's device, their pointers set in a.
+struct Buffers {
+  at::Tensor out, mean, rstd;                     // forward
+  at::Tensor grad_x, grad_weight, grad_bias;      // backward
+  at::Tensor partial, channel_sums, group_coef;   // workspaces
+};
+
+inline at::Tensor floats(int64_t count, const at::Tensor& x) {
+  return at::empty({count}, x.options().dtype(at::kFloat));
+}
+
+inline at::Tensor like_x(const at::Tensor& x, const GroupNormArgs& a) {
+  return at::empty(x.sizes(), x.options().memory_format(memory_format(x, a.channels_last)));
+}
+
+inline Buffers forward_buffers(GroupNormArgs& a, const at::Tensor& x) {
+  Buffers f;
+  f.out = like_x(x, a);
+  f.mean = at::empty({a.batch, a.groups}, x.options().dtype(at::kFloat));
+  f.rstd = at::empty({a.batch, a.groups}, x.options().dtype(at::kFloat));
+  f.partial = floats(group_norm_partial_floats(a), x);
+  a.out = f.out.data_ptr(), a.mean = f.mean.data_ptr<float>(), a.rstd = f.rstd.data_ptr<float>();
+  a.partial = f.partial.data_ptr<float>();
+  return f;
+}
+
+// grad_weight / grad_bias: (C,) like the parameter, or shape (0,) (and null in a) when it is absent.
+inline Buffers backward_buffers(GroupNormArgs& a, const at::Tensor& x, const Opt& weight, const Opt& bias) {
+  Buffers f;
+  f.grad_x = like_x(x, a);
+  f.grad_weight = weight.has_value() ? at::empty_like(*weight) : at::empty({0}, x.options());
+  f.grad_bias = bias.has_value() ? at::empty_like(*bias) : at::empty({0}, x.options());
+  f.partial = floats(group_norm_partial_floats(a), x);
+  f.channel_sums = floats(a.batch * a.channels * 2, x);
+  f.group_coef = floats(a.batch * a.groups * 2, x);
+  a.grad_x = f.grad_x.data_ptr(), a.partial = f.partial.data_ptr<float>();
+  a.channel_sums = f.channel_sums.data_ptr<float>(), a.group_coef = f.group_coef.data_ptr<float>();
+  a.grad_weight = weight.has_value() ? f.grad_weight.data_ptr() : nullptr;
+  a.grad_bias = bias.has_value() ? f.grad_bias.data_ptr() : nullptr;
+  return f;
 }
 
 }  // namespace fastdiff::group_norm_checks

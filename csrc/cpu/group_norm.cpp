@@ -1,5 +1,6 @@
 // CPU implementations of group_norm and group_norm_backward (schemas and semantics: csrc/ops.cpp).
-// Checks and allocation here (group_norm_checks.h), threading here, the loops in cpu/kernels/group_norm.cpp.
+// Checks and allocation in group_norm_checks.h (shared with the CUDA binding), threading here, the loops in
+// cpu/kernels/group_norm.cpp.
 //
 // Deterministic at any thread count: every sum is cut into the blocks of group_norm_args.h (a function
 // of the shape), each block is summed by one task, and blocks are combined in a fixed order. Small
@@ -8,6 +9,7 @@
 #include <torch/library.h>
 
 #include <tuple>
+#include <vector>
 
 #include "cpu/common.h"
 #include "cpu/kernels/group_norm.h"
@@ -64,19 +66,13 @@ void group_blocks(const GroupNormArgs& a, int64_t n, int64_t g, const Fn& fn) {
   for (int64_t b = 0; b < a.blocks; ++b) fn(n, g * cg, (g + 1) * cg, b);
 }
 
-at::Tensor floats(int64_t count, const at::Tensor& x) { return at::empty({count}, x.options().dtype(at::kFloat)); }
-
 std::tuple<at::Tensor, at::Tensor, at::Tensor> group_norm(const at::Tensor& x, int64_t num_groups, const Opt& weight,
                                                           const Opt& bias, double eps, bool silu) {
   constexpr const char* op = "group_norm";
   GroupNormArgs a = checks::inputs(x, num_groups, weight, bias, silu, c10::DeviceType::CPU, op);
   a.eps = static_cast<float>(eps);
-  at::Tensor out = empty_output(x.sizes(), x.options().memory_format(checks::memory_format(x, a.channels_last)));
-  at::Tensor mean = at::empty({a.batch, a.groups}, x.options().dtype(at::kFloat));
-  at::Tensor rstd = at::empty({a.batch, a.groups}, x.options().dtype(at::kFloat));
-  at::Tensor partial = floats(group_norm_partial_floats(a), x);
-  a.out = out.data_ptr(), a.mean = mean.data_ptr<float>(), a.rstd = rstd.data_ptr<float>();
-  a.partial = partial.data_ptr<float>();
+  checks::Buffers f = checks::forward_buffers(a, x);
+  advise_huge_pages(f.out.data_ptr(), f.out.nbytes());
   auto stats = [&](int64_t n, int64_t c0, int64_t c1, int64_t b) { FASTDIFF_GN_CALL(group_norm_stats, a, n, c0, c1, b); };
   auto apply = [&](int64_t n, int64_t c0, int64_t c1, int64_t b) { FASTDIFF_GN_CALL(group_norm_apply, a, n, c0, c1, b); };
   auto finalize = [&](int64_t n, int64_t g) { FASTDIFF_GN_CALL(group_norm_finalize, a, n, g); };
@@ -91,7 +87,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> group_norm(const at::Tensor& x, i
     for_groups(a, finalize);
     for_tasks(a, apply);
   }
-  return {out, mean, rstd};
+  return {f.out, f.mean, f.rstd};
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> group_norm_backward(const at::Tensor& grad_out, const at::Tensor& x,
@@ -103,33 +99,40 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> group_norm_backward(const at::Ten
   a.grad_out = checks::grad_out(grad_out, x, a, op);
   a.mean = checks::stats(mean, x, a, op, "mean");
   a.rstd = checks::stats(rstd, x, a, op, "rstd");
-  at::Tensor grad_x = empty_output(x.sizes(), x.options().memory_format(checks::memory_format(x, a.channels_last)));
-  at::Tensor grad_w = weight.has_value() ? at::empty_like(*weight) : at::empty({0}, x.options());
-  at::Tensor grad_b = bias.has_value() ? at::empty_like(*bias) : at::empty({0}, x.options());
-  at::Tensor partial = floats(group_norm_partial_floats(a), x);
-  at::Tensor channel_sums = floats(a.batch * a.channels * 2, x), group_coef = floats(a.batch * a.groups * 2, x);
-  a.grad_x = grad_x.data_ptr(), a.partial = partial.data_ptr<float>();
-  a.channel_sums = channel_sums.data_ptr<float>(), a.group_coef = group_coef.data_ptr<float>();
-  a.grad_weight = weight.has_value() ? grad_w.data_ptr() : nullptr;
-  a.grad_bias = bias.has_value() ? grad_b.data_ptr() : nullptr;
-  auto sums = [&](int64_t n, int64_t c0, int64_t c1, int64_t b) { FASTDIFF_GN_CALL(group_norm_grad_sums, a, n, c0, c1, b); };
-  auto dx = [&](int64_t n, int64_t c0, int64_t c1, int64_t b) { FASTDIFF_GN_CALL(group_norm_grad_x, a, n, c0, c1, b); };
+  checks::Buffers f = checks::backward_buffers(a, x, weight, bias);
+  advise_huge_pages(f.grad_x.data_ptr(), f.grad_x.nbytes());
   auto coef = [&](int64_t n, int64_t g) { FASTDIFF_GN_CALL(group_norm_grad_group, a, n, g); };
   if (group_local(a)) {
-    for_groups(a, [&](int64_t n, int64_t g) {
-      group_blocks(a, n, g, sums);
-      coef(n, g);
-      group_blocks(a, n, g, dx);
+    // SiLU's derivative costs an exp per element: each task keeps its group's dy from the sums pass for
+    // grad_x (the same values the recomputation would give), one buffer per thread.
+    const int64_t group_elems = (a.channels / a.groups) * a.spatial;
+    at::parallel_for(0, a.batch * a.groups, 1, [&](int64_t lo, int64_t hi) {
+      std::vector<float> cache(a.silu ? static_cast<size_t>(group_elems) : 0);
+      float* dy = a.silu ? cache.data() : nullptr;
+      for (int64_t i = lo; i < hi; ++i) {
+        const int64_t n = i / a.groups, g = i % a.groups;
+        group_blocks(a, n, g, [&](int64_t n_, int64_t c0, int64_t c1, int64_t b) {
+          FASTDIFF_GN_CALL(group_norm_grad_sums, a, n_, c0, c1, b, dy);
+        });
+        coef(n, g);
+        group_blocks(a, n, g, [&](int64_t n_, int64_t c0, int64_t c1, int64_t b) {
+          FASTDIFF_GN_CALL(group_norm_grad_x, a, n_, c0, c1, b, dy);
+        });
+      }
     });
   } else {
-    for_tasks(a, sums);
+    for_tasks(a, [&](int64_t n, int64_t c0, int64_t c1, int64_t b) {
+      FASTDIFF_GN_CALL(group_norm_grad_sums, a, n, c0, c1, b, nullptr);
+    });
     for_groups(a, coef);
-    for_tasks(a, dx);
+    for_tasks(a, [&](int64_t n, int64_t c0, int64_t c1, int64_t b) {
+      FASTDIFF_GN_CALL(group_norm_grad_x, a, n, c0, c1, b, nullptr);
+    });
   }
   if (a.grad_weight || a.grad_bias) {
     at::parallel_for(0, a.channels, 64, [&](int64_t lo, int64_t hi) { FASTDIFF_GN_CALL(group_norm_grad_params, a, lo, hi); });
   }
-  return {grad_x, grad_w, grad_b};
+  return {f.grad_x, f.grad_weight, f.grad_bias};
 }
 
 #undef FASTDIFF_GN_CALL

@@ -145,15 +145,15 @@ template <typename T>
 struct Task {
   const GroupNormArgs& a;
   int64_t n, c0, c1, b, s0, s1;
-  int64_t width;  // floats per row: kChunk (NCHW) or C (channels-last)
+  int64_t width;  // floats per row: C (channels-last), or up to kChunk positions (NCHW)
   Scratch s;
   // Per-element constants of a row: mean, rstd, weight, bias of each element's channel.
   float *mean, *rstd, *w, *bias;
 
   Task(const GroupNormArgs& args, int64_t n_, int64_t c0_, int64_t c1_, int64_t b_)
       : a(args), n(n_), c0(c0_), c1(c1_), b(b_), s0(b_ * args.block_len),
-        s1(std::min(args.spatial, (b_ + 1) * args.block_len)), width(args.channels_last ? args.channels : kChunk),
-        s(12, width) {
+        s1(std::min(args.spatial, (b_ + 1) * args.block_len)),
+        width(args.channels_last ? args.channels : std::max<int64_t>(1, std::min(kChunk, s1 - s0))), s(12, width) {
     mean = s[0], rstd = s[1], w = s[2], bias = s[3];
   }
 
@@ -266,7 +266,7 @@ const float* row_grad(const Task<T>& t, int64_t off, int64_t m, float* row, floa
 }
 
 template <typename T>
-void grad_sums(const GroupNormArgs& a, int64_t n, int64_t c0, int64_t c1, int64_t b) {
+void grad_sums(const GroupNormArgs& a, int64_t n, int64_t c0, int64_t c1, int64_t b, float* dy_out) {
   Task<T> t(a, n, c0, c1, b);
   float *row = t.buf(0), *xhat = t.buf(1), *y = t.buf(2), *dy = t.buf(3);
   if (a.channels_last) {
@@ -286,10 +286,12 @@ void grad_sums(const GroupNormArgs& a, int64_t n, int64_t c0, int64_t c1, int64_
   for (int64_t c = c0; c < c1; ++c) {
     t.load_constants(c);
     double sa = 0.0, sb = 0.0;
+    const int64_t base = group_norm_index(a, n, c, 0);
     t.rows(c, [&](int64_t off, int64_t m) {
       const float* d = row_grad(t, off, m, row, xhat, y, dy);
       sa += row_sum(d, m);
       sb += row_dot(d, xhat, m);
+      if (dy_out) std::copy_n(d, m, dy_out + (c - c0) * a.spatial + (off - base));
     });
     float* r = record(a, n, c, b);
     r[0] = static_cast<float>(sa), r[1] = static_cast<float>(sb), r[2] = 0.0f;
@@ -297,20 +299,33 @@ void grad_sums(const GroupNormArgs& a, int64_t n, int64_t c0, int64_t c1, int64_
 }
 
 template <typename T>
-void grad_x(const GroupNormArgs& a, int64_t n, int64_t c0, int64_t c1, int64_t b) {
+void grad_x(const GroupNormArgs& a, int64_t n, int64_t c0, int64_t c1, int64_t b, const float* dy_in) {
   Task<T> t(a, n, c0, c1, b);
   float *row = t.buf(0), *xhat = t.buf(1), *y = t.buf(2), *dy = t.buf(3);
   float *k1 = t.buf(4), *k0 = t.buf(5), *k2 = t.buf(6), *obuf = t.buf(7);
+  const int64_t cg = a.channels / a.groups;
   for (int64_t c = c0; c < c1; c = a.channels_last ? c1 : c + 1) {
     t.load_constants(c);
-    for (int64_t j = 0; j < t.width; ++j) {
-      // The group's coefficients, read through the channel of element j.
-      const int64_t ch = a.channels_last ? j : c;
-      const float* coef = a.group_coef + (n * a.groups + t.group_of(ch)) * 2;
-      k1[j] = t.rstd[j] * t.w[j], k0[j] = -t.rstd[j] * coef[0], k2[j] = -t.rstd[j] * coef[1];
+    if (a.channels_last) {
+      for (int64_t j = 0; j < t.width; ++j) {  // each channel's group coefficients
+        const float* coef = a.group_coef + (n * a.groups + j / cg) * 2;
+        k1[j] = t.rstd[j] * t.w[j], k0[j] = -t.rstd[j] * coef[0], k2[j] = -t.rstd[j] * coef[1];
+      }
+    } else {  // one channel: constant rows
+      const float* coef = a.group_coef + (n * a.groups + c / cg) * 2;
+      std::fill_n(k1, t.width, t.rstd[0] * t.w[0]);
+      std::fill_n(k0, t.width, -t.rstd[0] * coef[0]);
+      std::fill_n(k2, t.width, -t.rstd[0] * coef[1]);
     }
+    const int64_t base = group_norm_index(a, n, c, 0);
     t.rows(c, [&](int64_t off, int64_t m) {
-      const float* d = row_grad(t, off, m, row, xhat, y, dy);
+      const float* d;
+      if (dy_in) {
+        normalise(m, in_row(t.at(a.x, off), m, row), t.mean, t.rstd, t.w, t.bias, xhat, y);
+        d = dy_in + (c - c0) * a.spatial + (off - base);
+      } else {
+        d = row_grad(t, off, m, row, xhat, y, dy);
+      }
       T* o = static_cast<T*>(a.grad_x) + off;
       float* of = out_row(o, obuf);
       grad_input(m, d, xhat, k1, k0, k2, of);
@@ -396,8 +411,8 @@ void group_norm_apply(const GroupNormArgs& a, int64_t n, int64_t c0, int64_t c1,
   by_dtype<Apply>(a.dtype, a, n, c0, c1, b);
 }
 
-void group_norm_grad_sums(const GroupNormArgs& a, int64_t n, int64_t c0, int64_t c1, int64_t b) {
-  by_dtype<GradSums>(a.dtype, a, n, c0, c1, b);
+void group_norm_grad_sums(const GroupNormArgs& a, int64_t n, int64_t c0, int64_t c1, int64_t b, float* dy_out) {
+  by_dtype<GradSums>(a.dtype, a, n, c0, c1, b, dy_out);
 }
 
 void group_norm_grad_group(const GroupNormArgs& a, int64_t n, int64_t g) {
@@ -420,8 +435,8 @@ void group_norm_grad_group(const GroupNormArgs& a, int64_t n, int64_t g) {
   coef[1] = count > 0 ? static_cast<float>(wb / count) : 0.0f;
 }
 
-void group_norm_grad_x(const GroupNormArgs& a, int64_t n, int64_t c0, int64_t c1, int64_t b) {
-  by_dtype<GradX>(a.dtype, a, n, c0, c1, b);
+void group_norm_grad_x(const GroupNormArgs& a, int64_t n, int64_t c0, int64_t c1, int64_t b, const float* dy_in) {
+  by_dtype<GradX>(a.dtype, a, n, c0, c1, b, dy_in);
 }
 
 void group_norm_grad_params(const GroupNormArgs& a, int64_t c0, int64_t c1) {

@@ -19,12 +19,15 @@ namespace fastdiff::cpu {
   void group_norm_finalize(const GroupNormArgs& a, int64_t n, int64_t g);                                \
   /* out of the task's elements. */                                                                      \
   void group_norm_apply(const GroupNormArgs& a, int64_t n, int64_t c0, int64_t c1, int64_t b);           \
-  /* Backward partials {sum dy, sum dy*xhat} of the task. */                                             \
-  void group_norm_grad_sums(const GroupNormArgs& a, int64_t n, int64_t c0, int64_t c1, int64_t b);       \
+  /* Backward partials {sum dy, sum dy*xhat} of the task. dy_out (NCHW only; may be null): also store     \
+     dy of channel c, position s at dy_out[(c - c0) * S + s], for group_norm_grad_x to reuse. */         \
+  void group_norm_grad_sums(const GroupNormArgs& a, int64_t n, int64_t c0, int64_t c1, int64_t b,        \
+                            float* dy_out);                                                              \
   /* channel_sums of the channels of group g of sample n, and its group_coef. */                         \
   void group_norm_grad_group(const GroupNormArgs& a, int64_t n, int64_t g);                              \
-  /* grad_x of the task's elements. */                                                                   \
-  void group_norm_grad_x(const GroupNormArgs& a, int64_t n, int64_t c0, int64_t c1, int64_t b);          \
+  /* grad_x of the task's elements; dy_in: what group_norm_grad_sums stored in dy_out, or null. */      \
+  void group_norm_grad_x(const GroupNormArgs& a, int64_t n, int64_t c0, int64_t c1, int64_t b,           \
+                         const float* dy_in);                                                            \
   /* grad_weight, grad_bias of channels [c0, c1): channel_sums summed over the samples in order. */      \
   void group_norm_grad_params(const GroupNormArgs& a, int64_t c0, int64_t c1);                           \
   }
