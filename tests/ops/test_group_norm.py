@@ -109,7 +109,9 @@ LARGE_CASES = [
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_values_and_gradients_match_float64_reference(backend_device, dtype, silu):
     backend, dev = backend_device
-    cases = SMALL_CASES + (LARGE_CASES if backend != "triton" or dev == "cuda" else LARGE_CASES[:1])
+    cases = SMALL_CASES + LARGE_CASES
+    if backend == "triton" and dev == "cpu":  # the interpreter is slow: both layouts, 5-D and one multi-block case
+        cases = SMALL_CASES[:4] + LARGE_CASES[:1] if dtype == torch.float32 else SMALL_CASES[:2]
     for k, (shape, groups, layout, affine) in enumerate(cases):
         x, w, b = make(shape, groups, dtype, dev, layout=layout, affine=affine, seed=k)
         out = check_against_reference(backend, x, groups, w, b, silu, seed=k)

@@ -112,6 +112,31 @@ inline float sum_dev(const float* __restrict v, int64_t n, float c) {
   return lanes_total(acc);
 }
 
+// s1 += sum(v - c), s2 += sum((v - c)^2) over a row, in lanes (one pass).
+inline void dev_sums(const float* __restrict v, int64_t n, float c, double& s1, double& s2) {
+  float a1[kLanes] = {}, a2[kLanes] = {};
+  int64_t j = 0;
+  for (; j + kLanes <= n; j += kLanes)
+    for (int l = 0; l < kLanes; ++l) {
+      const float d = v[j + l] - c;
+      a1[l] += d;
+      a2[l] += d * d;
+    }
+  for (; j < n; ++j) {
+    const float d = v[j] - c;
+    a1[0] += d;
+    a2[0] += d * d;
+  }
+  s1 += lanes_total(a1);
+  s2 += lanes_total(a2);
+}
+
+// xhat = (v - m) * r
+inline void standardise(int64_t n, const float* __restrict v, const float* __restrict m, const float* __restrict r,
+                        float* __restrict xhat) {
+  for (int64_t j = 0; j < n; ++j) xhat[j] = (v[j] - m[j]) * r[j];
+}
+
 // ---- column loops (channels-last: one row is one position's C channels) --------------------------
 inline void col_dev(int64_t n, const float* __restrict v, const float* __restrict c, float* __restrict acc) {
   for (int64_t j = 0; j < n; ++j) acc[j] += v[j] - c[j];
@@ -225,11 +250,7 @@ void stats(const GroupNormArgs& a, int64_t n, int64_t c0, int64_t c1, int64_t b)
     t.rows(c, [&](int64_t off, int64_t m) { acc += sum_dev(in_row(t.at(a.x, off), m, row), m, centre); });
     const float mid = centre + static_cast<float>(acc / static_cast<double>(len));
     double s1 = 0.0, s2 = 0.0;
-    t.rows(c, [&](int64_t off, int64_t m) {
-      const float* v = in_row(t.at(a.x, off), m, row);
-      s1 += sum_dev(v, m, mid);
-      s2 += row_sq_dev(v, m, mid);
-    });
+    t.rows(c, [&](int64_t off, int64_t m) { dev_sums(in_row(t.at(a.x, off), m, row), m, mid, s1, s2); });
     float* r = record(a, n, c, b);
     r[0] = mid, r[1] = static_cast<float>(s1), r[2] = static_cast<float>(s2);
   }
@@ -321,7 +342,7 @@ void grad_x(const GroupNormArgs& a, int64_t n, int64_t c0, int64_t c1, int64_t b
     t.rows(c, [&](int64_t off, int64_t m) {
       const float* d;
       if (dy_in) {
-        normalise(m, in_row(t.at(a.x, off), m, row), t.mean, t.rstd, t.w, t.bias, xhat, y);
+        standardise(m, in_row(t.at(a.x, off), m, row), t.mean, t.rstd, xhat);
         d = dy_in + (c - c0) * a.spatial + (off - base);
       } else {
         d = row_grad(t, off, m, row, xhat, y, dy);
