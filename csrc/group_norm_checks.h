@@ -84,7 +84,7 @@ inline float* stats(const at::Tensor& t, const at::Tensor& x, const GroupNormArg
 }
 
 // grad_out: x's shape, dtype and layout.
-inline const void* grad_out(const at::Tensor& g, const at::Tensor& x, const GroupNormArgs& a, const char* op) {
+inline const void* grad_out_of(const at::Tensor& g, const at::Tensor& x, const GroupNormArgs& a, const char* op) {
   same_place(g, x, op, "grad_out");
   TORCH_CHECK(g.scalar_type() == x.scalar_type() && g.sizes() == x.sizes(), "fastdiff.", op,
               ": argument 'grad_out' expected x's dtype and shape (", x.scalar_type(), " ", x.sizes(), "), got ",
@@ -93,6 +93,17 @@ inline const void* grad_out(const at::Tensor& g, const at::Tensor& x, const Grou
               ": argument 'grad_out' expected x's layout (", a.channels_last ? "channels-last" : "contiguous",
               "), got strides ", g.strides());
   return g.data_ptr();
+}
+
+// The backward's inputs: the forward's, plus grad_out (x's layout) and the saved mean, rstd.
+inline GroupNormArgs backward_inputs(const at::Tensor& grad_out, const at::Tensor& x, const Opt& weight,
+                                     const Opt& bias, const at::Tensor& mean, const at::Tensor& rstd, int64_t groups,
+                                     bool silu, c10::DeviceType device, const char* op) {
+  GroupNormArgs a = inputs(x, groups, weight, bias, silu, device, op);
+  a.grad_out = grad_out_of(grad_out, x, a, op);
+  a.mean = stats(mean, x, a, op, "mean");
+  a.rstd = stats(rstd, x, a, op, "rstd");
+  return a;
 }
 
 // Outputs and float32 workspaces of one call on x's device, their pointers set in a.

@@ -95,10 +95,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> group_norm_backward(const at::Ten
                                                                    const at::Tensor& mean, const at::Tensor& rstd,
                                                                    int64_t num_groups, bool silu) {
   constexpr const char* op = "group_norm_backward";
-  GroupNormArgs a = checks::inputs(x, num_groups, weight, bias, silu, c10::DeviceType::CPU, op);
-  a.grad_out = checks::grad_out(grad_out, x, a, op);
-  a.mean = checks::stats(mean, x, a, op, "mean");
-  a.rstd = checks::stats(rstd, x, a, op, "rstd");
+  GroupNormArgs a =
+      checks::backward_inputs(grad_out, x, weight, bias, mean, rstd, num_groups, silu, c10::DeviceType::CPU, op);
   checks::Buffers f = checks::backward_buffers(a, x, weight, bias);
   advise_huge_pages(f.grad_x.data_ptr(), f.grad_x.nbytes());
   auto coef = [&](int64_t n, int64_t g) { FASTDIFF_GN_CALL(group_norm_grad_group, a, n, g); };

@@ -36,10 +36,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> group_norm_backward(const at::Ten
                                                                    const at::Tensor& mean, const at::Tensor& rstd,
                                                                    int64_t num_groups, bool silu) {
   constexpr const char* op = "group_norm_backward";
-  GroupNormArgs a = checks::inputs(x, num_groups, weight, bias, silu, c10::DeviceType::CUDA, op);
-  a.grad_out = checks::grad_out(grad_out, x, a, op);
-  a.mean = checks::stats(mean, x, a, op, "mean");
-  a.rstd = checks::stats(rstd, x, a, op, "rstd");
+  GroupNormArgs a =
+      checks::backward_inputs(grad_out, x, weight, bias, mean, rstd, num_groups, silu, c10::DeviceType::CUDA, op);
   const c10::cuda::CUDAGuard guard(x.device());
   checks::Buffers f = checks::backward_buffers(a, x, weight, bias);
   C10_CUDA_CHECK(cuda::group_norm_backward(a, stream_of(x)));

@@ -79,15 +79,28 @@ void silu_grad(const float* __restrict y, const float* __restrict g, float* __re
 }
 
 // ---- elementwise loops over one row, per-element constants ---------------------------------------
+// A constant is a per-element row (const float*, channels-last) or one channel's value broadcast
+// (Bcast, NCHW): GCC vectorises both, and NCHW rows need no constant rows filled per channel.
+struct Bcast {
+  float v;
+  float operator[](int64_t) const { return v; }
+};
+
+inline Bcast product(Bcast r, Bcast w, float*, int64_t) { return {r.v * w.v}; }
+inline const float* product(const float* r, const float* w, float* out, int64_t n) {
+  for (int64_t j = 0; j < n; ++j) out[j] = r[j] * w[j];
+  return out;
+}
+
 // out = (v - m) * k + b
-inline void affine(int64_t n, const float* __restrict v, const float* __restrict m, const float* __restrict k,
-                   const float* __restrict b, float* __restrict out) {
+template <typename K>
+inline void affine(int64_t n, const float* __restrict v, K m, K k, K b, float* __restrict out) {
   for (int64_t j = 0; j < n; ++j) out[j] = (v[j] - m[j]) * k[j] + b[j];
 }
 
 // xhat = (v - m) * r; y = xhat * w + b
-inline void normalise(int64_t n, const float* __restrict v, const float* __restrict m, const float* __restrict r,
-                      const float* __restrict w, const float* __restrict b, float* __restrict xhat,
+template <typename K>
+inline void normalise(int64_t n, const float* __restrict v, K m, K r, K w, K b, float* __restrict xhat,
                       float* __restrict y) {
   for (int64_t j = 0; j < n; ++j) {
     xhat[j] = (v[j] - m[j]) * r[j];
@@ -96,8 +109,8 @@ inline void normalise(int64_t n, const float* __restrict v, const float* __restr
 }
 
 // dx = k1 * dy + k0 + k2 * xhat
-inline void grad_input(int64_t n, const float* __restrict dy, const float* __restrict xhat,
-                       const float* __restrict k1, const float* __restrict k0, const float* __restrict k2,
+template <typename K>
+inline void grad_input(int64_t n, const float* __restrict dy, const float* __restrict xhat, K k1, K k0, K k2,
                        float* __restrict dx) {
   for (int64_t j = 0; j < n; ++j) dx[j] = k1[j] * dy[j] + k0[j] + k2[j] * xhat[j];
 }
@@ -132,8 +145,8 @@ inline void dev_sums(const float* __restrict v, int64_t n, float c, double& s1, 
 }
 
 // xhat = (v - m) * r
-inline void standardise(int64_t n, const float* __restrict v, const float* __restrict m, const float* __restrict r,
-                        float* __restrict xhat) {
+template <typename K>
+inline void standardise(int64_t n, const float* __restrict v, K m, K r, float* __restrict xhat) {
   for (int64_t j = 0; j < n; ++j) xhat[j] = (v[j] - m[j]) * r[j];
 }
 
@@ -187,7 +200,7 @@ struct Task {
 
   int64_t group_of(int64_t c) const { return c / (a.channels / a.groups); }
 
-  // Fills the constants: constant rows for a channel (NCHW) or per-channel vectors (channels-last).
+  // Loads the constants: per-channel rows (channels-last) or the one channel's values (NCHW, element 0).
   void load_constants(int64_t c_for_nchw) {
     auto fill = [&](int64_t j, int64_t c) {
       const int64_t g = n * a.groups + group_of(c);
@@ -198,8 +211,17 @@ struct Task {
       for (int64_t c = 0; c < a.channels; ++c) fill(c, c);
     } else {
       fill(0, c_for_nchw);
-      std::fill(mean + 1, mean + width, mean[0]), std::fill(rstd + 1, rstd + width, rstd[0]);
-      std::fill(w + 1, w + width, w[0]), std::fill(bias + 1, bias + width, bias[0]);
+    }
+  }
+
+  // Calls fn(mean, rstd, w, bias) with the loaded constants: rows (channels-last) or broadcasts (NCHW).
+  template <typename Fn>
+  void constants(const Fn& fn) const {
+    if (a.channels_last) {
+      fn(static_cast<const float*>(mean), static_cast<const float*>(rstd), static_cast<const float*>(w),
+         static_cast<const float*>(bias));
+    } else {
+      fn(Bcast{mean[0]}, Bcast{rstd[0]}, Bcast{w[0]}, Bcast{bias[0]});
     }
   }
 
@@ -262,13 +284,15 @@ void apply(const GroupNormArgs& a, int64_t n, int64_t c0, int64_t c1, int64_t b)
   float *k = t.buf(0), *row = t.buf(1), *obuf = t.buf(2);
   for (int64_t c = c0; c < c1; c = a.channels_last ? c1 : c + 1) {
     t.load_constants(c);
-    for (int64_t j = 0; j < t.width; ++j) k[j] = t.rstd[j] * t.w[j];
-    t.rows(c, [&](int64_t off, int64_t m) {
-      T* o = static_cast<T*>(a.out) + off;
-      float* of = out_row(o, obuf);
-      affine(m, in_row(t.at(a.x, off), m, row), t.mean, k, t.bias, of);
-      if (a.silu) silu_inplace(of, m);
-      flush(o, of, m);
+    t.constants([&](auto mean, auto rstd, auto w, auto bias) {
+      const auto scale = product(rstd, w, k, t.width);
+      t.rows(c, [&](int64_t off, int64_t m) {
+        T* o = static_cast<T*>(a.out) + off;
+        float* of = out_row(o, obuf);
+        affine(m, in_row(t.at(a.x, off), m, row), mean, scale, bias, of);
+        if (a.silu) silu_inplace(of, m);
+        flush(o, of, m);
+      });
     });
   }
 }
@@ -276,10 +300,11 @@ void apply(const GroupNormArgs& a, int64_t n, int64_t c0, int64_t c1, int64_t b)
 // ---- backward ------------------------------------------------------------------------------------
 // xhat and dy (the gradient at the affine output y) of one row; returns dy (grad_out's own row for a
 // float tensor without SiLU, else `buf`).
-template <typename T>
-const float* row_grad(const Task<T>& t, int64_t off, int64_t m, float* row, float* xhat, float* y, float* buf) {
+template <typename T, typename K>
+const float* row_grad(const Task<T>& t, K mean, K rstd, K w, K bias, int64_t off, int64_t m, float* row, float* xhat,
+                      float* y, float* buf) {
   const GroupNormArgs& a = t.a;
-  normalise(m, in_row(t.at(a.x, off), m, row), t.mean, t.rstd, t.w, t.bias, xhat, y);
+  normalise(m, in_row(t.at(a.x, off), m, row), mean, rstd, w, bias, xhat, y);
   const float* g = in_row(t.at(a.grad_out, off), m, buf);
   if (!a.silu) return g;
   silu_grad(y, g, buf, m);
@@ -295,8 +320,10 @@ void grad_sums(const GroupNormArgs& a, int64_t n, int64_t c0, int64_t c1, int64_
     float *sa = t.buf(4), *sb = t.buf(5);
     t.load_constants(0);
     std::fill_n(sa, C, 0.0f), std::fill_n(sb, C, 0.0f);
-    t.rows(0, [&](int64_t off, int64_t m) {
-      col_grad(m, row_grad(t, off, m, row, xhat, y, dy), xhat, sa, sb);
+    t.constants([&](auto mean, auto rstd, auto w, auto bias) {
+      t.rows(0, [&](int64_t off, int64_t m) {
+        col_grad(m, row_grad(t, mean, rstd, w, bias, off, m, row, xhat, y, dy), xhat, sa, sb);
+      });
     });
     for (int64_t c = 0; c < C; ++c) {
       float* r = record(a, n, c, b);
@@ -308,11 +335,13 @@ void grad_sums(const GroupNormArgs& a, int64_t n, int64_t c0, int64_t c1, int64_
     t.load_constants(c);
     double sa = 0.0, sb = 0.0;
     const int64_t base = group_norm_index(a, n, c, 0);
-    t.rows(c, [&](int64_t off, int64_t m) {
-      const float* d = row_grad(t, off, m, row, xhat, y, dy);
-      sa += row_sum(d, m);
-      sb += row_dot(d, xhat, m);
-      if (dy_out) std::copy_n(d, m, dy_out + (c - c0) * a.spatial + (off - base));
+    t.constants([&](auto mean, auto rstd, auto w, auto bias) {
+      t.rows(c, [&](int64_t off, int64_t m) {
+        const float* d = row_grad(t, mean, rstd, w, bias, off, m, row, xhat, y, dy);
+        sa += row_sum(d, m);
+        sb += row_dot(d, xhat, m);
+        if (dy_out) std::copy_n(d, m, dy_out + (c - c0) * a.spatial + (off - base));
+      });
     });
     float* r = record(a, n, c, b);
     r[0] = static_cast<float>(sa), r[1] = static_cast<float>(sb), r[2] = 0.0f;
@@ -327,31 +356,35 @@ void grad_x(const GroupNormArgs& a, int64_t n, int64_t c0, int64_t c1, int64_t b
   const int64_t cg = a.channels / a.groups;
   for (int64_t c = c0; c < c1; c = a.channels_last ? c1 : c + 1) {
     t.load_constants(c);
+    const int64_t base = group_norm_index(a, n, c, 0);
+    auto run = [&](auto mean, auto rstd, auto w, auto bias, auto q1, auto q0, auto q2) {
+      t.rows(c, [&](int64_t off, int64_t m) {
+        const float* d;
+        if (dy_in) {
+          standardise(m, in_row(t.at(a.x, off), m, row), mean, rstd, xhat);
+          d = dy_in + (c - c0) * a.spatial + (off - base);
+        } else {
+          d = row_grad(t, mean, rstd, w, bias, off, m, row, xhat, y, dy);
+        }
+        T* o = static_cast<T*>(a.grad_x) + off;
+        float* of = out_row(o, obuf);
+        grad_input(m, d, xhat, q1, q0, q2, of);
+        flush(o, of, m);
+      });
+    };
     if (a.channels_last) {
       for (int64_t j = 0; j < t.width; ++j) {  // each channel's group coefficients
         const float* coef = a.group_coef + (n * a.groups + j / cg) * 2;
         k1[j] = t.rstd[j] * t.w[j], k0[j] = -t.rstd[j] * coef[0], k2[j] = -t.rstd[j] * coef[1];
       }
-    } else {  // one channel: constant rows
+      const float *m = t.mean, *r = t.rstd, *w = t.w, *b = t.bias, *q1 = k1, *q0 = k0, *q2 = k2;
+      run(m, r, w, b, q1, q0, q2);
+    } else {  // one channel: broadcast constants
       const float* coef = a.group_coef + (n * a.groups + c / cg) * 2;
-      std::fill_n(k1, t.width, t.rstd[0] * t.w[0]);
-      std::fill_n(k0, t.width, -t.rstd[0] * coef[0]);
-      std::fill_n(k2, t.width, -t.rstd[0] * coef[1]);
+      const float r = t.rstd[0];
+      run(Bcast{t.mean[0]}, Bcast{r}, Bcast{t.w[0]}, Bcast{t.bias[0]}, Bcast{r * t.w[0]}, Bcast{-r * coef[0]},
+          Bcast{-r * coef[1]});
     }
-    const int64_t base = group_norm_index(a, n, c, 0);
-    t.rows(c, [&](int64_t off, int64_t m) {
-      const float* d;
-      if (dy_in) {
-        standardise(m, in_row(t.at(a.x, off), m, row), t.mean, t.rstd, xhat);
-        d = dy_in + (c - c0) * a.spatial + (off - base);
-      } else {
-        d = row_grad(t, off, m, row, xhat, y, dy);
-      }
-      T* o = static_cast<T*>(a.grad_x) + off;
-      float* of = out_row(o, obuf);
-      grad_input(m, d, xhat, k1, k0, k2, of);
-      flush(o, of, m);
-    });
   }
 }
 

@@ -20,10 +20,14 @@ namespace fastdiff::cpu::FASTDIFF_ISA {
 
 constexpr int kLanes = 16;
 
+// The lanes summed as a fixed tree (halves added elementwise, which vectorises; a running scalar sum
+// would be 16 dependent adds, a large share of the work on short rows).
 inline float lanes_total(const float* acc) {
-  float s = 0.0f;
-  for (int l = 0; l < kLanes; ++l) s += acc[l];
-  return s;
+  float t[kLanes / 2];
+  for (int l = 0; l < kLanes / 2; ++l) t[l] = acc[l] + acc[l + kLanes / 2];
+  for (int w = kLanes / 4; w > 0; w /= 2)
+    for (int l = 0; l < w; ++l) t[l] += t[l + w];
+  return t[0];
 }
 
 inline float row_sum(const float* __restrict v, int64_t n) {
