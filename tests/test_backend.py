@@ -14,7 +14,7 @@ from fastdiff import _backend, ops
 CPU = torch.device("cpu")
 # (fastdiff.ops.attention is the op; the modules are reached by name.)
 FAMILY_MODULES = {name: importlib.import_module(f"fastdiff.ops.{name}")
-                  for name in ("guidance", "sampler_update", "adaln", "attention", "geglu")}
+                  for name in ("guidance", "sampler_update", "adaln", "attention", "geglu", "group_norm")}
 adaln, attention, sampler_update = (FAMILY_MODULES[n] for n in ("adaln", "attention", "sampler_update"))
 
 
@@ -41,6 +41,7 @@ def _calls() -> dict[str, tuple[str, callable]]:
         "gated_residual_adaln": ("adaln", lambda: ops.gated_residual_adaln(x, x[:, 0], x, x[:, 0], x[:, 0])),
         "attention": ("attention", lambda: ops.attention(q, q, q)),
         "geglu": ("geglu", lambda: ops.geglu(x)),
+        "group_norm": ("group_norm", lambda: ops.group_norm(x, 3)),
     }
 
 

@@ -4,5 +4,6 @@ from .adaln import AdaLNZero, TimestepLabelEmbedding
 from .attention import Attention
 from .dit import DiTBlock
 from .geglu import GEGLU
+from .group_norm import GroupNormSiLU
 
-__all__ = ["AdaLNZero", "Attention", "DiTBlock", "GEGLU", "TimestepLabelEmbedding"]
+__all__ = ["AdaLNZero", "Attention", "DiTBlock", "GEGLU", "GroupNormSiLU", "TimestepLabelEmbedding"]

@@ -15,6 +15,7 @@ from .adaln import (
 )
 from .attention import attention, attention_reference
 from .geglu import geglu, geglu_reference
+from .group_norm import group_norm, group_norm_reference
 from .guidance import guidance_combine, guidance_combine_reference
 from .sampler_update import sampler_update, sampler_update_reference
 
@@ -30,6 +31,8 @@ __all__ = [
     "attention_reference",
     "geglu",
     "geglu_reference",
+    "group_norm",
+    "group_norm_reference",
     "guidance_combine",
     "guidance_combine_reference",
     "sampler_update",

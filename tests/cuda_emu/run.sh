@@ -19,7 +19,8 @@
 # compare with a float64 reference, and end main with `return emu::run_cases(argc, argv, cases);`.
 # guidance_emu_test.cpp is the shortest example. (attention_emu_test.cpp differs: its kernels are
 # written against emulated warp primitives, FASTDIFF_ATTN_EMULATE, and geglu_emu_test.cpp calls the
-# thread bodies of geglu_kernels.cuh compiled as plain C++, FASTDIFF_CUDA_EMULATE.)
+# thread bodies of geglu_kernels.cuh compiled as plain C++, FASTDIFF_CUDA_EMULATE, and
+# group_norm_emu_test.cpp the kernels of group_norm.cuh with the emulator's barrier, FASTDIFF_GN_EMULATE.)
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 root="$(cd "$here/../.." && pwd)"
@@ -39,7 +40,7 @@ if (( $# > 0 )); then
 fi
 
 flags=(-std=c++17 -g -fno-strict-aliasing -Wall -Wextra -Wno-unknown-pragmas -Wno-class-memaccess
-       -Wno-maybe-uninitialized -DFASTDIFF_ATTN_EMULATE -DFASTDIFF_CUDA_EMULATE
+       -Wno-maybe-uninitialized -DFASTDIFF_ATTN_EMULATE -DFASTDIFF_CUDA_EMULATE -DFASTDIFF_GN_EMULATE
        -I "$out/hostified" -I "$root/csrc" -I "$here" -I "$cuda/include")
 if [[ "${SANITIZE:-${ASAN:-0}}" != 0 ]]; then
   flags+=(-O1 -fsanitize=address,undefined -fno-sanitize-recover=undefined -fno-omit-frame-pointer)

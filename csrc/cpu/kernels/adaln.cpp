@@ -21,53 +21,6 @@
 namespace fastdiff::cpu::FASTDIFF_ISA {
 namespace {
 
-constexpr int kLanes = 16;
-
-inline float lanes_total(const float* acc) {
-  float s = 0.0f;
-  for (int l = 0; l < kLanes; ++l) s += acc[l];
-  return s;
-}
-
-inline float row_sum(const float* __restrict v, int64_t n) {
-  float acc[kLanes] = {};
-  int64_t j = 0;
-  for (; j + kLanes <= n; j += kLanes)
-    for (int l = 0; l < kLanes; ++l) acc[l] += v[j + l];
-  for (; j < n; ++j) acc[0] += v[j];
-  return lanes_total(acc);
-}
-
-inline float row_dot(const float* __restrict u, const float* __restrict v, int64_t n) {
-  float acc[kLanes] = {};
-  int64_t j = 0;
-  for (; j + kLanes <= n; j += kLanes)
-    for (int l = 0; l < kLanes; ++l) acc[l] += u[j + l] * v[j + l];
-  for (; j < n; ++j) acc[0] += u[j] * v[j];
-  return lanes_total(acc);
-}
-
-// sum((v - c)^2)
-inline float row_sq_dev(const float* __restrict v, int64_t n, float c) {
-  float acc[kLanes] = {};
-  int64_t j = 0;
-  for (; j + kLanes <= n; j += kLanes)
-    for (int l = 0; l < kLanes; ++l) {
-      const float d = v[j + l] - c;
-      acc[l] += d * d;
-    }
-  for (; j < n; ++j) acc[0] += (v[j] - c) * (v[j] - c);
-  return lanes_total(acc);
-}
-
-// Float scratch rows, one allocation per kernel call.
-struct Scratch {
-  std::vector<float> mem;
-  int64_t d;
-  Scratch(int rows, int64_t dim) : mem(static_cast<size_t>(rows * dim)), d(dim) {}
-  float* operator[](int i) { return mem.data() + i * d; }
-};
-
 // ---- modulation factors ----------------------------------------------------------------------
 // Per-column factors of one row's modulation: a1 = 1 + scale; aw = a1 * weight; c = a1 * bias + shift
 // (c only when shift is given, i.e. in the forward). wf/bf: weight/bias as float (1 / 0 when absent).

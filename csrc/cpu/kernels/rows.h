@@ -1,11 +1,14 @@
-// Whole rows between storage types and float32, for the kernels that compute in float32 buffers:
-// simple loops GCC vectorises, F16C intrinsics for float16 on the avx2 build (GCC does not vectorise
-// _Float16 conversions), integer shifts for bfloat16. Included by csrc/cpu/kernels/*.cpp only, inside
-// no namespace: everything here is inline in fastdiff::cpu::FASTDIFF_ISA (one copy per ISA build).
+// Row helpers of the CPU kernels (torch-free; included by cpu/kernels/*.cpp, which are compiled once
+// per ISA: everything here lives in that ISA's namespace so the builds never share a symbol).
+// Rows of float tensors are used in place; float16 / bfloat16 rows are converted into float32
+// buffers by dedicated loops (F16C intrinsics for float16 on the avx2 build, where GCC does not
+// vectorise _Float16 conversions; integer shifts for bfloat16). Reductions keep kLanes independent
+// accumulators: without -ffast-math a single scalar accumulator would not vectorise.
 #pragma once
 
 #include <cstdint>
 #include <type_traits>
+#include <vector>
 
 #if defined(__F16C__) && defined(__AVX__)
 #include <immintrin.h>
@@ -14,6 +17,49 @@
 #include "cpu/kernels/convert.h"
 
 namespace fastdiff::cpu::FASTDIFF_ISA {
+
+constexpr int kLanes = 16;
+
+// The lanes summed as a fixed tree (halves added elementwise, which vectorises; a running scalar sum
+// would be 16 dependent adds, a large share of the work on short rows).
+inline float lanes_total(const float* acc) {
+  float t[kLanes / 2];
+  for (int l = 0; l < kLanes / 2; ++l) t[l] = acc[l] + acc[l + kLanes / 2];
+  for (int w = kLanes / 4; w > 0; w /= 2)
+    for (int l = 0; l < w; ++l) t[l] += t[l + w];
+  return t[0];
+}
+
+inline float row_sum(const float* __restrict v, int64_t n) {
+  float acc[kLanes] = {};
+  int64_t j = 0;
+  for (; j + kLanes <= n; j += kLanes)
+    for (int l = 0; l < kLanes; ++l) acc[l] += v[j + l];
+  for (; j < n; ++j) acc[0] += v[j];
+  return lanes_total(acc);
+}
+
+inline float row_dot(const float* __restrict u, const float* __restrict v, int64_t n) {
+  float acc[kLanes] = {};
+  int64_t j = 0;
+  for (; j + kLanes <= n; j += kLanes)
+    for (int l = 0; l < kLanes; ++l) acc[l] += u[j + l] * v[j + l];
+  for (; j < n; ++j) acc[0] += u[j] * v[j];
+  return lanes_total(acc);
+}
+
+// sum((v - c)^2)
+inline float row_sq_dev(const float* __restrict v, int64_t n, float c) {
+  float acc[kLanes] = {};
+  int64_t j = 0;
+  for (; j + kLanes <= n; j += kLanes)
+    for (int l = 0; l < kLanes; ++l) {
+      const float d = v[j + l] - c;
+      acc[l] += d * d;
+    }
+  for (; j < n; ++j) acc[0] += (v[j] - c) * (v[j] - c);
+  return lanes_total(acc);
+}
 
 // ---- conversion of whole rows ----------------------------------------------------------------
 template <typename T>
@@ -70,5 +116,13 @@ template <typename T>
 inline void flush(T* dst, const float* buf, int64_t n) {
   if constexpr (!std::is_same_v<T, float>) from_floats(buf, n, dst);
 }
+
+// Float scratch rows, one allocation per kernel call.
+struct Scratch {
+  std::vector<float> mem;
+  int64_t d;
+  Scratch(int rows, int64_t dim) : mem(static_cast<size_t>(rows * dim)), d(dim) {}
+  float* operator[](int i) { return mem.data() + i * d; }
+};
 
 }  // namespace fastdiff::cpu::FASTDIFF_ISA
