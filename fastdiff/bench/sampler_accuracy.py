@@ -305,7 +305,7 @@ def _csv(text: str, kind=str) -> list:
 def main(argv: "list[str] | None" = None) -> int:
     ap = argparse.ArgumentParser(prog="fastdiff bench samplers", description=__doc__.splitlines()[0])
     ap.add_argument("--n", type=int, default=10000, help="samples per run (default 10000)")
-    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--seed", type=int, default=0, help="seed of the starting noise and the samplers' noise (default 0)")
     ap.add_argument("--nfe", default=",".join(map(str, NFE)), help="comma-separated model-evaluation budgets")
     ap.add_argument("--samplers", default=",".join(NAMED), help="comma-separated fastdiff sampler names")
     ap.add_argument("--configs", default=",".join(CONFIGS), help="comma-separated grids: sd, karras (see the module)")
