@@ -171,6 +171,19 @@ def write_text(path: Path, text: str) -> None:
     path.write_text(text)
 
 
+def save_study(out: Path, name: str, result: dict[str, Any], md: str, plot) -> None:
+    """Write <date>-<commit>-<name>.json, .md and (when ``plot(result, path)`` can draw) .png into ``out``."""
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip() or "unknown"
+    stem = out / f"{datetime.date.today().isoformat()}-{commit}-{name}"
+    out.mkdir(parents=True, exist_ok=True)
+    stem.with_suffix(".json").write_text(json.dumps(result, indent=1))
+    stem.with_suffix(".md").write_text(md)
+    if plot(result, stem.with_suffix(".png")):
+        print(f"wrote {stem}.{{json,md,png}}")
+    else:
+        print(f"wrote {stem}.{{json,md}}; no plot: matplotlib is not installed (pip install matplotlib)")
+
+
 def _us(v: Optional[float]) -> str:
     if v is None:
         return "—"

@@ -25,7 +25,6 @@ import argparse
 import inspect
 import json
 import platform
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -38,6 +37,7 @@ from torch import Tensor
 import fastdiff
 from fastdiff.models import digits as dd
 
+from ._report import save_study
 from .sampler_accuracy import steps_for
 
 NFE = [4, 6, 10, 20, 50]
@@ -356,14 +356,7 @@ def main(argv: "list[str] | None" = None) -> int:
     md = markdown(result)
     print(md)
     if args.out is not None:
-        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip() or "unknown"
-        stem = f"{time.strftime('%Y-%m-%d')}-{commit}-digits"
-        args.out.mkdir(parents=True, exist_ok=True)
-        (args.out / f"{stem}.json").write_text(json.dumps(result, indent=1))
-        (args.out / f"{stem}.md").write_text(md)
-        drew = plot(result, args.out / f"{stem}.png")
-        print(f"wrote {args.out / stem}.{{json,md{',png' if drew else ''}}}"
-              + ("" if drew else "; no plot: matplotlib is not installed (pip install matplotlib)"))
+        save_study(args.out, "digits", result, md, plot)
     return 0 if all(ok for _, ok in checks(result)) else 1
 
 

@@ -21,10 +21,8 @@ from __future__ import annotations
 
 import argparse
 import inspect
-import json
 import math
 import platform
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -36,6 +34,8 @@ from torch import Tensor
 import fastdiff
 from fastdiff.models.gaussian_mixture import GaussianMixture, sliced_wasserstein
 from fastdiff.samplers import NAMED, Sampler, make_sampler
+
+from ._report import save_study
 
 NFE = [5, 10, 15, 20, 50]
 #: samplers that inject fresh noise: no single ODE solution to compare with
@@ -344,15 +344,7 @@ def main(argv: "list[str] | None" = None) -> int:
     md = markdown(result)
     print(md)
     if args.out is not None:
-        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip() or "unknown"
-        stem = f"{time.strftime('%Y-%m-%d')}-{commit}-sampler_accuracy"
-        args.out.mkdir(parents=True, exist_ok=True)
-        (args.out / f"{stem}.json").write_text(json.dumps(result, indent=1))
-        (args.out / f"{stem}.md").write_text(md)
-        if plot(result, args.out / f"{stem}.png"):
-            print(f"wrote {args.out / stem}.{{json,md,png}}")
-        else:
-            print(f"wrote {args.out / stem}.{{json,md}}; no plot: matplotlib is not installed (pip install matplotlib)")
+        save_study(args.out, "sampler_accuracy", result, md, plot)
     return 0 if all(ok for _, ok in checks(result)) else 1
 
 
