@@ -267,7 +267,7 @@ def _model_on(kind: str, device: str) -> DigitsDiT:
     return digits_dit(kind).to(device)
 
 
-def image_grid(images: Tensor, columns: int, scale: int = 8, gap: int = 1):
+def image_grid(images: Tensor, columns: int, scale: int = 8, gap: int = 6):
     """A PIL image of (N, 1, H, W) images in [0, 1], ``columns`` per row, ink dark on white,
     each pixel a ``scale`` x ``scale`` block (nearest neighbour), ``gap`` background pixels between tiles."""
     import numpy as np
