@@ -243,8 +243,8 @@ def markdown(result: dict) -> str:
         if diffs:
             worst = max(diffs, key=lambda r: r["max_abs_diff_vs_other"])
             lines += [f"Largest pixel difference (images in [0, 1]) between fastdiff's and diffusers' samples from the same "
-                      f"noise: {worst['max_abs_diff_vs_other']:.2e} ({worst['sampler']}, NFE {worst['nfe']}; stochastic "
-                      "samplers draw their per-step noise differently).", ""]
+                      f"starting noise and seed, over every sampler and NFE above: {worst['max_abs_diff_vs_other']:.2e} "
+                      f"({worst['sampler']}, NFE {worst['nfe']}).", ""]
     lines += ["## Checks", ""] + [f"- [{'x' if ok else ' '}] {text}" for text, ok in checks(result)]
     lines += ["", f"Command: `{result['command']}`; {result['seconds']:.0f} s."]
     return "\n".join(lines) + "\n"
