@@ -171,6 +171,34 @@ def write_text(path: Path, text: str) -> None:
     path.write_text(text)
 
 
+def pyplot():
+    """matplotlib.pyplot on the file-only Agg backend, or None when matplotlib is not installed."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None
+    return plt
+
+
+def finish_study(out: Optional[Path], name: str, result: dict[str, Any], markdown, plot, checks) -> int:
+    """The end of a quality study (sampler accuracy, digits): record diffusers' version, print the
+    markdown, save it when ``out`` is given; the exit status is 0 when every check passed."""
+    try:
+        import diffusers
+
+        result["diffusers"] = diffusers.__version__
+    except ImportError:
+        pass
+    md = markdown(result)
+    print(md)
+    if out is not None:
+        save_study(out, name, result, md, plot)
+    return 0 if all(ok for _, ok in checks(result)) else 1
+
+
 def save_study(out: Path, name: str, result: dict[str, Any], md: str, plot) -> None:
     """Write <date>-<commit>-<name>.json, .md and (when ``plot(result, path)`` can draw) .png into ``out``."""
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip() or "unknown"

@@ -37,8 +37,8 @@ from torch import Tensor
 import fastdiff
 from fastdiff.models import digits as dd
 
-from ._report import save_study
-from .sampler_accuracy import steps_for
+from ._report import finish_study, pyplot
+from .sampler_accuracy import _csv, check_implementations, steps_for
 
 NFE = [4, 6, 10, 20, 50]
 #: fastdiff.sample name -> diffusers scheduler class and the options that make it that sampler
@@ -252,12 +252,8 @@ def markdown(result: dict) -> str:
 
 def plot(result: dict, path: Path) -> bool:
     """Accuracy and FD vs NFE, one row of panels per checkpoint. False without matplotlib."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
+    plt = pyplot()
+    if plt is None:
         return False
     rows = result["rows"]
     kinds = _present(rows, "kind")
@@ -290,10 +286,6 @@ def plot(result: dict, path: Path) -> bool:
     return True
 
 
-def _csv(text: str, kind=str) -> list:
-    return [kind(v.strip()) for v in text.split(",") if v.strip()]
-
-
 def main(argv: "list[str] | None" = None) -> int:
     ap = argparse.ArgumentParser(prog="fastdiff bench digits", description=__doc__.splitlines()[0])
     ap.add_argument("--kinds", default=",".join(dd.KINDS), help="checkpoints: ddpm, flow (default: both)")
@@ -321,20 +313,13 @@ def main(argv: "list[str] | None" = None) -> int:
     for name in samplers or []:
         if name not in DIFFUSERS:
             ap.error(f"--samplers: expected names from {', '.join(DIFFUSERS)}, got {name!r}")
-    for impl in impls:
-        if impl not in IMPLEMENTATIONS:
-            ap.error(f"--implementations: expected fastdiff and/or diffusers, got {impl!r}")
+    check_implementations(ap, impls)
     if any(v < 1 for v in nfes) or args.n < 10:
         ap.error("--nfe values expected positive integers and --n at least 10")
     try:
         import sklearn  # noqa: F401
     except ImportError:
         ap.error("the classifier needs scikit-learn: pip install 'fastdiff[bench]'")
-    if "diffusers" in impls:
-        try:
-            import diffusers  # noqa: F401
-        except ImportError:
-            ap.error("the diffusers column needs diffusers (pip install diffusers), or pass --implementations fastdiff")
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     t0 = time.perf_counter()
@@ -347,17 +332,7 @@ def main(argv: "list[str] | None" = None) -> int:
                   torch=torch.__version__, fastdiff=fastdiff.__version__, machine=platform.machine(),
                   threads=torch.get_num_threads(), seconds=time.perf_counter() - t0,
                   command="fastdiff bench digits " + " ".join(argv if argv is not None else sys.argv[1:]))
-    try:
-        import diffusers
-
-        result["diffusers"] = diffusers.__version__
-    except ImportError:
-        pass
-    md = markdown(result)
-    print(md)
-    if args.out is not None:
-        save_study(args.out, "digits", result, md, plot)
-    return 0 if all(ok for _, ok in checks(result)) else 1
+    return finish_study(args.out, "digits", result, markdown, plot, checks)
 
 
 if __name__ == "__main__":
