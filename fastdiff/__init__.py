@@ -16,5 +16,6 @@ from . import nn, ops, samplers, schedulers  # noqa: E402
 from ._backend import BackendUnavailable, backend  # noqa: E402
 from ._info import info  # noqa: E402
 from .samplers import sample  # noqa: E402
+from . import models  # noqa: E402
 
 __all__ = ["__version__", "backend", "BackendUnavailable", "info", "nn", "ops", "sample", "samplers", "schedulers"]

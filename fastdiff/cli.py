@@ -1,4 +1,4 @@
-"""The `fastdiff` command line: ``fastdiff demo | info | bench``, and ``fastdiff --version``.
+"""The `fastdiff` command line: ``fastdiff demo | sample | info | bench``, and ``fastdiff --version``.
 
 ``main(argv)`` returns the exit status (the console script passes it to sys.exit); argparse exits
 with status 2 and a usage message on bad arguments.
@@ -40,37 +40,81 @@ def _finite_float(text: str) -> float:
     return v
 
 
+def _digit(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        v = -1
+    if not 0 <= v <= 9:
+        raise argparse.ArgumentTypeError(f"expected a digit 0 to 9, got {text!r}")
+    return v
+
+
+def _digits_kinds() -> tuple[str, ...]:
+    from .models.digits import KINDS
+
+    return KINDS
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="fastdiff", description="Fused CUDA, Triton and CPU kernels for diffusion models.")
     parser.add_argument("--version", action="version", version=f"fastdiff {fastdiff.__version__}")
-    sub = parser.add_subparsers(dest="command", metavar="{demo,info,bench}")
+    sub = parser.add_subparsers(dest="command", metavar="{demo,sample,info,bench}")
     sub.required = True
 
     demo = sub.add_parser(
         "demo",
-        help="sample a 2-D Gaussian mixture with DDIM and DPM-Solver++(2M), write a PNG, print timings",
-        description="Sample class 0 of an exact 8-component ring mixture with DDIM and DPM-Solver++(2M) through "
-        "fastdiff.ops.sampler_update, classifier-free guidance folded into each update. Writes a PNG (true "
-        "density and each sampler's samples) and prints a table of timings and sliced-Wasserstein distances.",
+        help="sample a 10x10 grid of handwritten digits with the built-in DiT, write a PNG, print timings",
+        description="Sample ten of each digit 0-9 from the trained class-conditional DiT shipped with fastdiff "
+        "(fastdiff.models.digits_dit) through fastdiff.sample, classifier-free guidance fused into each update, and write "
+        "them as a 10x10 grid (each column one digit). With --mixture: the analytic 2-D Gaussian-mixture demo instead "
+        "(DDIM and DPM-Solver++(2M) against an exact model, with sliced-Wasserstein distances).",
     )
     demo.add_argument("--out", default="fastdiff-demo.png", help="PNG to write (default: %(default)s)")
     demo.add_argument("--steps", type=_positive_int, default=20, help="sampling steps, 1 to 1000 (default: %(default)s)")
-    demo.add_argument("--samples", type=_positive_int, default=4000, help="samples per sampler, at least 2 (default: %(default)s)")
-    demo.add_argument(
-        "--guidance", type=_finite_float, default=1.0,
-        help="classifier-free guidance scale; 1 samples p(x | class 0) exactly, larger sharpens it as CFG does (default: %(default)s)",
-    )
-    demo.add_argument("--backend", choices=("auto",) + _backend.BACKENDS, default="auto", help="backend for sampler_update (default: %(default)s)")
-    demo.add_argument("--device", default=None, help="torch device (default: cuda when available, else cpu)")
+    demo.add_argument("--guidance", type=_finite_float, default=None,
+                      help="classifier-free guidance scale (default: the model's own; with --mixture 1, which samples "
+                      "p(x | class 0) exactly, larger sharpening it as CFG does)")
+    demo.add_argument("--sampler", default="dpmpp_2m", help="digits: a fastdiff.sample sampler (default: %(default)s)")
+    demo.add_argument("--kind", choices=_digits_kinds(), default="ddpm",
+                      help="digits: the checkpoint, noise prediction (ddpm) or flow matching (flow) (default: %(default)s)")
+    demo.add_argument("--mixture", action="store_true", help="run the analytic 2-D Gaussian-mixture demo instead")
+    demo.add_argument("--samples", type=_positive_int, default=None, help="--mixture: samples per sampler, at least 2 (default: 4000)")
+    demo.add_argument("--backend", choices=("auto",) + _backend.BACKENDS, default="auto", help="fastdiff backend for the ops (default: %(default)s)")
+    demo.add_argument("--device", default=None, help="torch device (default: cpu for the digits, which are too small to "
+                      "gain from a GPU; --mixture: cuda when available, else cpu)")
     demo.add_argument("--seed", type=int, default=0, help="random seed (default: %(default)s)")
     demo.set_defaults(subparser=demo)
+
+    sample = sub.add_parser(
+        "sample",
+        help="sample digits of one class from the built-in DiT into a PNG",
+        description="Sample handwritten digits from the trained DiT (fastdiff.models.sample_digits) and write them as "
+        "a grid, nearest-neighbour upscaled.",
+    )
+    sample.add_argument("--class", dest="digit", type=_digit, default=None,
+                        help="the digit to draw, 0 to 9 (default: 0-9 in turn)")
+    sample.add_argument("--sampler", default="dpmpp_2m", help="a fastdiff.sample sampler that fits the checkpoint "
+                        "(ddpm: ddpm, ddim, euler, euler_ancestral, heun, dpmpp_2m, dpmpp_3m, dpmpp_2m_sde, dpmpp_3m_sde, "
+                        "unipc; flow: flow_euler and the DPM-Solver++ and UniPC ones) (default: %(default)s)")
+    sample.add_argument("--steps", type=_positive_int, default=20, help="sampling steps, 1 to 1000 (default: %(default)s)")
+    sample.add_argument("--guidance", type=_finite_float, default=None, help="classifier-free guidance scale; 1 turns it "
+                        "off (default: the model's own)")
+    sample.add_argument("--n", type=_positive_int, default=16, help="how many images (default: %(default)s)")
+    sample.add_argument("--kind", choices=_digits_kinds(), default="ddpm",
+                        help="the checkpoint: noise prediction (ddpm) or flow matching (flow) (default: %(default)s)")
+    sample.add_argument("--out", default="fastdiff-sample.png", help="PNG to write (default: %(default)s)")
+    sample.add_argument("--seed", type=int, default=0, help="random seed (default: %(default)s)")
+    sample.add_argument("--device", default=None, help="torch device (default: cpu)")
+    sample.add_argument("--no-progress", action="store_true", help="no progress bar")
+    sample.set_defaults(subparser=sample)
 
     info = sub.add_parser("info", help="versions, devices and which backends serve here", description="Print fastdiff.info().")
     info.add_argument("--json", action="store_true", help="print JSON instead of text")
     info.set_defaults(subparser=info)
 
     # Listed for --help only: main() forwards `bench ...` before argparse sees it.
-    sub.add_parser("bench", help="run the kernel benchmarks (fastdiff.bench; `fastdiff bench --help` for options)", add_help=False)
+    sub.add_parser("bench", help="run the benchmarks: kernels, samplers, the digits model (`fastdiff bench --help` lists them)", add_help=False)
     return parser
 
 
@@ -82,6 +126,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parser.parse_args(args_list)
     if args.command == "demo":
         return _demo(args.subparser, args)
+    if args.command == "sample":
+        return _sample(args.subparser, args)
     if args.command == "info":
         return _info(args)
     raise AssertionError(args.command)
@@ -90,13 +136,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 # ---------------------------------------------------------------------------------------------
 # Subcommands
 # ---------------------------------------------------------------------------------------------
-def _demo(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
-    from . import demo
-
-    if args.samples < 2:
-        parser.error(f"argument --samples: expected at least 2, got {args.samples}")
-    if args.steps > demo.NUM_TRAIN_TIMESTEPS:
-        parser.error(f"argument --steps: expected at most {demo.NUM_TRAIN_TIMESTEPS} (the schedule has {demo.NUM_TRAIN_TIMESTEPS} timesteps), got {args.steps}")
+def _common_checks(parser: argparse.ArgumentParser, args: argparse.Namespace) -> Optional[torch.device]:
+    """Validate --out, --device and --backend (shared by demo and sample); returns the device or None."""
+    if args.steps > 1000:
+        parser.error(f"argument --steps: expected at most 1000 (the models' schedules have 1000 timesteps), got {args.steps}")
     if not args.out.lower().endswith(".png"):
         parser.error(f"argument --out: expected a path ending in .png, got {args.out!r}")
     out_dir = os.path.dirname(os.path.abspath(args.out))
@@ -108,11 +151,38 @@ def _demo(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
         parser.error(f"argument --device: {e}")
     if device is not None and device.type == "cuda" and not torch.cuda.is_available():
         parser.error("argument --device: CUDA is not available here")
-    if args.backend == "triton" and not torch.cuda.is_available() and (device is None or device.type == "cpu"):
+    if getattr(args, "backend", "auto") == "triton" and not torch.cuda.is_available() and (device is None or device.type == "cpu"):
         # Triton runs CPU tensors only through its interpreter; it reads this before its first kernel.
         os.environ.setdefault("TRITON_INTERPRET", "1")
+    return device
+
+
+def _check_sampler(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    from .models import digits
+
+    fits = digits.fitting_samplers(args.kind)
+    if args.sampler not in fits:
+        other = [k for k in digits.KINDS if k != args.kind and args.sampler in digits.fitting_samplers(k)]
+        hint = f" ({args.sampler} fits --kind {other[0]})" if other else ""
+        parser.error(f"argument --sampler: expected one of {', '.join(fits)} for the {args.kind} checkpoint{hint}, "
+                     f"got {args.sampler!r}")
+
+
+def _demo(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
+    device = _common_checks(parser, args)
+    if not args.mixture:
+        if args.samples is not None:
+            parser.error("argument --samples: applies to --mixture only (the digits demo draws a 10x10 grid)")
+        _check_sampler(parser, args)
+        return _digits_demo(parser, args, device)
+    from . import demo
+
+    args.samples = 4000 if args.samples is None else args.samples
+    if args.samples < 2:
+        parser.error(f"argument --samples: expected at least 2, got {args.samples}")
+    guidance = 1.0 if args.guidance is None else args.guidance
     try:
-        result = demo.run_demo(steps=args.steps, samples=args.samples, guidance=args.guidance, backend=args.backend,
+        result = demo.run_demo(steps=args.steps, samples=args.samples, guidance=guidance, backend=args.backend,
                                seed=args.seed, device=str(device) if device is not None else None)
     except _backend.BackendUnavailable as e:
         parser.error(f"argument --backend: {e}")
@@ -125,6 +195,76 @@ def _demo(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     print("wall: the whole loop (exact mixture model + fused update); update: fastdiff.ops.sampler_update alone, "
           "replayed on a fixed model output. SW1: sliced 1-Wasserstein distance to as many exact samples.")
     print(f"wrote {args.out}")
+    return 0
+
+
+def _one_cpu_thread(device: torch.device):
+    from .demo import _one_cpu_thread as one  # the digits' batches are as small as the mixture's: same reasoning
+
+    return one(device)
+
+
+def _backend_scope(name: str):
+    import contextlib
+
+    return contextlib.nullcontext() if name == "auto" else fastdiff.backend(name)
+
+
+def _digits_demo(parser: argparse.ArgumentParser, args: argparse.Namespace, device: Optional[torch.device]) -> int:
+    import time
+
+    from .models import digits
+
+    t0 = time.perf_counter()
+    model = digits.digits_dit(args.kind)
+    meta = digits.checkpoint_metadata(args.kind)
+    t_load = time.perf_counter() - t0
+    guidance = meta["guidance_scale"] if args.guidance is None else args.guidance
+    labels = torch.arange(100) % 10  # row after row of 0..9: each column one digit
+    dev = device or torch.device("cpu")
+    t0 = time.perf_counter()
+    try:
+        with _backend_scope(args.backend), _one_cpu_thread(dev):
+            images = digits.sample_digits(labels, kind=args.kind, sampler=args.sampler, steps=args.steps,
+                                          guidance_scale=guidance, generator=torch.Generator().manual_seed(args.seed),
+                                          device=dev)
+    except _backend.BackendUnavailable as e:
+        parser.error(f"argument --backend: {e}")
+    t_sample = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    digits.image_grid(images, columns=10).save(args.out)
+    t_write = time.perf_counter() - t0
+    n_params = sum(p.numel() for p in model.parameters())
+    print(f"fastdiff {fastdiff.__version__} demo: a class-conditional DiT ({args.kind}, {n_params:,} parameters, "
+          f"{meta['model']['depth']} adaLN-Zero blocks) trained on scikit-learn's 8x8 handwritten digits")
+    print(f"  load the checkpoint (safetensors, hash checked)  {1e3 * t_load:8.0f} ms")
+    print(f"  sample 100 digits, 10 of each: {args.sampler}, {args.steps} steps, guidance {guidance:g} fused into each "
+          f"update, on {dev}, backend {args.backend}  {1e3 * t_sample:8.0f} ms ({1e3 * t_sample / args.steps:.0f} ms/step)")
+    print(f"  write {args.out} (10x10 grid, each column one digit, 8x nearest-neighbour upscale)  {1e3 * t_write:8.0f} ms")
+    print("the analytic Gaussian-mixture demo: fastdiff demo --mixture; more digits: fastdiff sample --class 7")
+    return 0
+
+
+def _sample(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
+    import time
+
+    from .models import digits
+
+    device = _common_checks(parser, args)
+    _check_sampler(parser, args)
+    labels = torch.full((args.n,), args.digit) if args.digit is not None else torch.arange(args.n) % 10
+    t0 = time.perf_counter()
+    with _one_cpu_thread(device or torch.device("cpu")):
+        images = digits.sample_digits(labels, kind=args.kind, sampler=args.sampler, steps=args.steps,
+                                      guidance_scale=args.guidance, generator=torch.Generator().manual_seed(args.seed),
+                                      device=device, progress=None if not args.no_progress else False)
+    seconds = time.perf_counter() - t0
+    columns = min(args.n, 10 if args.digit is None else 8)
+    digits.image_grid(images, columns=columns).save(args.out)
+    guidance = digits.default_guidance(args.kind) if args.guidance is None else args.guidance
+    what = f"digit {args.digit}" if args.digit is not None else "digits 0-9 in turn"
+    print(f"sampled {args.n} images ({what}) with {args.sampler}, {args.steps} steps, guidance {guidance:g}, "
+          f"{args.kind} checkpoint in {seconds:.2f} s; wrote {args.out}")
     return 0
 
 

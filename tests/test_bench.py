@@ -135,3 +135,44 @@ def test_benchmark_script_runs_from_a_checkout():
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=120, cwd=ROOT)
     assert done.returncode == 0, done.stderr
     assert "guidance_combine" in done.stdout
+
+
+def test_help_and_a_wrong_name_list_every_benchmark(capsys):
+    with pytest.raises(SystemExit) as e:
+        bench.main(["--help"])
+    assert e.value.code == 0
+    out = capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        bench.main(["nonsense"])
+    err = capsys.readouterr().err
+    for name in [*bench.BENCHES, *bench.FAMILY_BENCHES]:
+        assert name in out and repr(name) in err
+    assert "digits" in bench.FAMILY_BENCHES
+
+
+def test_every_option_of_every_benchmark_has_a_description(monkeypatch):
+    import argparse
+    import importlib
+
+    parsers = []
+    real_parse = argparse.ArgumentParser.parse_args
+    monkeypatch.setattr(argparse.ArgumentParser, "parse_args",
+                        lambda self, *a, **k: parsers.append(self) or (_ for _ in ()).throw(SystemExit(0)))
+    for module, _ in bench.FAMILY_BENCHES.values():
+        with pytest.raises(SystemExit):
+            importlib.import_module(f"fastdiff.bench.{module}").main([])
+    monkeypatch.setattr(argparse.ArgumentParser, "parse_args", real_parse)
+    top = bench.build_parser()
+    parsers += [top] + list(next(a for a in top._actions if isinstance(a, argparse._SubParsersAction)).choices.values())
+    assert len(parsers) > len(bench.FAMILY_BENCHES)
+    for p in parsers:
+        for action in p._actions:
+            if isinstance(action, argparse._SubParsersAction):  # each of its choices carries the help
+                continue
+            assert action.help, f"{p.prog} {action.option_strings or action.dest} has no help text"
+
+
+def test_a_quick_run_leaves_out_the_targets_it_did_not_measure(tmp_path):
+    _, data, md = run_bench(tmp_path, "guidance", *TINY, "--sizes", "tiny-b1")
+    assert all(t["met"] is None for t in data["targets"])  # tiny sizes reach no target
+    assert "not measured" not in md and "## Targets" not in md

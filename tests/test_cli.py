@@ -1,4 +1,5 @@
-"""The `fastdiff` command line: demo, info, bench forwarding, --version, and bad arguments."""
+"""The `fastdiff` command line: the mixture demo, info, bench forwarding, --version, and bad arguments
+(the digits demo and `fastdiff sample`: tests/models/test_digits.py)."""
 
 import importlib.util
 import json
@@ -18,7 +19,7 @@ from fastdiff import _backend, demo
 from fastdiff.cli import main
 
 ROOT = Path(__file__).resolve().parents[1]
-SMALL = ["--samples", "300", "--steps", "4"]
+SMALL = ["--mixture", "--samples", "300", "--steps", "4"]
 
 
 def run_demo_cli(tmp_path, *extra):
@@ -86,7 +87,7 @@ def test_demo_is_reproducible_for_a_seed():
 def test_demo_rejects_bad_arguments_with_a_message(args, message, capsys, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     with pytest.raises(SystemExit) as e:
-        main(["demo", *args])
+        main(["demo", "--mixture", *args])
     assert e.value.code == 2
     assert message in capsys.readouterr().err
     assert not any(tmp_path.iterdir())  # nothing written
@@ -106,7 +107,7 @@ def test_no_subcommand_is_an_error(capsys):
     with pytest.raises(SystemExit) as e:
         main([])
     assert e.value.code == 2
-    assert "required: {demo,info,bench}" in capsys.readouterr().err
+    assert "required: {demo,sample,info,bench}" in capsys.readouterr().err
 
 
 def test_version(capsys):

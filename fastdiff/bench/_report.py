@@ -171,6 +171,47 @@ def write_text(path: Path, text: str) -> None:
     path.write_text(text)
 
 
+def pyplot():
+    """matplotlib.pyplot on the file-only Agg backend, or None when matplotlib is not installed."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None
+    return plt
+
+
+def finish_study(out: Optional[Path], name: str, result: dict[str, Any], markdown, plot, checks) -> int:
+    """The end of a quality study (sampler accuracy, digits): record diffusers' version, print the
+    markdown, save it when ``out`` is given; the exit status is 0 when every check passed."""
+    try:
+        import diffusers
+
+        result["diffusers"] = diffusers.__version__
+    except ImportError:
+        pass
+    md = markdown(result)
+    print(md)
+    if out is not None:
+        save_study(out, name, result, md, plot)
+    return 0 if all(ok for _, ok in checks(result)) else 1
+
+
+def save_study(out: Path, name: str, result: dict[str, Any], md: str, plot) -> None:
+    """Write <date>-<commit>-<name>.json, .md and (when ``plot(result, path)`` can draw) .png into ``out``."""
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip() or "unknown"
+    stem = out / f"{datetime.date.today().isoformat()}-{commit}-{name}"
+    out.mkdir(parents=True, exist_ok=True)
+    stem.with_suffix(".json").write_text(json.dumps(result, indent=1))
+    stem.with_suffix(".md").write_text(md)
+    if plot(result, stem.with_suffix(".png")):
+        print(f"wrote {stem}.{{json,md,png}}")
+    else:
+        print(f"wrote {stem}.{{json,md}}; no plot: matplotlib is not installed (pip install matplotlib)")
+
+
 def _us(v: Optional[float]) -> str:
     if v is None:
         return "—"
@@ -263,12 +304,11 @@ def markdown(results: dict[str, Any]) -> str:
         lines += _table(rows) + [""]
         notes = sorted({n for r in rows for n in r["notes"]})
         lines += [f"Note: {n}." for n in notes] + ([""] if notes else [])
-    lines += ["## Targets", ""]
-    for t in results["targets"]:
-        if t["met"] is None:
-            status = "not measured in this run"
-        else:
-            status = ("met" if t["met"] else "MISSED") + f": lowest median speedup {t['min_speedup']:.2f}x over {len(t['measured'])} measurement(s)"
+    measured = [t for t in results["targets"] if t["met"] is not None]  # targets this run's sizes did not reach are left out
+    if measured:
+        lines += ["## Targets", ""]
+    for t in measured:
+        status = ("met" if t["met"] else "MISSED") + f": lowest median speedup {t['min_speedup']:.2f}x over {len(t['measured'])} measurement(s)"
         lines.append(f"- {t['text']}: {status}")
     lines.append("")
     return "\n".join(lines)

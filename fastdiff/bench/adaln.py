@@ -290,12 +290,13 @@ def markdown(rows: list[Row], env: dict) -> str:
 
 def parse_args(argv: Optional[list[str]]) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m fastdiff.bench.adaln", description=__doc__.split("\n\n")[0])
-    p.add_argument("--device", choices=["cpu", "cuda"], default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--device", choices=["cpu", "cuda"], default="cuda" if torch.cuda.is_available() else "cpu",
+                   help="where to run (default: cuda when available, else cpu)")
     p.add_argument("--backend", default=None, help="fastdiff backend (default: cpu on CPU; cuda if built, else triton)")
     p.add_argument("--shapes", default=None, help="'dit' (default on CPU), 'all' (default on GPU) or names: "
                    + ",".join(SHAPES))
-    p.add_argument("--ops", default=",".join(OPS))
-    p.add_argument("--modes", default=",".join(MODES))
+    p.add_argument("--ops", default=",".join(OPS), help="comma-separated ops to time (default: %(default)s)")
+    p.add_argument("--modes", default=",".join(MODES), help="comma-separated passes to time (default: %(default)s)")
     p.add_argument("--dtype", default=None, help="float32 (default on CPU), bfloat16 (default on GPU), float16")
     p.add_argument("--threads", type=int, default=2, help="CPU threads (torch.set_num_threads)")
     p.add_argument("--rounds", type=int, default=None, help="timing rounds per implementation (default 7 CPU, 5 GPU)")

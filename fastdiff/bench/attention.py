@@ -316,7 +316,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     ap = argparse.ArgumentParser(prog="fastdiff.bench.attention", description=__doc__.splitlines()[0])
     ap.add_argument("--models", default="sd15,sdxl,dit,pixart", help="comma-separated subset of sd15, sdxl, dit, pixart")
     ap.add_argument("--modes", default=",".join(MODES), help="comma-separated subset of fwd, bwd, fwd+bwd")
-    ap.add_argument("--dtype", default="bf16", choices=("bf16", "fp16"))
+    ap.add_argument("--dtype", default="bf16", choices=("bf16", "fp16"), help="input dtype (default: %(default)s)")
     ap.add_argument("--quick", action="store_true", help="a few representative shapes only")
     ap.add_argument("--warmup", type=int, default=25, help="do_bench warmup, ms")
     ap.add_argument("--rep", type=int, default=100, help="do_bench repetition time, ms")

@@ -125,15 +125,16 @@ def markdown(doc: dict) -> str:
 
 def main(argv: Optional[list[str]] = None) -> int:
     p = argparse.ArgumentParser(prog="fastdiff bench geglu", description=__doc__.split("\n\n")[0])
-    p.add_argument("--device", choices=("cpu", "cuda"), default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--device", choices=("cpu", "cuda"), default="cuda" if torch.cuda.is_available() else "cpu",
+                   help="device to time on (default: cuda when available, else cpu)")
     p.add_argument("--backend", help="fastdiff backend (default: cpu on CPU, cuda on GPU)")
     p.add_argument("--shapes", default=None, help="sd15 (default), all, quick, or names: " + ",".join(SHAPES))
     p.add_argument("--dtype", default=None, help="float32 (default on CPU), bfloat16 (default on GPU), float16")
-    p.add_argument("--approximate", default="none", choices=("none", "tanh"))
-    p.add_argument("--modes", default=",".join(MODES))
+    p.add_argument("--approximate", default="none", choices=("none", "tanh"), help="GELU form: exact (none) or tanh")
+    p.add_argument("--modes", default=",".join(MODES), help="comma-separated passes to time (default: %(default)s)")
     p.add_argument("--threads", type=int, help="CPU threads (torch.set_num_threads)")
     p.add_argument("--rounds", type=int, help="timing rounds (default 15 on CPU, 5 on GPU; 5 / 3 with --quick)")
-    p.add_argument("--quick", action="store_true")
+    p.add_argument("--quick", action="store_true", help="the quick shapes and fewer rounds")
     p.add_argument("--no-compile", action="store_true", help="skip torch.compile")
     p.add_argument("--save", type=Path, metavar="DIR", help="write <date>-<commit>-geglu.md/.json into DIR")
     args = p.parse_args(argv)

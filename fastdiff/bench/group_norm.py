@@ -117,10 +117,11 @@ def markdown(rows: list[dict], env: dict) -> str:
 
 def main(argv: Optional[list[str]] = None) -> int:
     p = argparse.ArgumentParser(prog="fastdiff bench group_norm", description=__doc__.split("\n\n")[0])
-    p.add_argument("--device", choices=["cpu", "cuda"], default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--device", choices=["cpu", "cuda"], default="cuda" if torch.cuda.is_available() else "cpu",
+                   help="device to time on (default: cuda when available, else cpu)")
     p.add_argument("--backend", default=None, help="fastdiff backend (default: cpu on CPU, cuda on GPU)")
     p.add_argument("--shapes", default=None, help="vae, unet, all (default) or names: " + ",".join(SHAPES))
-    p.add_argument("--modes", default=",".join(MODES))
+    p.add_argument("--modes", default=",".join(MODES), help="comma-separated passes to time (default: %(default)s)")
     p.add_argument("--dtype", default=None, help="float32 (default on CPU), float16 (default on GPU), bfloat16")
     p.add_argument("--channels-last", action="store_true", help="time channels-last inputs")
     p.add_argument("--threads", type=int, default=2, help="CPU threads (torch.set_num_threads)")

@@ -21,10 +21,8 @@ from __future__ import annotations
 
 import argparse
 import inspect
-import json
 import math
 import platform
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -36,6 +34,8 @@ from torch import Tensor
 import fastdiff
 from fastdiff.models.gaussian_mixture import GaussianMixture, sliced_wasserstein
 from fastdiff.samplers import NAMED, Sampler, make_sampler
+
+from ._report import finish_study, pyplot
 
 NFE = [5, 10, 15, 20, 50]
 #: samplers that inject fresh noise: no single ODE solution to compare with
@@ -264,12 +264,8 @@ def markdown(result: dict) -> str:
 
 def plot(result: dict, path: Path) -> bool:
     """ODE error and sliced W1 vs NFE on log axes, one row of panels per grid. False without matplotlib."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
+    plt = pyplot()
+    if plt is None:
         return False
     configs = _present(result, "config")
     fig, axes = plt.subplots(len(configs), 2, figsize=(13, 5 * len(configs)), squeeze=False)
@@ -302,10 +298,22 @@ def _csv(text: str, kind=str) -> list:
     return [kind(v) for v in text.split(",") if v]
 
 
+def check_implementations(ap: argparse.ArgumentParser, impls: list) -> None:
+    """--implementations: fastdiff and/or diffusers, and diffusers importable when asked for."""
+    for impl in impls:
+        if impl not in IMPLEMENTATIONS:
+            ap.error(f"--implementations: expected fastdiff and/or diffusers, got {impl!r}")
+    if "diffusers" in impls:
+        try:
+            import diffusers  # noqa: F401
+        except ImportError:
+            ap.error("the diffusers column needs diffusers (pip install diffusers), or pass --implementations fastdiff")
+
+
 def main(argv: "list[str] | None" = None) -> int:
     ap = argparse.ArgumentParser(prog="fastdiff bench samplers", description=__doc__.splitlines()[0])
     ap.add_argument("--n", type=int, default=10000, help="samples per run (default 10000)")
-    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--seed", type=int, default=0, help="seed of the starting noise and the samplers' noise (default 0)")
     ap.add_argument("--nfe", default=",".join(map(str, NFE)), help="comma-separated model-evaluation budgets")
     ap.add_argument("--samplers", default=",".join(NAMED), help="comma-separated fastdiff sampler names")
     ap.add_argument("--configs", default=",".join(CONFIGS), help="comma-separated grids: sd, karras (see the module)")
@@ -320,14 +328,7 @@ def main(argv: "list[str] | None" = None) -> int:
     for name in samplers:
         if name not in NAMED:
             ap.error(f"--samplers: expected names from {', '.join(NAMED)}, got {name!r}")
-    for impl in impls:
-        if impl not in IMPLEMENTATIONS:
-            ap.error(f"--implementations: expected fastdiff and/or diffusers, got {impl!r}")
-    if "diffusers" in impls:
-        try:
-            import diffusers  # noqa: F401
-        except ImportError:
-            ap.error("the diffusers column needs diffusers (pip install diffusers), or pass --implementations fastdiff")
+    check_implementations(ap, impls)
     if any(n < 1 for n in nfes) or args.n < 2 or args.reference_steps < 2:
         ap.error("--nfe values, --n and --reference-steps expected positive integers (n, reference steps >= 2)")
     result = run(args.n, args.seed, configs, samplers, nfes, args.reference_steps, impls)
@@ -335,25 +336,7 @@ def main(argv: "list[str] | None" = None) -> int:
                   fastdiff=fastdiff.__version__, machine=platform.machine(),
                   command="fastdiff bench samplers " + " ".join(argv if argv is not None else sys.argv[1:]),
                   configs={c: CONFIGS[c] for c in configs})
-    try:
-        import diffusers
-
-        result["diffusers"] = diffusers.__version__
-    except ImportError:
-        pass
-    md = markdown(result)
-    print(md)
-    if args.out is not None:
-        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip() or "unknown"
-        stem = f"{time.strftime('%Y-%m-%d')}-{commit}-sampler_accuracy"
-        args.out.mkdir(parents=True, exist_ok=True)
-        (args.out / f"{stem}.json").write_text(json.dumps(result, indent=1))
-        (args.out / f"{stem}.md").write_text(md)
-        if plot(result, args.out / f"{stem}.png"):
-            print(f"wrote {args.out / stem}.{{json,md,png}}")
-        else:
-            print(f"wrote {args.out / stem}.{{json,md}}; no plot: matplotlib is not installed (pip install matplotlib)")
-    return 0 if all(ok for _, ok in checks(result)) else 1
+    return finish_study(args.out, "sampler_accuracy", result, markdown, plot, checks)
 
 
 if __name__ == "__main__":

@@ -148,12 +148,12 @@ def markdown(rows: list[dict]) -> str:
 
 def main(argv: "list[str] | None" = None) -> int:
     ap = argparse.ArgumentParser(prog="fastdiff bench overhead", description=__doc__.splitlines()[0])
-    ap.add_argument("--device", default="cpu")
-    ap.add_argument("--steps", type=int, default=20)
-    ap.add_argument("--repeats", type=int, default=9)
-    ap.add_argument("--shapes", default="1x4x64x64,4x4x64x64,2x4x128x128")
+    ap.add_argument("--device", default="cpu", help="torch device (default: %(default)s)")
+    ap.add_argument("--steps", type=int, default=20, help="sampling steps per loop (default: %(default)s)")
+    ap.add_argument("--repeats", type=int, default=9, help="timed loops per implementation; the median is reported (default: %(default)s)")
+    ap.add_argument("--shapes", default="1x4x64x64,4x4x64x64,2x4x128x128", help="comma-separated latent shapes BxCxHxW (default: %(default)s)")
     ap.add_argument("--model", choices=sorted(MODELS), default="free", help="the trivial model (see the module docstring)")
-    ap.add_argument("--out", type=Path, default=None)
+    ap.add_argument("--out", type=Path, default=None, help="folder to write the JSON and markdown results into")
     args = ap.parse_args(argv)
     device = torch.device(args.device)
     rows = []

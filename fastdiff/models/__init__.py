@@ -1,5 +1,7 @@
-"""Models to sample from: analytic targets with exact denoisers (and, later, the tiny demo DiT)."""
+"""Models to sample from: the trained digits DiT (safetensors shipped in this package) and analytic
+targets with exact denoisers."""
 
+from .digits import DigitsDiT, digits_dit, sample_digits
 from .gaussian_mixture import GaussianMixture, MixtureModel, sliced_wasserstein
 
-__all__ = ["GaussianMixture", "MixtureModel", "sliced_wasserstein"]
+__all__ = ["DigitsDiT", "GaussianMixture", "MixtureModel", "digits_dit", "sample_digits", "sliced_wasserstein"]
