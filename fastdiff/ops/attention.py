@@ -34,7 +34,7 @@ KERNEL_DTYPES = (torch.float16, torch.bfloat16)
 #: Largest head dim the kernels take; every multiple of 8 up to it is served.
 MAX_HEAD_DIM = 256
 #: Head dims the Triton kernels serve with no work on padding (see fastdiff/triton/attention.py).
-TRITON_EXACT_HEAD_DIMS = tuple(d for d in range(8, MAX_HEAD_DIM + 1, 8) if bin(d // 8).count("1") <= 3)
+TRITON_EXACT_HEAD_DIMS = tuple(d for d in range(16, MAX_HEAD_DIM + 1, 16) if bin(d // 16).count("1") <= 3)
 
 # Only the cuda backend registers compiled kernels for CUDA dispatch; _C is loaded before this
 # module (fastdiff/__init__.py), so whether it holds an attention kernel is known now. Read once
