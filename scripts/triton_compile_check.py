@@ -27,6 +27,7 @@ from triton.compiler import ASTSource  # noqa: E402
 
 from fastdiff.ops.sampler_update import A, B, CD, CX, CZ, HISTORY, SLOT  # noqa: E402
 from fastdiff.triton import _common  # noqa: E402
+from fastdiff.triton import adaln as AD  # noqa: E402
 from fastdiff.triton import guidance as G  # noqa: E402
 from fastdiff.triton import sampler_update as S  # noqa: E402
 
@@ -83,6 +84,45 @@ def cases():
         yield update("f32", "f32", k, guided, noise, guided, guided, ALIGNED)
     for size in SIZES:
         yield update("bf16", "f16", 3, True, True, True, True, size)
+    yield from adaln_cases()
+
+
+#: adaln row widths the launchers turn into BLOCK_D (next power of two of D): a tiny row, DiT's
+#: 1152 (2048) and the largest, 8192, where the warps (forward 16, backward 32) change too.
+ADALN_BLOCKS = (16, 2048, 8192)
+
+
+def adaln_cases():
+    """The adaln row kernels: every flag pattern at one width, every dtype and width with all flags on."""
+    sizes = {ALIGNED: "i32", "odd": "i32", "one": 1}
+
+    def row_kernels(dt, block, flags, size):
+        p, n = PTR[dt], sizes[size]
+        fwd = dict(X=p, GATE=p, H=p, SHIFT=p, SCALE=p, W=p, B=p, XOUT=p, OUT=p, MEAN="*fp32", RSTD="*fp32",
+                   N=n, D="i32", eps="fp32", **flags, BLOCK_D=block)
+        yield AD._forward_kernel, fwd, AD._warps(block), size
+        bwd = dict(GO=p, GXO=p, X=p, GATE=p, H=p, SCALE=p, W=p, B=p, MEAN="*fp32", RSTD="*fp32",
+                   GX=p, GH=p, GGATE=p, GSHIFT=p, GSCALE=p, P="*fp32", N=n, D="i32", ROWS=n, CHUNKS=n,
+                   **flags, BLOCK_D=block)
+        yield AD._backward_kernel, bwd, AD._backward_warps(block), size
+
+    names = ("FUSED", "RMS", "HAS_W", "HAS_B", "GATE_PS", "SHIFT_PS", "SCALE_PS")
+    for fused, rms, affine, per_sample in itertools.product((False, True), repeat=4):
+        flags = dict(zip(names, (fused, rms, affine, affine, fused and per_sample, per_sample, per_sample)))
+        yield from row_kernels("bf16", 2048, flags, ALIGNED)
+    full = dict(zip(names, (True, False, True, True, True, True, True)))
+    for dt, block in itertools.product(DTYPES, ADALN_BLOCKS):
+        yield from row_kernels(dt, block, full, ALIGNED)
+    for size in ("odd", "one"):
+        yield from row_kernels("f16", 2048, full, size)
+    for dt, gate_ps, size in itertools.product(DTYPES, (False, True), (ALIGNED, "odd")):
+        p = PTR[dt]
+        blk = AD._RESIDUAL_BLOCK
+        yield AD._residual_kernel, dict(X=p, GATE=p, H=p, OUT=p, N="i32", D="i32", GATE_PS=gate_ps, BLOCK=blk), 4, size
+        yield AD._residual_backward_kernel, dict(
+            GO=p, GATE=p, H=p, GH=p, GGATE=p, P="*fp32", N="i32", D="i32", ROWS="i32", CHUNKS="i32",
+            GATE_PS=gate_ps, BLOCK=blk,
+        ), 4, size
 
 
 def compile_one(fn, args, num_warps, size, arch):
@@ -110,7 +150,7 @@ def main() -> int:
     for arch in archs:
         for fn, args, warps, size in cases():
             label = f"sm_{arch} {fn.__name__} {size} " + " ".join(
-                f"{k}={v}" for k, v in args.items() if k.isupper() or k in ("x_ptr", "m_ptr")
+                f"{k}={v}" for k, v in args.items() if (k.isupper() and not isinstance(v, str)) or k in ("x_ptr", "m_ptr", "X", "GO")
             )
             try:
                 kernel = compile_one(fn, args, warps, size, arch)

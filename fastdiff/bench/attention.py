@@ -36,6 +36,8 @@ from typing import Any, Callable, Optional, Sequence
 import torch
 import torch.nn.functional as F
 
+from ._case import error_summary
+
 #: (model, label, B, H, Nq, Nk, D): Nk = Nq is self-attention. SD-1.5 at 512 px (64x64 latent),
 #: batch 8 = 4 images with classifier-free guidance; SDXL at 1024 px, batch 2; DiT-XL/2 at 256
 #: and 512 px; PixArt-alpha at 1024 px with 120 T5 tokens.
@@ -157,6 +159,18 @@ def timed_callable(fwd: Callable[[], torch.Tensor], leaves: tuple, mode: str) ->
     return lambda: torch.autograd.grad(out, leaves, grad, retain_graph=True)
 
 
+def outcome(impl: str, e: BaseException) -> str:
+    """'skipped' when an implementation declines a shape (fastdiff backend not built; an SDPA backend
+    without a kernel for it; out of memory), 'failed' for anything else (a compile error, a crash)."""
+    import fastdiff
+
+    if isinstance(e, (fastdiff.BackendUnavailable, torch.cuda.OutOfMemoryError)):
+        return "skipped"
+    if impl.startswith("sdpa-") and isinstance(e, RuntimeError):
+        return "skipped"
+    return "failed"
+
+
 def copy_bandwidth(device: str) -> float:
     """Device-to-device copy bandwidth in bytes/s (read + write), measured now."""
     from triton.testing import do_bench
@@ -186,8 +200,9 @@ def run_gpu(opts: argparse.Namespace) -> dict[str, Any]:
                     fn()
                     torch.cuda.synchronize()
                     ms = do_bench(fn, warmup=opts.warmup, rep=opts.rep, quantiles=[0.5])[0]
-                except (RuntimeError, fastdiff.BackendUnavailable, torch.cuda.OutOfMemoryError) as e:
-                    row["skipped"] = str(e).splitlines()[0][:160]
+                except Exception as e:  # noqa: BLE001 - one implementation's failure never ends the run
+                    row[outcome(name, e)] = error_summary(e)
+                    print(f"{c.model:6s} {c.label:13s} {mode:7s} {name:16s} {outcome(name, e)}: {row[outcome(name, e)]}", flush=True)
                     torch.cuda.empty_cache()
                     rows.append(row)
                     continue
@@ -296,7 +311,8 @@ def markdown(result: dict[str, Any]) -> str:
         for key in keys:
             sel = {r["impl"]: r for r in rows if r["mode"] == mode and (r["model"], r["case"]) == key}
             any_r = next(iter(sel.values()))
-            cells = [f"{sel[i]['ms']:.3f}" if i in sel and "ms" in sel[i] else "n/a" for i in impls]
+            cells = [f"{sel[i]['ms']:.3f}" if i in sel and "ms" in sel[i] else "FAILED" if "failed" in sel.get(i, {}) else "n/a"
+                     for i in impls]
             fast = [r for n, r in sel.items() if n.startswith("fastdiff") and "ms" in r]
             best_fast = min(fast, key=lambda r: r["ms"]) if fast else None
             sdpa = [r["ms"] for n, r in sel.items() if n.startswith("sdpa") and "ms" in r]
@@ -306,6 +322,10 @@ def markdown(result: dict[str, Any]) -> str:
             shape = f"{any_r['B']}, {any_r['H']}, {any_r['Nq']}, {any_r['Nk']}, {any_r['D']}"
             out.append(f"| {key[0]} {key[1]} | {shape} | " + " | ".join(cells) + f" | {speed} | {tfl} | {floor} |")
         out.append("")
+    failed = [r for r in rows if "failed" in r]
+    if failed:
+        out += ["FAILED:", ""] + sorted({f"- {r['impl']} ({r['mode']}, D={r['D']}, Nq={r['Nq']}, Nk={r['Nk']}): {r['failed']}"
+                                         for r in failed}) + [""]
     skipped = [r for r in rows if "skipped" in r]
     if skipped:
         out += ["Not run:", ""] + sorted({f"- {r['impl']} ({r['mode']}, D={r['D']}): {r['skipped']}" for r in skipped}) + [""]
@@ -347,7 +367,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             json.dump(result, f, indent=1)
         with open(os.path.join(opts.out, "attention.md"), "w") as f:
             f.write(table)
-    return 0
+    return 1 if any("failed" in r for r in result["rows"]) else 0
 
 
 if __name__ == "__main__":
