@@ -13,6 +13,10 @@
 # fastdiff/_C*.so (copy it into fastdiff/ and carry it to the `bench` call), for `bench`
 # results.tar (each benchmark's JSON and markdown, appended step by step).
 #
+# With the device tool: run `tests`, copy the .so it returns into fastdiff/ here, then run `bench`
+# with carry ["fastdiff/_C.cpython-312-x86_64-linux-gnu.so"] (the GPU machines' Python is 3.12); a
+# `bench` that finds no CUDA build of the extension builds one first (about 90 s more).
+#
 # Every step runs under `timeout`; a step gets at most its budget and never more than what is left
 # of the command's deadline (GPU_CHECK_DEADLINE_S, default 450 s), so the command ends in time and
 # the steps after a slow one are reported as skipped rather than lost. Triton kernels launch one
@@ -262,6 +266,9 @@ run_bench() {
     "--cpu --pairs 1 --number 1"
   bench overhead 90 40 "overhead --device cuda --steps 20 --repeats 3 --shapes 1x4x64x64,2x4x128x128 --out {dir}" \
     "--device cpu --steps 2 --repeats 1 --shapes 1x4x8x8"
+  # The dispatch table from forward timings (commit {dir}/attention_table.json as fastdiff/ops/attention_table.json).
+  bench attention-tune 150 60 "attention --tune --table {dir}/attention_table.json --models sdxl,sd15 --modes fwd --warmup 5 --rep 30 --out {dir}" \
+    "--cpu --pairs 1 --number 1 --quick"
 }
 
 bench() {

@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .. import _backend
+from . import attention_dispatch
 from ._common import FLOAT_DTYPES, check_tensor, describe, fail, register_fake, register_triton
 
 OP = "attention"
@@ -224,6 +225,9 @@ def attention(q: Tensor, k: Tensor, v: Tensor, *, mask: Optional[Tensor] = None,
     backend = select_backend(q, bias)
     if backend == "reference" or b * h * nq * nk == 0:
         return attention_reference(q, k, v, key_mask=key_mask, bias=bias, scale=scale)
+    served = attention_dispatch.maybe_sdpa(q, k, v, scale, mask is not None, _backend.forced() is not None)
+    if served is not None:  # SDPA's best backend is faster here (attention_dispatch.py)
+        return served
     q, k, v = _kernel_layout(q), _kernel_layout(k), _kernel_layout(v)
     if key_mask is not None:
         key_mask = key_mask.contiguous()
