@@ -28,5 +28,5 @@ def info() -> dict[str, Any]:
     out["attention"] = attention_support()  # which attention kernels serve what
     from .ops.attention_dispatch import describe as attention_dispatch
 
-    out["attention_dispatch"] = attention_dispatch()  # kernel or SDPA, per GPU arch and shape
+    out["attn_dispatch"] = attention_dispatch()  # kernel or SDPA, per GPU arch and shape
     return out

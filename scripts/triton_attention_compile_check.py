@@ -125,27 +125,23 @@ def main() -> int:
         for label, fn, ptrs, consts, warps, stages, fixed in all_cases():
             sig, attrs = _sig(fn, ptrs, strides, {"scale", "scale2"}, consts)
             src = ASTSource(fn, sig, constexprs=consts, attrs=attrs)
+            problem, resources = None, False
             try:
                 kernel = triton.compile(src, target=GPUTarget("cuda", arch, 32), options={"num_warps": warps, "num_stages": stages})
+                shared, limit = kernel.metadata.shared, SHARED_LIMIT.get(arch)
+                if limit is not None and shared > limit:
+                    problem, resources = f"needs {shared} bytes of shared memory > {limit}", True
             except Exception as e:  # report every failure, not just the first
-                msg = str(e).splitlines()[0] if str(e) else ""
-                if ("out of resource" in msg.lower() or "OutOfResources" in type(e).__name__) and not fixed:
-                    skipped += 1
-                    print(f"skip sm_{arch} {label}: {msg}", flush=True)
-                else:
-                    failed += 1
-                    print(f"FAIL sm_{arch} {label}\n     {type(e).__name__}: {msg}", flush=True)
-                continue
-            shared, limit = kernel.metadata.shared, SHARED_LIMIT.get(arch)
-            if limit is not None and shared > limit:
-                if fixed:  # a fixed launch has no other config to fall back to
-                    failed += 1
-                    print(f"FAIL sm_{arch} {label}\n     fixed config needs {shared} bytes of shared memory > {limit}", flush=True)
-                else:
-                    skipped += 1
-                    print(f"skip sm_{arch} {label}: {shared} bytes of shared memory > {limit} (the autotuner skips it)", flush=True)
-                continue
-            done += 1
+                problem = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+                resources = "out of resource" in problem.lower() or "OutOfResources" in problem
+            if problem is None:
+                done += 1
+            elif resources and not fixed:  # the autotuner skips such a config at run time
+                skipped += 1
+                print(f"skip sm_{arch} {label}: {problem}", flush=True)
+            else:  # a fixed launch has no other config to fall back to
+                failed += 1
+                print(f"FAIL sm_{arch} {label}\n     {problem}", flush=True)
     print(f"triton {triton.__version__}: {done} attention specialisations compiled for sm_{', sm_'.join(map(str, archs))}, "
           f"{failed} failed, {skipped} over resources, {time.time() - t0:.0f} s")
     return 1 if failed else 0

@@ -158,7 +158,7 @@ def test_sdpa_path_returns_contiguous_bnhd_in_the_input_dtype():
 
 
 def test_info_shows_the_table():
-    shown = fastdiff.info()["attention_dispatch"]
+    shown = fastdiff.info()["attn_dispatch"]
     assert shown["table"].endswith("attention_table.json") and "short-K/V cross-attention" in shown["default"]
     assert "entries" in shown
 
