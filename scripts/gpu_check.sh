@@ -184,7 +184,8 @@ run_tests() {
   if [[ $dry == 1 ]]; then
     step info 300 5 "$py" -c "$info"
   else
-    step info 60 5 "$py" -c "$info; assert fastdiff._backend.cuda_compiled(), 'fastdiff._C holds no CUDA kernels'" || return
+    # Without the CUDA kernels the steps below still test Triton on the GPU (cuda cases skip or fail).
+    step info 60 5 "$py" -c "$info; assert fastdiff._backend.cuda_compiled(), 'fastdiff._C holds no CUDA kernels'"
     local so
     for so in fastdiff/_C*.so; do
       [[ "$so" -nt CMakeLists.txt ]] && cp "$so" "$out/" && echo "kept $so ($(du -h "$so" | cut -f1)) in OUT: copy it into fastdiff/ and carry it to 'bench'" | tee -a "$summary"
