@@ -26,4 +26,7 @@ def info() -> dict[str, Any]:
     from .ops.attention import support as attention_support
 
     out["attention"] = attention_support()  # which attention kernels serve what
+    from .ops.attention_dispatch import describe as attention_dispatch
+
+    out["attn_dispatch"] = attention_dispatch()  # kernel or SDPA, per GPU arch and shape
     return out

@@ -28,6 +28,8 @@ from triton.compiler import ASTSource  # noqa: E402
 from fastdiff.ops.sampler_update import A, B, CD, CX, CZ, HISTORY, SLOT  # noqa: E402
 from fastdiff.triton import _common  # noqa: E402
 from fastdiff.triton import geglu as GG  # noqa: E402
+from fastdiff.triton import group_norm as GN  # noqa: E402
+from fastdiff.triton import adaln as AD  # noqa: E402
 from fastdiff.triton import guidance as G  # noqa: E402
 from fastdiff.triton import sampler_update as S  # noqa: E402
 
@@ -84,12 +86,68 @@ def cases():
         yield update("f32", "f32", k, guided, noise, guided, guided, ALIGNED)
     for size in SIZES:
         yield update("bf16", "f16", 3, True, True, True, True, size)
-
     for dt, tanh, size in itertools.product(DTYPES, (False, True), SIZES):  # geglu: h is the row's half-width
         blk = block(size, _common.BLOCK)
         common = dict(h=SIZES[size]["n"], TANH=tanh, BLOCK=blk, WIDE=size == "huge")
         yield GG._forward_kernel, dict(x_ptr=PTR[dt], out_ptr=PTR[dt], **common), _common.warps_for(blk), size
         yield GG._backward_kernel, dict(go_ptr=PTR[dt], x_ptr=PTR[dt], gx_ptr=PTR[dt], **common), _common.warps_for(blk), size
+    yield from adaln_cases()
+    yield from group_norm_cases()
+
+
+#: adaln row widths the launchers turn into BLOCK_D (next power of two of D): a tiny row, DiT's
+#: 1152 (2048) and the largest, 8192, where the warps (forward 16, backward 32) change too.
+ADALN_BLOCKS = (16, 2048, 8192)
+
+
+def adaln_cases():
+    """The adaln row kernels: every flag pattern at one width, every dtype and width with all flags on."""
+    sizes = {ALIGNED: "i32", "odd": "i32", "one": 1}
+
+    def row_kernels(dt, block, flags, size):
+        p, n = PTR[dt], sizes[size]
+        fwd = dict(X=p, GATE=p, H=p, SHIFT=p, SCALE=p, W=p, B=p, XOUT=p, OUT=p, MEAN="*fp32", RSTD="*fp32",
+                   N=n, D="i32", eps="fp32", **flags, BLOCK_D=block)
+        yield AD._forward_kernel, fwd, AD._warps(block), size
+        bwd = dict(GO=p, GXO=p, X=p, GATE=p, H=p, SCALE=p, W=p, B=p, MEAN="*fp32", RSTD="*fp32",
+                   GX=p, GH=p, GGATE=p, GSHIFT=p, GSCALE=p, P="*fp32", N=n, D="i32", ROWS=n, CHUNKS=n,
+                   **flags, BLOCK_D=block)
+        yield AD._backward_kernel, bwd, AD._backward_warps(block), size
+
+    names = ("FUSED", "RMS", "HAS_W", "HAS_B", "GATE_PS", "SHIFT_PS", "SCALE_PS")
+    for fused, rms, affine, per_sample in itertools.product((False, True), repeat=4):
+        flags = dict(zip(names, (fused, rms, affine, affine, fused and per_sample, per_sample, per_sample)))
+        yield from row_kernels("bf16", 2048, flags, ALIGNED)
+    full = dict(zip(names, (True, False, True, True, True, True, True)))
+    for dt, block in itertools.product(DTYPES, ADALN_BLOCKS):
+        yield from row_kernels(dt, block, full, ALIGNED)
+    for size in ("odd", "one"):
+        yield from row_kernels("f16", 2048, full, size)
+    for dt, gate_ps, size in itertools.product(DTYPES, (False, True), (ALIGNED, "odd")):
+        p = PTR[dt]
+        blk = AD._RESIDUAL_BLOCK
+        yield AD._residual_kernel, dict(X=p, GATE=p, H=p, OUT=p, N="i32", D="i32", GATE_PS=gate_ps, BLOCK=blk), 4, size
+        yield AD._residual_backward_kernel, dict(
+            GO=p, GATE=p, H=p, GH=p, GGATE=p, P="*fp32", N="i32", D="i32", ROWS="i32", CHUNKS="i32",
+            GATE_PS=gate_ps, BLOCK=blk,
+        ), 4, size
+
+
+
+def group_norm_cases():
+    """The group_norm kernels (launched with the default 4 warps): every dtype, affine or not, SiLU or not."""
+    for dt, affine, silu in itertools.product(DTYPES, (False, True), (False, True)):
+        p = PTR[dt]
+        dims = dict(C="i32", S="i32", CG="i32", G="i32", sN="i32", sC="i32", sS="i32")
+        flags = dict(HAS_W=affine, HAS_B=affine, SILU=silu)
+        if not affine and not silu:
+            yield GN._stats_kernel, dict(X=p, PART="*fp32", C="i32", S="i32", sN="i32", sC="i32", sS="i32", BLOCKS="i32",
+                                         BLOCK_LEN=GN.BLOCK_LEN, TILE=GN.TILE), 4, ALIGNED
+        yield GN._apply_kernel, dict(X=p, OUT=p, MEAN="*fp32", RSTD="*fp32", W=p, B=p, **dims, **flags, TILE=GN.TILE), 4, ALIGNED
+        yield GN._grad_sums_kernel, dict(X=p, GO=p, PART="*fp32", MEAN="*fp32", RSTD="*fp32", W=p, B=p, **dims, BLOCKS="i32",
+                                         **flags, BLOCK_LEN=GN.BLOCK_LEN, TILE=GN.TILE), 4, ALIGNED
+        yield GN._grad_x_kernel, dict(X=p, GO=p, GX=p, COEF="*fp32", MEAN="*fp32", RSTD="*fp32", W=p, B=p, **dims,
+                                      **flags, TILE=GN.TILE), 4, ALIGNED
 
 
 def compile_one(fn, args, num_warps, size, arch):
@@ -117,7 +175,7 @@ def main() -> int:
     for arch in archs:
         for fn, args, warps, size in cases():
             label = f"sm_{arch} {fn.__name__} {size} " + " ".join(
-                f"{k}={v}" for k, v in args.items() if k.isupper() or k in ("x_ptr", "m_ptr")
+                f"{k}={v}" for k, v in args.items() if (k.isupper() and not isinstance(v, str)) or k in ("x_ptr", "m_ptr", "X", "GO")
             )
             try:
                 kernel = compile_one(fn, args, warps, size, arch)

@@ -177,6 +177,8 @@ def main(argv: Optional[list[str]] = None) -> int:
             row = _case.run(case, plan)
             if not row["verified"]:
                 print(f"fastdiff bench: {label}: verification FAILED: {row['verification']}", file=sys.stderr)
+            elif row.get("error"):
+                print(f"fastdiff bench: {label}: FAILED: {row['error']}", file=sys.stderr)
             rows.append(row)
             del case  # free this case's tensors before the next is built
     load["after"] = _loadavg()
@@ -188,4 +190,4 @@ def main(argv: Optional[list[str]] = None) -> int:
         _report.write_json(args.json, results)
     if args.md is not None:
         _report.write_text(args.md, text)
-    return 0 if rows and all(r["verified"] for r in rows) else 1
+    return 0 if rows and all(r["verified"] and not r.get("error") for r in rows) else 1

@@ -51,6 +51,16 @@ class Case:
     notes: list[str] = field(default_factory=list)
 
 
+def error_summary(e: BaseException, limit: int = 200) -> str:
+    """One line naming an exception that stopped one implementation: its type and the most telling
+    line of its message (Triton's CompilationError starts with a source position; its cause says why)."""
+    lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+    text = lines[0] if lines else ""
+    if e.__cause__ is not None and (not text or text.startswith("at ")):
+        text = f"{text} {type(e.__cause__).__name__}: {str(e.__cause__).strip().splitlines()[0] if str(e.__cause__).strip() else ''}"
+    return f"{type(e).__name__}: {text}"[:limit]
+
+
 def relative_error(got: Tensor, want: Tensor) -> float:
     """max |got - want| / max |want|; infinite when got holds NaN/inf or has the wrong shape."""
     if tuple(got.shape) != tuple(want.shape) or not bool(torch.isfinite(got).all()):
@@ -66,13 +76,18 @@ def verify(case: Case) -> dict[str, dict[str, Any]]:
     for c in case.candidates:
         if c.outputs is None:
             continue
-        got = c.outputs()
+        tol = (FASTDIFF_TOL if c.role == FASTDIFF else BASELINE_TOL)[case.dtype]
+        try:
+            got = c.outputs()
+        except Exception as e:  # noqa: BLE001 - any failure of one candidate is reported, the run goes on
+            report[c.name] = {"max_rel_error": None, "tolerance": tol, "passed": False, "compared": [],
+                              "error": error_summary(e)}
+            continue
         missing = sorted(set(got) - set(expected))
         if missing:
             raise AssertionError(f"bench bug: {c.name} returns {missing} that the expected result lacks")
         errs = {k: relative_error(v.cpu(), expected[k]) for k, v in got.items()}
         worst = max(errs.values())
-        tol = (FASTDIFF_TOL if c.role == FASTDIFF else BASELINE_TOL)[case.dtype]
         report[c.name] = {
             "max_rel_error": worst if math.isfinite(worst) else None,  # None: NaN/inf or wrong shape
             "tolerance": tol,
@@ -102,7 +117,11 @@ def run(case: Case, plan: _timing.TimingPlan) -> dict[str, Any]:
     row["timings"], row["speedups"] = {}, {}
     if not row["verified"]:
         return row
-    times = _timing.time_candidates({c.name: c.fn for c in case.candidates}, case.device, plan)
+    try:
+        times = _timing.time_candidates({c.name: c.fn for c in case.candidates}, case.device, plan)
+    except Exception as e:  # noqa: BLE001 - reported in the row and the table; the next case still runs
+        row["error"] = f"timing: {error_summary(e)}"
+        return row
     row["timings"] = {name: _timing.time_summary(t, case.nbytes) for name, t in times.items()}
     baselines = [c.name for c in case.candidates if c.role == BASELINE]
     for c in case.candidates:

@@ -243,8 +243,12 @@ def _table(rows: list[dict[str, Any]]) -> list[str]:
         cells = [r["case"], "x".join(map(str, r["shape"])), r["dtype"], f"{r['bytes'] / 1e6:.2f}"]
         if not r["verified"]:
             bad = {n: v for n, v in r["verification"].items() if not v["passed"]}
-            why = "; ".join(f"{n}: error {v['max_rel_error']} > {v['tolerance']:.2g}" for n, v in bad.items())
+            why = "; ".join(f"{n}: {v['error']}" if v.get("error") else f"{n}: error {v['max_rel_error']} > {v['tolerance']:.2g}"
+                            for n, v in bad.items())
             lines.append("| " + " | ".join(cells + [f"FAILED verification, not timed ({why})"]) + " |")
+            continue
+        if r.get("error"):
+            lines.append("| " + " | ".join(cells + [f"FAILED, not timed ({r['error']})"]) + " |")
             continue
         t = r["timings"]
         cells += [_us(t[n]["median_us"]) if n in t else "—" for n in baselines + fused]

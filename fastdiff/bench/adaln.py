@@ -21,11 +21,13 @@ import platform
 import statistics
 import subprocess
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable, Optional
 
 import torch
 from torch.nn import functional as F
+
+from ._case import error_summary
 
 # (name, B, N, D): DiT-XL/2 at 256 and 512 px, PixArt-alpha / SD3 at 1024 px, FLUX at 1024 px.
 SHAPES = {
@@ -172,6 +174,7 @@ class Row:
     speedup: dict  # implementation -> median of (its time / fastdiff time) per round
     best_speedup: dict  # implementation -> its best time / fastdiff's best time
     gbps: Optional[float]
+    errors: dict = field(default_factory=dict)  # implementation -> why it failed (then it has no times)
 
 
 def bench_one(shape: str, op: str, mode: str, dtype: torch.dtype, device: str, backend: str, rounds: int,
@@ -180,36 +183,48 @@ def bench_one(shape: str, op: str, mode: str, dtype: torch.dtype, device: str, b
 
     b, n, d = SHAPES[shape]
     inputs = op_inputs(op, b, n, d, dtype, device)
-    impls = {"eager": mode_callable(EAGER[op], inputs, mode)}
-    if compile_:
-        torch._dynamo.reset()
-        compiled = torch.compile(EAGER[op], fullgraph=True, dynamic=False)
-        impls["compile"] = mode_callable(compiled, inputs, mode)
     ours = fastdiff_fns()[op]
 
     def ours_on_backend(*args):
         with fastdiff.backend(backend):
             return ours(*args)
 
-    impls["fastdiff"] = mode_callable(ours_on_backend, inputs, mode)
-    for fn in impls.values():  # warm-up (and compilation)
-        fn()
-        fn()
+    def compiled_eager():
+        torch._dynamo.reset()
+        return torch.compile(EAGER[op], fullgraph=True, dynamic=False)
+
+    makers = {"eager": lambda: EAGER[op], "compile": compiled_eager, "fastdiff": lambda: ours_on_backend}
+    if not compile_:
+        del makers["compile"]
+    impls, errors = {}, {}
+    for k, make in makers.items():  # build and warm up (and compile); a failure drops that implementation only
+        try:
+            fn = mode_callable(make(), inputs, mode)
+            fn()
+            fn()
+            impls[k] = fn
+        except Exception as e:  # noqa: BLE001 - reported in the row and the table
+            errors[k] = error_summary(e)
     per_round = {k: [] for k in impls}
     best = {k: float("inf") for k in impls}
     for _ in range(rounds):
-        for k, fn in impls.items():
-            median, fastest = timer(fn)
+        for k, fn in list(impls.items()):
+            try:
+                median, fastest = timer(fn)
+            except Exception as e:  # noqa: BLE001
+                errors[k] = error_summary(e)
+                del impls[k], per_round[k], best[k]
+                continue
             per_round[k].append(median)
             best[k] = min(best[k], fastest)
     times = {k: statistics.median(v) for k, v in per_round.items()}
-    others = [k for k in impls if k != "fastdiff"]
+    others = [k for k in impls if k != "fastdiff"] if "fastdiff" in impls else []
     speedup = {k: statistics.median(a / f for a, f in zip(per_round[k], per_round["fastdiff"])) for k in others}
     best_speedup = {k: best[k] / best["fastdiff"] for k in others}
     gbps = None
-    if device == "cuda":
+    if device == "cuda" and "fastdiff" in times:
         gbps = bytes_moved(op, mode, b, n, d, inputs[0].element_size()) / times["fastdiff"] / 1e9
-    return Row(shape, b, n, d, op, mode, str(dtype).replace("torch.", ""), times, best, speedup, best_speedup, gbps)
+    return Row(shape, b, n, d, op, mode, str(dtype).replace("torch.", ""), times, best, speedup, best_speedup, gbps, errors)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -268,23 +283,33 @@ def markdown(rows: list[Row], env: dict) -> str:
         "load on the machine). Modulation per sample (B, D).",
         "",
     ]
-    has_compile = any("compile" in r.times for r in rows)
+    has_compile = any("compile" in r.times or "compile" in r.errors for r in rows)
     has_gbps = any(r.gbps is not None for r in rows)
     head = ["shape (B, N, D)", "op", "mode", "dtype", "eager ms"] + (["compile ms"] if has_compile else []) + [
         "fastdiff ms", "vs eager", "vs eager (best)"] + (["vs compile", "vs compile (best)"] if has_compile else []) + (
         ["fastdiff GB/s"] if has_gbps else [])
     lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+
+    def t(r: Row, k: str) -> str:
+        return ms(r.times[k]) if k in r.times else "FAILED" if k in r.errors else "-"
+
+    def x(d: dict, k: str) -> str:
+        return f"{d[k]:.2f}x" if k in d else "-"
+
     for r in rows:
-        cells = [f"{r.shape} ({r.b}, {r.n}, {r.d})", r.op, r.mode, r.dtype, ms(r.times["eager"])]
+        cells = [f"{r.shape} ({r.b}, {r.n}, {r.d})", r.op, r.mode, r.dtype, t(r, "eager")]
         if has_compile:
-            cells.append(ms(r.times["compile"]) if "compile" in r.times else "-")
-        cells += [ms(r.times["fastdiff"]), f"{r.speedup['eager']:.2f}x", f"{r.best_speedup['eager']:.2f}x"]
+            cells.append(t(r, "compile"))
+        cells += [t(r, "fastdiff"), x(r.speedup, "eager"), x(r.best_speedup, "eager")]
         if has_compile:
             cells.append(f"{r.speedup['compile']:.2f}x" if "compile" in r.speedup else "-")
             cells.append(f"{r.best_speedup['compile']:.2f}x" if "compile" in r.best_speedup else "-")
         if has_gbps:
             cells.append(f"{r.gbps:.0f}" if r.gbps is not None else "-")
         lines.append("| " + " | ".join(cells) + " |")
+    failures = sorted({f"- {k} ({r.op}, {r.mode}, {r.shape}): {e}" for r in rows for k, e in r.errors.items()})
+    if failures:
+        lines += ["", "FAILED:", ""] + failures
     return "\n".join(lines) + "\n"
 
 
@@ -339,7 +364,9 @@ def main(argv: Optional[list[str]] = None) -> int:
                 row = bench_one(shape, op, mode, dtype, device, backend, rounds, not args.no_compile, timer)
                 rows.append(row)
                 extra = "".join(f", vs {k} {row.speedup[k]:.2f}x (best {row.best_speedup[k]:.2f}x)" for k in row.speedup)
-                print(f"{shape:12s} {op:22s} {mode:17s} fastdiff {row.times['fastdiff'] * 1e3:8.3f} ms{extra}", flush=True)
+                extra += "".join(f", {k} FAILED: {e}" for k, e in row.errors.items())
+                ours = f"{row.times['fastdiff'] * 1e3:8.3f} ms" if "fastdiff" in row.times else "  FAILED"
+                print(f"{shape:12s} {op:22s} {mode:17s} fastdiff {ours}{extra}", flush=True)
     table = markdown(rows, env)
     print()
     print(table)
@@ -351,7 +378,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         with open(stem + ".json", "w") as f:
             json.dump({"environment": env, "results": [r.__dict__ for r in rows]}, f, indent=2)
         print(f"saved {stem}.md and {stem}.json")
-    return 0
+    return 1 if any(r.errors for r in rows) else 0
 
 
 if __name__ == "__main__":

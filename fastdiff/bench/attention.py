@@ -1,7 +1,7 @@
 """Benchmark fastdiff.ops.attention against every SDPA backend and eager attention on diffusion shapes.
 
     python -m fastdiff.bench.attention [--models sd15,sdxl,dit,pixart] [--modes fwd,bwd,fwd+bwd]
-                                       [--dtype bf16|fp16] [--out DIR] [--quick]
+                                       [--dtype bf16|fp16] [--out DIR] [--quick] [--tune [--table PATH]]
     python -m fastdiff.bench.attention --cpu     # no GPU: the reference path vs eager, small shapes
 
 GPU: for each shape, fastdiff (each attention backend that serves it here: cuda, triton) and
@@ -13,7 +13,10 @@ contiguous: fastdiff (B, N, H, D), SDPA and eager (B, H, N, D). Reported: millis
 cross-attention (memory-bound: Nk is 77 or 120 text tokens) GB/s and the fraction of the memory
 floor, the bytes the forward must move (read q, k, v, write out; the backward: read q, k, v, out,
 dO, write dq, dk, dv) at the device-to-device copy bandwidth measured in the same run. The speedup
-column is the fastest SDPA backend's time over fastdiff's.
+column is the fastest SDPA backend's time over fastdiff's. ``fastdiff-auto`` is what a user's call
+runs: the kernel or SDPA, as the dispatch table says (fastdiff/ops/attention_dispatch.py).
+``--tune`` writes that table's entries from this run's forward times: per shape, SDPA's fastest
+backend where it beats the kernel that auto selection runs (cuda, else triton), the kernel otherwise.
 
 The numbers only mean something on a GPU: without one this module says so and, with ``--cpu``,
 times what a CPU runs (fastdiff's reference path, which is SDPA, against eager attention) on a
@@ -35,6 +38,8 @@ from typing import Any, Callable, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
+
+from ._case import error_summary
 
 #: (model, label, B, H, Nq, Nk, D): Nk = Nq is self-attention. SD-1.5 at 512 px (64x64 latent),
 #: batch 8 = 4 images with classifier-free guidance; SDXL at 1024 px, batch 2; DiT-XL/2 at 256
@@ -130,6 +135,8 @@ def implementations(c: Case, dtype: torch.dtype, device: str) -> dict[str, tuple
                 return attention(qn, kn, vn, scale=scale)
 
         impls[f"fastdiff-{backend}"] = (run_fastdiff, (qn, kn, vn))
+    # What a user's call runs: the dispatch table's choice of kernel or SDPA (attention_dispatch.py).
+    impls["fastdiff-auto"] = (lambda: attention(qn, kn, vn, scale=scale), (qn, kn, vn))
     qh, kh, vh = leaf(c.b, c.h, c.nq, c.d), leaf(c.b, c.h, c.nk, c.d), leaf(c.b, c.h, c.nk, c.d)
     for name, be in sdpa_backends().items():
         def run_sdpa(be: Any = be) -> torch.Tensor:
@@ -155,6 +162,18 @@ def timed_callable(fwd: Callable[[], torch.Tensor], leaves: tuple, mode: str) ->
     out = fwd()  # backward alone: one graph, replayed
     grad = torch.randn_like(out)
     return lambda: torch.autograd.grad(out, leaves, grad, retain_graph=True)
+
+
+def outcome(impl: str, e: BaseException) -> str:
+    """'skipped' when an implementation declines a shape (fastdiff backend not built; an SDPA backend
+    without a kernel for it; out of memory), 'failed' for anything else (a compile error, a crash)."""
+    import fastdiff
+
+    if isinstance(e, (fastdiff.BackendUnavailable, torch.cuda.OutOfMemoryError)):
+        return "skipped"
+    if impl.startswith("sdpa-") and isinstance(e, RuntimeError):
+        return "skipped"
+    return "failed"
 
 
 def copy_bandwidth(device: str) -> float:
@@ -186,8 +205,9 @@ def run_gpu(opts: argparse.Namespace) -> dict[str, Any]:
                     fn()
                     torch.cuda.synchronize()
                     ms = do_bench(fn, warmup=opts.warmup, rep=opts.rep, quantiles=[0.5])[0]
-                except (RuntimeError, fastdiff.BackendUnavailable, torch.cuda.OutOfMemoryError) as e:
-                    row["skipped"] = str(e).splitlines()[0][:160]
+                except Exception as e:  # noqa: BLE001 - one implementation's failure never ends the run
+                    row[outcome(name, e)] = error_summary(e)
+                    print(f"{c.model:6s} {c.label:13s} {mode:7s} {name:16s} {outcome(name, e)}: {row[outcome(name, e)]}", flush=True)
                     torch.cuda.empty_cache()
                     rows.append(row)
                     continue
@@ -202,6 +222,43 @@ def run_gpu(opts: argparse.Namespace) -> dict[str, Any]:
             torch.cuda.empty_cache()
         del impls
     return dict(meta=_meta(dtype, bandwidth=bandwidth), rows=rows)
+
+
+def tuned_entries(rows: list[dict[str, Any]], dtype: torch.dtype, arch: str, kernel_impl: str) -> list[Any]:
+    """Dispatch-table entries from forward timings: per shape, fastdiff's kernel (`kernel_impl`, the
+    backend auto selection runs) against the fastest SDPA backend; SDPA only where it is faster."""
+    from fastdiff.ops.attention_dispatch import Entry
+
+    out = []
+    for key in dict.fromkeys((r["Nq"], r["Nk"], r["D"]) for r in rows if r["mode"] == "fwd"):
+        sel = {r["impl"]: r for r in rows if r["mode"] == "fwd" and (r["Nq"], r["Nk"], r["D"]) == key and "ms" in r}
+        sdpa = {n.removeprefix("sdpa-"): r["ms"] for n, r in sel.items() if n.startswith("sdpa-")}
+        if kernel_impl not in sel or not sdpa:
+            continue  # nothing to compare: the default stays
+        best = min(sdpa, key=sdpa.get)
+        kernel_ms = sel[kernel_impl]["ms"]
+        out.append(Entry(arch, str(dtype).removeprefix("torch."), key[2], key[0], key[1],
+                         "kernel" if kernel_ms <= sdpa[best] else "sdpa", best, round(kernel_ms, 5), round(sdpa[best], 5)))
+    return out
+
+
+def tune(opts: argparse.Namespace, result: dict[str, Any]) -> list[Any]:
+    """`--tune`: merge this run's entries into the dispatch table (opts.table, else the repository's)."""
+    from fastdiff.ops import attention_dispatch as dispatch
+    from fastdiff.ops.attention import select_backend
+
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}[opts.dtype]
+    probe = torch.empty(1, 1, 1, 64, dtype=dtype, device="cuda")
+    kernel_impl = f"fastdiff-{select_backend(probe)}"
+    new = tuned_entries(result["rows"], dtype, dispatch.arch_of(probe.device), kernel_impl)
+    target = opts.table or dispatch.TABLE_PATH
+    base = dispatch.load_table(target if os.path.exists(target) else dispatch.TABLE_PATH)
+    path = dispatch.write_table(dispatch.merge(base, new), target)
+    for e in new:
+        print(f"tune: {e.arch} {e.dtype} D={e.head_dim} Nq={e.nq} Nk={e.nk}: {e.impl} "
+              f"(kernel {e.kernel_ms:.3f} ms, best SDPA {e.sdpa_backend} {e.sdpa_ms:.3f} ms)")
+    print(f"tune: {len(new)} entries written to {path}")
+    return new
 
 
 # ---------------------------------------------------------------------------------------------
@@ -296,7 +353,8 @@ def markdown(result: dict[str, Any]) -> str:
         for key in keys:
             sel = {r["impl"]: r for r in rows if r["mode"] == mode and (r["model"], r["case"]) == key}
             any_r = next(iter(sel.values()))
-            cells = [f"{sel[i]['ms']:.3f}" if i in sel and "ms" in sel[i] else "n/a" for i in impls]
+            cells = [f"{sel[i]['ms']:.3f}" if i in sel and "ms" in sel[i] else "FAILED" if "failed" in sel.get(i, {}) else "n/a"
+                     for i in impls]
             fast = [r for n, r in sel.items() if n.startswith("fastdiff") and "ms" in r]
             best_fast = min(fast, key=lambda r: r["ms"]) if fast else None
             sdpa = [r["ms"] for n, r in sel.items() if n.startswith("sdpa") and "ms" in r]
@@ -306,6 +364,10 @@ def markdown(result: dict[str, Any]) -> str:
             shape = f"{any_r['B']}, {any_r['H']}, {any_r['Nq']}, {any_r['Nk']}, {any_r['D']}"
             out.append(f"| {key[0]} {key[1]} | {shape} | " + " | ".join(cells) + f" | {speed} | {tfl} | {floor} |")
         out.append("")
+    failed = [r for r in rows if "failed" in r]
+    if failed:
+        out += ["FAILED:", ""] + sorted({f"- {r['impl']} ({r['mode']}, D={r['D']}, Nq={r['Nq']}, Nk={r['Nk']}): {r['failed']}"
+                                         for r in failed}) + [""]
     skipped = [r for r in rows if "skipped" in r]
     if skipped:
         out += ["Not run:", ""] + sorted({f"- {r['impl']} ({r['mode']}, D={r['D']}): {r['skipped']}" for r in skipped}) + [""]
@@ -324,20 +386,29 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     ap.add_argument("--pairs", type=int, default=7, help="--cpu: back-to-back timing pairs")
     ap.add_argument("--number", type=int, default=3, help="--cpu: runs per timing")
     ap.add_argument("--out", help="directory for attention.json and attention.md")
+    ap.add_argument("--tune", action="store_true", help="GPU: write the forward timings' kernel-or-SDPA choice per "
+                    "shape into the dispatch table (fastdiff/ops/attention_dispatch.py)")
+    ap.add_argument("--table", help="--tune: the table file to update (default: fastdiff/ops/attention_table.json)")
     opts = ap.parse_args(argv)
     opts.models = [m.strip() for m in opts.models.split(",") if m.strip()]
     opts.modes = [m.strip() for m in opts.modes.split(",") if m.strip()]
     bad = [m for m in opts.models if m not in {s[0] for s in SHAPES}] + [m for m in opts.modes if m not in MODES]
     if bad:
         ap.error(f"unknown model or mode: {', '.join(bad)}")
+    if opts.tune and "fwd" not in opts.modes:
+        ap.error("--tune chooses by forward time: --modes must include fwd")
     if torch.cuda.is_available() and not opts.cpu:
         result = run_gpu(opts)
+        if opts.tune:
+            tune(opts, result)
     elif opts.cpu:
-        print("fastdiff.bench.attention --cpu: CPU tensors run the reference (SDPA); timing it against eager attention.")
+        print("fastdiff.bench.attention --cpu: CPU tensors run the reference (SDPA); timing it against eager attention."
+              + (" --tune needs a GPU: the table is unchanged." if opts.tune else ""))
         result = run_cpu(opts)
     else:
         print("fastdiff.bench.attention: no CUDA device. The attention kernels are GPU kernels, so their benchmark needs "
-              "a GPU; run with --cpu to time the CPU (reference) path against eager attention instead.")
+              "a GPU; run with --cpu to time the CPU (reference) path against eager attention instead."
+              + (" --tune needs a GPU: the table is unchanged." if opts.tune else ""))
         return 0
     table = markdown(result)
     print(table)
@@ -347,7 +418,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             json.dump(result, f, indent=1)
         with open(os.path.join(opts.out, "attention.md"), "w") as f:
             f.write(table)
-    return 0
+    return 1 if any("failed" in r for r in result["rows"]) else 0
 
 
 if __name__ == "__main__":

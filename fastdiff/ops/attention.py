@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .. import _backend
+from . import attention_dispatch
 from ._common import FLOAT_DTYPES, check_tensor, describe, fail, register_fake, register_triton
 
 OP = "attention"
@@ -34,7 +35,7 @@ KERNEL_DTYPES = (torch.float16, torch.bfloat16)
 #: Largest head dim the kernels take; every multiple of 8 up to it is served.
 MAX_HEAD_DIM = 256
 #: Head dims the Triton kernels serve with no work on padding (see fastdiff/triton/attention.py).
-TRITON_EXACT_HEAD_DIMS = tuple(d for d in range(8, MAX_HEAD_DIM + 1, 8) if bin(d // 8).count("1") <= 3)
+TRITON_EXACT_HEAD_DIMS = tuple(d for d in range(16, MAX_HEAD_DIM + 1, 16) if bin(d // 16).count("1") <= 3)
 
 # ---------------------------------------------------------------------------------------------
 # Reference: the specification (SDPA math semantics), float64-capable, differentiable
@@ -227,6 +228,9 @@ def attention(q: Tensor, k: Tensor, v: Tensor, *, mask: Optional[Tensor] = None,
     backend = select_backend(q, bias)
     if backend == "reference" or b * h * nq * nk == 0:
         return attention_reference(q, k, v, key_mask=key_mask, bias=bias, scale=scale)
+    served = attention_dispatch.maybe_sdpa(q, k, v, scale, mask is not None, _backend.forced() is not None)
+    if served is not None:  # SDPA's best backend is faster here (attention_dispatch.py)
+        return served
     q, k, v = _kernel_layout(q), _kernel_layout(k), _kernel_layout(v)
     if key_mask is not None:
         key_mask = key_mask.contiguous()

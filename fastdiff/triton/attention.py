@@ -5,16 +5,14 @@ read through strides (head dim contiguous); fp16/bf16; D a multiple of 8 up to 2
 
 Head dims that are not powers of two. ``tl.arange`` and ``tl.dot`` take power-of-two extents, and
 padding D=72 to 128 would spend 44% of the matmul work on zeros. Instead D is split into at most
-three power-of-two column chunks, largest first (72 = 64 + 8, 40 = 32 + 8, 80 = 64 + 16,
-160 = 128 + 32, 104 = 64 + 32 + 8), each held in its own register tile; a product over D is the sum
-of the chunks' products, a product that yields D columns is computed chunk by chunk. Every D whose
-D/8 has at most three set bits is served with no padding; the rest (120, 184, 216, 232, 240, 248)
-round only their smallest chunk up to a power of two. On NVIDIA a 16-bit ``tl.dot`` needs a
-reduction depth of at least 16, so an 8-wide chunk that is *reduced over* (the q k^T and dO v^T
-products) is multiplied as float32 with TF32 tensor-core input precision: fp16 and bf16 values are
-exactly representable in TF32 (10 and 7 mantissa bits), so this is the same arithmetic as the
-16-bit product, with float32 accumulation. (FASTDIFF_TRITON_ATTN_MIN_CHUNK=16 pads such chunks to
-16 instead, should a Triton build reject the TF32 product.)
+three power-of-two column chunks of at least 16, largest first (80 = 64 + 16, 160 = 128 + 32,
+112 = 64 + 32 + 16), each held in its own register tile; a product over D is the sum of the chunks'
+products, a product that yields D columns is computed chunk by chunk. Every D whose D/16 has at
+most three set bits is served with no padding; the rest round only their smallest chunk up (72 =
+64 + 16 with 8 padded columns, 40 = 32 + 16, 120 = 64 + 32 + 32). Why 16: Triton 3.6 (the GPU
+machines' version) rejects a ``tl.dot`` of reduction depth below 16 for every input type, TF32
+included, and a padded 16-wide 16-bit product costs the tensor cores what an 8-wide TF32 one did.
+Padded columns are loaded as zeros (masked) and never stored, so they change no result.
 
 Two forward paths: keys that fit one block (Nk <= SHORT_KV_MAX, cross-attention on 77 text tokens)
 are attended in a single step per query block, a plain softmax with no rescaling; longer key
@@ -45,10 +43,11 @@ LOG2E = 1.4426950408889634
 LN2 = 0.6931471805599453
 #: Key sequences up to this length take the one-block forward path.
 SHORT_KV_MAX = 256
-_MIN_CHUNK = int(os.environ.get("FASTDIFF_TRITON_ATTN_MIN_CHUNK", "8"))
+#: Narrowest head-dim chunk: the smallest reduction depth every supported Triton takes in tl.dot.
+MIN_CHUNK = 16
 
 
-def head_dim_chunks(d: int, min_chunk: int = 8) -> tuple[int, int, int]:
+def head_dim_chunks(d: int, min_chunk: int = MIN_CHUNK) -> tuple[int, int, int]:
     """Split head dim `d` into up to three power-of-two widths (0 = absent); see the module docstring."""
     chunks: list[int] = []
     rest = d
@@ -120,11 +119,9 @@ def _mm(a, b, EMULATE_BF16: tl.constexpr):
 @triton.jit
 def _dot_nt(a, b, W: tl.constexpr, EMULATE_BF16: tl.constexpr):
     """a @ b^T (float32) for a (M, W) and b (N, W): a product reduced over a head-dim chunk."""
+    tl.static_assert(W >= 16, "head-dim chunks are at least 16 wide (Triton 3.6's tl.dot depth)")
     if EMULATE_BF16:
         out = tl.dot(a.to(tl.float32), tl.trans(b.to(tl.float32)), input_precision="ieee")
-    elif W < 16:
-        # 16-bit tl.dot needs depth >= 16 on NVIDIA; fp16/bf16 are exact in TF32 (docstring).
-        out = tl.dot(a.to(tl.float32), tl.trans(b.to(tl.float32)), input_precision="tf32")
     else:
         out = tl.dot(a, tl.trans(b))
     return out
@@ -525,6 +522,33 @@ _bwd_dq = triton.autotune(
 INTERPRET_BLOCK_M = 16
 INTERPRET_BLOCK_N = 16
 
+#: FASTDIFF_TRITON_AUTOTUNE=0 launches one fixed configuration per kernel and head dim instead of
+#: autotuning: one compile per specialisation rather than one per candidate config (the GPU runbook
+#: sets it; a first call then costs seconds, not a minute). The fixed choice is a config of each
+#: tuner's own list, so the compile checks cover it.
+AUTOTUNE_ENV = "FASTDIFF_TRITON_AUTOTUNE"
+
+
+def autotuning() -> bool:
+    return os.environ.get(AUTOTUNE_ENV, "1").strip() not in ("0", "false", "no", "off")
+
+
+def fixed_config(tuner: triton.runtime.Autotuner, d: int) -> triton.Config:
+    """The config used with autotuning off: the tuner's first (its best guess) for D <= 128; for
+    wider heads the one with the smallest tile (fewest registers and shared memory a program)."""
+    if d <= 128:
+        return tuner.configs[0]
+    return min(tuner.configs, key=lambda c: (c.kwargs["BLOCK_M"] * c.kwargs.get("BLOCK_N", 1), c.num_warps))
+
+
+def _launch(tuner: triton.runtime.Autotuner, grid, args: tuple, meta: dict) -> None:
+    """Run `tuner` (autotuned), or its kernel with `fixed_config` when autotuning is off."""
+    if autotuning():
+        tuner[grid](*args, **meta)
+        return
+    cfg = fixed_config(tuner, meta["D"])
+    tuner.fn[grid](*args, **meta, **cfg.kwargs, num_warps=cfg.num_warps, num_stages=cfg.num_stages)
+
 
 # ---------------------------------------------------------------------------------------------
 # Launchers: the implementations of fastdiff::attention_fwd_triton / attention_bwd_triton
@@ -566,7 +590,7 @@ def attention_fwd(
     lse = torch.empty((b, h, nq), dtype=torch.float32, device=q.device)
     if out.numel() == 0:
         return out, lse
-    d0, d1, d2 = head_dim_chunks(d, _MIN_CHUNK)
+    d0, d1, d2 = head_dim_chunks(d)
     kmask, bias_t, bs = _mask_args(q, key_mask, bias)
     one_pass = nk <= SHORT_KV_MAX
     args = (
@@ -585,9 +609,9 @@ def attention_fwd(
             bn = short_n if one_pass else INTERPRET_BLOCK_N
             _attn_fwd[(triton.cdiv(nq, INTERPRET_BLOCK_M), b * h)](*args, **meta, BLOCK_M=INTERPRET_BLOCK_M, BLOCK_N=bn)
         elif one_pass:
-            _fwd_short[lambda m: (triton.cdiv(nq, m["BLOCK_M"]), b * h)](*args, **meta, BLOCK_N=short_n)
+            _launch(_fwd_short, lambda m: (triton.cdiv(nq, m["BLOCK_M"]), b * h), args, dict(meta, BLOCK_N=short_n))
         else:
-            _fwd_tiled[lambda m: (triton.cdiv(nq, m["BLOCK_M"]), b * h)](*args, **meta)
+            _launch(_fwd_tiled, lambda m: (triton.cdiv(nq, m["BLOCK_M"]), b * h), args, meta)
     return out, lse
 
 
@@ -604,7 +628,7 @@ def attention_bwd(
     dv = torch.empty((b, nk, h, d), dtype=v.dtype, device=q.device)
     if dq.numel() == 0 or dk.numel() == 0:
         return dq.zero_(), dk.zero_(), dv.zero_()
-    d0, d1, d2 = head_dim_chunks(d, _MIN_CHUNK)
+    d0, d1, d2 = head_dim_chunks(d)
     kmask, bias_t, bs = _mask_args(q, key_mask, bias)
     delta = torch.empty((b, h, nq), dtype=torch.float32, device=q.device)
     chunks = dict(D=d, D0=d0, D1=d1, D2=d2)
@@ -633,6 +657,6 @@ def attention_bwd(
             _attn_bwd_dkdv[(triton.cdiv(nk, INTERPRET_BLOCK_N), b * h)](*kv_args, **meta, **blocks)
             _attn_bwd_dq[(triton.cdiv(nq, INTERPRET_BLOCK_M), b * h)](*q_args, **meta, **blocks)
         else:
-            _bwd_dkdv[lambda m: (triton.cdiv(nk, m["BLOCK_N"]), b * h)](*kv_args, **meta)
-            _bwd_dq[lambda m: (triton.cdiv(nq, m["BLOCK_M"]), b * h)](*q_args, **meta)
+            _launch(_bwd_dkdv, lambda m: (triton.cdiv(nk, m["BLOCK_N"]), b * h), kv_args, meta)
+            _launch(_bwd_dq, lambda m: (triton.cdiv(nq, m["BLOCK_M"]), b * h), q_args, meta)
     return dq, dk, dv
