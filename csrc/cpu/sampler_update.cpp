@@ -3,6 +3,7 @@
 
 #include "cpu/common.h"
 #include "cpu/guidance.h"
+#include "sampler_row.h"
 
 namespace fastdiff::cpu {
 namespace {
@@ -20,8 +21,8 @@ at::Tensor sampler_update(const at::Tensor& x, const at::Tensor& model_out, cons
   TORCH_CHECK(model_out.numel() == (guided ? 2 : 1) * x.numel(), "fastdiff.sampler_update: argument 'model_out' expected ",
               "shape (B or 2B, ...) matching x ", x.sizes(), ", got ", model_out.sizes());
   const int64_t K = history.has_value() ? history->size(0) : 0;
-  TORCH_CHECK(coeffs.scalar_type() == at::kFloat && coeffs.numel() == 6 + K,
-              "fastdiff.sampler_update: argument 'coeffs' expected float32 of length ", 6 + K, ", got ",
+  TORCH_CHECK(coeffs.scalar_type() == at::kFloat && coeffs.numel() == row::length(K),
+              "fastdiff.sampler_update: argument 'coeffs' expected float32 of length ", row::length(K), ", got ",
               coeffs.scalar_type(), " of length ", coeffs.numel());
   if (history.has_value()) {
     check_cpu_contiguous(*history, op, "history");

@@ -14,6 +14,7 @@
 
 #include "cuda/launchers.h"
 #include "guidance_args.h"
+#include "sampler_row.h"
 #include "torch_args.h"
 
 namespace fastdiff::cuda {
@@ -101,8 +102,8 @@ at::Tensor sampler_update(const at::Tensor& x, const at::Tensor& model_out, cons
     TORCH_CHECK(history->dim() >= 1, "fastdiff.sampler_update: argument 'history' expected (K, *x.shape), got a scalar");
   }
   const int64_t K = history.has_value() ? history->size(0) : 0;
-  TORCH_CHECK(coeffs.scalar_type() == at::kFloat && coeffs.numel() == 6 + K,
-              "fastdiff.sampler_update: argument 'coeffs' expected float32 of length ", 6 + K, ", got ",
+  TORCH_CHECK(coeffs.scalar_type() == at::kFloat && coeffs.numel() == row::length(K),
+              "fastdiff.sampler_update: argument 'coeffs' expected float32 of length ", row::length(K), ", got ",
               coeffs.scalar_type(), " of length ", coeffs.numel());
   if (history.has_value()) {
     TORCH_CHECK(history->scalar_type() == x.scalar_type() && history->numel() == K * x.numel(),

@@ -1,11 +1,12 @@
 """diffusers-compatible schedulers whose every step is one fused `fastdiff.ops.sampler_update` launch.
 
-``pipe.scheduler = fastdiff.schedulers.X.from_config(pipe.scheduler.config)`` swaps one in; the
-classes take diffusers' configs and arguments and give diffusers' results (float32, to ~1e-5 over
-a whole run), without importing diffusers.
+``pipe.scheduler = fastdiff.schedulers.X.from_config(pipe.scheduler.config)`` swaps one in. Each
+class is its core from fastdiff.solvers.scheduling (configuration, ``set_timesteps``, the
+coefficient table) plus the fused ``step`` (fastdiff/schedulers/_base.py).
 """
 
-from ._base import Config, FusedScheduler, SchedulerOutput
+from ..solvers.scheduling import Config
+from ._base import FusedStep, SchedulerOutput
 from .ddim import DDIMScheduler
 from .ddpm import DDPMScheduler
 from .dpm_solver import DPMSolverMultistepScheduler
@@ -23,7 +24,7 @@ __all__ = [
     "EulerAncestralDiscreteScheduler",
     "EulerDiscreteScheduler",
     "FlowMatchEulerDiscreteScheduler",
-    "FusedScheduler",
+    "FusedStep",
     "HeunDiscreteScheduler",
     "LCMScheduler",
     "SchedulerOutput",

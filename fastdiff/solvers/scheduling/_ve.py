@@ -8,10 +8,10 @@ from typing import Any
 
 from torch import Tensor
 
-from ._base import FusedScheduler
+from ._base import ScheduleCore
 
 
-class VEScheduler(FusedScheduler):
+class VEScheduler(ScheduleCore):
     sigmas: Tensor
 
     @property

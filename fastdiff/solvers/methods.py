@@ -26,46 +26,7 @@ from typing import Optional, Sequence
 import numpy as np
 
 from .program import Lin, ProgramBuilder, lin_sum
-
-PREDICTION_TYPES = ("epsilon", "v_prediction", "sample", "flow_prediction")
-
-
-def check_prediction_type(prediction_type: str, allowed: Sequence[str] = PREDICTION_TYPES) -> str:
-    if prediction_type == "flow":
-        prediction_type = "flow_prediction"
-    if prediction_type not in allowed:
-        raise ValueError(f"fastdiff: prediction_type expected one of {tuple(allowed)}, got {prediction_type!r}")
-    return prediction_type
-
-
-def x0_conversion(prediction_type: str, alpha: float, sigma: float) -> tuple[float, float]:
-    """(a, b) with x0 = a x + b m at x = alpha x0 + sigma eps (flow: alpha = 1 - s, sigma = s)."""
-    if prediction_type == "epsilon":
-        if alpha == 0.0:
-            raise ValueError("fastdiff: an epsilon model cannot predict x0 at zero SNR (alpha = 0); "
-                             "clamp the last cumulative alpha (rescale_betas_zero_snr does) or use v_prediction")
-        return 1.0 / alpha, -sigma / alpha
-    if prediction_type == "v_prediction":
-        return alpha, -sigma
-    if prediction_type == "sample":
-        return 0.0, 1.0
-    if prediction_type == "flow_prediction":  # m = eps - x0
-        return 1.0, -sigma
-    raise ValueError(f"fastdiff: unknown prediction_type {prediction_type!r}")
-
-
-def eps_conversion(prediction_type: str, alpha: float, sigma: float) -> tuple[float, float]:
-    """(a, b) with eps = a x + b m."""
-    if prediction_type == "epsilon":
-        return 0.0, 1.0
-    if prediction_type == "v_prediction":
-        return sigma, alpha
-    if prediction_type == "sample":
-        return 1.0 / sigma, -alpha / sigma
-    if prediction_type == "flow_prediction":
-        return 1.0, alpha
-    raise ValueError(f"fastdiff: unknown prediction_type {prediction_type!r}")
-
+from .rows import x0_conversion
 
 # ---------------------------------------------------------------------------------------------
 # VP discrete-time samplers (state: x = sqrt(abar) x0 + sqrt(1 - abar) eps)

@@ -7,7 +7,7 @@ from typing import Any, Optional
 import numpy as np
 from torch import Tensor
 
-from ..samplers import schedules
+from .. import schedules
 
 
 def training_schedule(config: Any, *, clamp_zero_snr: bool) -> tuple[Tensor, Tensor]:

@@ -10,11 +10,11 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ..samplers import schedules, solvers
-from ._base import FusedScheduler, threshold_sample, x0_from_coeffs
+from .. import schedules
+from ._base import ScheduleCore
 
 
-class MultistepScheduler(FusedScheduler):
+class MultistepScheduler(ScheduleCore):
     alphas_cumprod: Tensor
 
     def _init_tables(self) -> None:
@@ -51,14 +51,6 @@ class MultistepScheduler(FusedScheduler):
     def _model_frame(self, begin: int):
         sig = self._sig[begin:]
         return [1.0] * len(sig), [self._alpha_sigma(s) for s in sig]
-
-    def _thresholded_x0(self, model_output: Tensor, sample: Tensor) -> tuple[Tensor, float, float]:
-        """The model's x0 at this step after dynamic thresholding, with the step's (alpha, sigma)."""
-        cfg = self.config
-        alpha, sigma = self._alpha_sigma(self._sig[self._step_index])
-        a, b = solvers.x0_conversion(solvers.check_prediction_type(cfg.prediction_type), alpha, sigma)
-        x0 = threshold_sample(x0_from_coeffs(a, b, sample, model_output), cfg.dynamic_thresholding_ratio, cfg.sample_max_value)
-        return x0, alpha, sigma
 
     def scale_model_input(self, sample: Tensor, *args, **kwargs) -> Tensor:
         return sample

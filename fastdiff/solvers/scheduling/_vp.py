@@ -10,7 +10,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ._base import FusedScheduler
+from ._base import ScheduleCore
 from ._common import expand_like
 
 
@@ -26,7 +26,7 @@ def vp_levels(abar: list[float]) -> list[tuple[float, float]]:
     return [(a**0.5, (1.0 - a) ** 0.5) for a in abar]
 
 
-class VPScheduler(FusedScheduler):
+class VPScheduler(ScheduleCore):
     alphas_cumprod: Tensor
 
     def _init_timesteps(self) -> None:
