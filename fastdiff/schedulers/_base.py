@@ -6,6 +6,7 @@ host sync).
 
 from __future__ import annotations
 
+import collections
 import functools
 import inspect
 import sys
@@ -28,8 +29,17 @@ class FusedStep:
         """diffusers' return value: its output class, or the tuple of (prev_sample, *extras)."""
         if not return_dict:
             return (prev_sample, *extras.values())
-        fields = self._output_class.__dataclass_fields__
-        return self._output_class(prev_sample=prev_sample, **{k: v for k, v in extras.items() if k in fields})
+        # What the dataclass's __init__ and BaseOutput.__post_init__ produce (attributes for every field,
+        # mapping entries for the set ones), without their per-call Python (~20-100 us a step on CPU).
+        cls = self._output_class
+        out = cls.__new__(cls)
+        values = {"prev_sample": prev_sample, **extras}
+        for k in cls.__dataclass_fields__:
+            v = values.get(k)
+            object.__setattr__(out, k, v)
+            if v is not None:
+                collections.OrderedDict.__setitem__(out, k, v)
+        return out
 
     # -- the fused step --------------------------------------------------------------------------
     def _fused_step(
