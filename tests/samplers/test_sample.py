@@ -290,3 +290,15 @@ def test_plans_are_cached_by_value_and_distinct_settings_get_their_own():
     a = make_sampler("ddim", trained_betas=betas).plan(6, "cpu")
     assert make_sampler("ddim", trained_betas=list(betas)).plan(6, "cpu") is a
     assert make_sampler("ddim", trained_betas=betas[:-1] + [3e-2]).plan(6, "cpu") is not a
+
+
+def test_a_config_from_an_older_diffusers_takes_the_schedulers_defaults():
+    # SD-1.5's config (PNDM, written by diffusers 0.6) has no timestep_spacing: like diffusers' from_config,
+    # fastdiff.sample(config=...) uses the DPM-Solver scheduler's own default (linspace), not PNDM's "leading"
+    old = diffusers.PNDMScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012, skip_prk_steps=True,
+                                  steps_offset=1).config
+    s = make_sampler("dpmpp_2m", old)
+    want = diffusers.DPMSolverMultistepScheduler.from_config(old)
+    assert s.config["timestep_spacing"] == want.config.timestep_spacing == "linspace"
+    want.set_timesteps(10)
+    assert s.plan(10, torch.device("cpu")).timesteps.tolist() == want.timesteps.tolist()
