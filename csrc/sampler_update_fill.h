@@ -10,6 +10,7 @@
 #include <optional>
 
 #include "guidance_fill.h"
+#include "sampler_row.h"
 #include "sampler_update_args.h"
 #include "torch_args.h"
 
@@ -37,8 +38,8 @@ UpdateParams sampler_update_params(const at::Tensor& x, const at::Tensor& model_
     TORCH_CHECK(history->dim() >= 1, "fastdiff.sampler_update: argument 'history' expected (K, *x.shape), got a scalar");
   }
   const int64_t K = history.has_value() ? history->size(0) : 0;
-  TORCH_CHECK(coeffs.scalar_type() == at::kFloat && coeffs.numel() == 6 + K,
-              "fastdiff.sampler_update: argument 'coeffs' expected float32 of length ", 6 + K, ", got ",
+  TORCH_CHECK(coeffs.scalar_type() == at::kFloat && coeffs.numel() == row::length(K),
+              "fastdiff.sampler_update: argument 'coeffs' expected float32 of length ", row::length(K), ", got ",
               coeffs.scalar_type(), " of length ", coeffs.numel());
   if (history.has_value()) {
     TORCH_CHECK(history->scalar_type() == x.scalar_type() && history->numel() == K * x.numel(),

@@ -25,7 +25,7 @@ import triton  # noqa: E402
 from triton.backends.compiler import GPUTarget  # noqa: E402
 from triton.compiler import ASTSource  # noqa: E402
 
-from fastdiff.ops.sampler_update import A, B, CD, CX, CZ, HISTORY, SLOT  # noqa: E402
+from fastdiff.solvers.rows import A, B, CD, CX, CZ, HISTORY, SLOT  # noqa: E402
 from fastdiff.triton import _common  # noqa: E402
 from fastdiff.triton import geglu as GG  # noqa: E402
 from fastdiff.triton import group_norm as GN  # noqa: E402

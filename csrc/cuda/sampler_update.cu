@@ -3,6 +3,7 @@
 // order, the coefficient row read on the device, zero-coefficient terms not read.
 #include "cuda/common.cuh"
 #include "cuda/launchers.h"
+#include "sampler_row.h"
 
 namespace fastdiff::cuda {
 namespace {
@@ -14,8 +15,8 @@ namespace {
 template <typename TX, typename TM, int N, bool kVector>
 __global__ void __launch_bounds__(kThreads) update_kernel(UpdateParams p, TX* __restrict__ out, int64_t groups) {
   // The step's scalars, read once per thread from the device row (a broadcast through the cache).
-  const float ca = __ldg(p.coeffs + 0), cb = __ldg(p.coeffs + 1), cx = __ldg(p.coeffs + 2);
-  const float cd = __ldg(p.coeffs + 3), cz = __ldg(p.coeffs + 4), slot_f = __ldg(p.coeffs + 5);
+  const float ca = __ldg(p.coeffs + row::kA), cb = __ldg(p.coeffs + row::kB), cx = __ldg(p.coeffs + row::kCX);
+  const float cd = __ldg(p.coeffs + row::kCD), cz = __ldg(p.coeffs + row::kCZ), slot_f = __ldg(p.coeffs + row::kSlot);
   const int64_t K = p.history_len;
   // Only a whole number in [0, K) names a slot (as in the reference); NaN, fractions and
   // out-of-range values write nothing.
@@ -63,7 +64,7 @@ __global__ void __launch_bounds__(kThreads) update_kernel(UpdateParams p, TX* __
     // Slots whose coefficient is exactly zero are not read: they may hold anything (even NaN). The
     // history is loaded through the coherent path because this kernel also writes it.
     for (int64_t k = 0; k < K; ++k) {
-      const float ch = __ldg(p.coeffs + 6 + k);
+      const float ch = __ldg(p.coeffs + row::kHistory + k);
       if (ch == 0.0f) continue;
       load<N, kVector, false>(hist + k * total + i, t);
 #pragma unroll

@@ -227,7 +227,7 @@ def run_gpu(opts: argparse.Namespace) -> dict[str, Any]:
 def tuned_entries(rows: list[dict[str, Any]], dtype: torch.dtype, arch: str, kernel_impl: str) -> list[Any]:
     """Dispatch-table entries from forward timings: per shape, fastdiff's kernel (`kernel_impl`, the
     backend auto selection runs) against the fastest SDPA backend; SDPA only where it is faster."""
-    from fastdiff.ops.attention_dispatch import Entry
+    from fastdiff.ops import attention_dispatch
 
     out = []
     for key in dict.fromkeys((r["Nq"], r["Nk"], r["D"]) for r in rows if r["mode"] == "fwd"):
@@ -237,19 +237,21 @@ def tuned_entries(rows: list[dict[str, Any]], dtype: torch.dtype, arch: str, ker
             continue  # nothing to compare: the default stays
         best = min(sdpa, key=sdpa.get)
         kernel_ms = sel[kernel_impl]["ms"]
-        out.append(Entry(arch, str(dtype).removeprefix("torch."), key[2], key[0], key[1],
+        out.append(attention_dispatch.Entry(arch, str(dtype).removeprefix("torch."), key[2], key[0], key[1],
                          "kernel" if kernel_ms <= sdpa[best] else "sdpa", best, round(kernel_ms, 5), round(sdpa[best], 5)))
     return out
 
 
 def tune(opts: argparse.Namespace, result: dict[str, Any]) -> list[Any]:
     """`--tune`: merge this run's entries into the dispatch table (opts.table, else the repository's)."""
+    from fastdiff import _backend
     from fastdiff.ops import attention_dispatch as dispatch
-    from fastdiff.ops.attention import select_backend
 
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}[opts.dtype]
     probe = torch.empty(1, 1, 1, 64, dtype=dtype, device="cuda")
-    kernel_impl = f"fastdiff-{select_backend(probe)}"
+    # The backend auto selection gives this dtype's D = 64 calls (the kernel the table weighs against SDPA).
+    chosen = _backend.family("attention").select("attention", probe.device, (dtype,), head_dim=64, bias_grad=False)
+    kernel_impl = f"fastdiff-{chosen}"
     new = tuned_entries(result["rows"], dtype, dispatch.arch_of(probe.device), kernel_impl)
     target = opts.table or dispatch.TABLE_PATH
     base = dispatch.load_table(target if os.path.exists(target) else dispatch.TABLE_PATH)

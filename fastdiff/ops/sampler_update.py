@@ -26,13 +26,9 @@ from torch import Tensor
 from .. import _backend
 from ._common import FLOAT_DTYPES, acc_dtype, check_tensor, describe, fail, kernel_op, needs_grad, per_sample, register_fake, register_triton
 from .guidance import Scale, check_rescale, check_scale, guided_reference, rescale_factor, rescale_factor_reference
+# the row layout, defined once for Python (fastdiff/solvers/rows.py; for C++ in csrc/sampler_row.h)
+from ..solvers.rows import A, B, CD, CX, CZ, HISTORY, SLOT, row_length
 
-#: Index of each scalar in a coefficient row; history coefficients follow at HISTORY.
-A, B, CX, CD, CZ, SLOT, HISTORY = range(7)
-
-
-def row_length(history_len: int) -> int:
-    return HISTORY + history_len
 
 
 def _coeffs_reason(backend: str, dtypes, *, coeffs_dtype: torch.dtype) -> Optional[str]:
@@ -196,7 +192,7 @@ def check_coeffs(op: str, coeffs: Tensor, k: int, device: torch.device) -> None:
     if coeffs.dim() != 1 or coeffs.numel() != n:
         fail(op, "coeffs", f"a 1-D row of {n} coefficients [a, b, c_x, c_d, c_z, slot] + {k} history coefficients", describe(coeffs))
     # Values are checked where that costs no device sync (and not while tracing); device-resident tables are validated on
-    # the host when they are built (fastdiff.samplers.coefficients).
+    # the host when they are built (fastdiff.solvers.program).
     if coeffs.device.type == "cpu" and not torch.compiler.is_compiling():
         values = coeffs.tolist()  # a few numbers: far cheaper than tensor ops on the hot path
         bad = [i for i, v in enumerate(values) if not math.isfinite(v)]

@@ -1,9 +1,11 @@
-"""Samplers built on the fused `sampler_update` op: noise schedules, coefficient tables, the
-sampling loop (`fastdiff.sample`) and sampler classes."""
+"""Samplers built on the fused `sampler_update` op: sampler classes planned into device tables
+(``sampler``), the sampling loop ``fastdiff.sample`` (``loop``), CUDA-graph replay (``graph``) and
+inpainting (``inpaint``). The solver math lives one layer down, in fastdiff.solvers; its public
+helpers are re-exported here."""
 
-from .coefficients import ddim_table, dpmpp_2m_table, scaled_linear_alphas_cumprod
-from .loop import sample
-from .program import Program, ProgramBuilder
+from ..solvers import Program, ProgramBuilder, ddim_table, dpmpp_2m_table, scaled_linear_alphas_cumprod
+from .api import sample
+from .plan import Plan
 from .sampler import (
     DDIM,
     DDPM,
@@ -14,7 +16,6 @@ from .sampler import (
     EulerAncestral,
     FlowMatchEuler,
     Heun,
-    Plan,
     Sampler,
     UniPC,
     make_sampler,

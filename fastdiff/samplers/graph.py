@@ -22,9 +22,9 @@ import torch
 from torch import Tensor
 
 from .. import ops
-from . import loop as _loop
-from .loop import Inpaint, _progress_bar
-from .sampler import Plan
+from .inpaint import INPAINT_TABLE_BYTES, Inpaint
+from .plan import Plan
+from .progress import progress_bar
 
 
 def run_graphed(
@@ -46,7 +46,7 @@ def run_graphed(
             raise ValueError(f"fastdiff.sample: cuda_graph=True needs CUDA tensors, got noise on {x.device}")
         recorder = CudaGraphRecorder(x.device, generator)
     steps = GraphedSteps(plan, model_fn, x, guidance_scale, guidance_rescale, generator, inpaint, recorder)
-    bar = _progress_bar(progress, len(plan), desc)
+    bar = progress_bar(progress, len(plan), desc)
     try:
         for j in range(len(plan)):
             steps.replay(plan.draws[j])
@@ -117,7 +117,7 @@ class GraphedSteps:
         if inpaint is not None:
             if inpaint.known is None:
                 raise ValueError("fastdiff.sample: cuda_graph=True with inpainting needs the per-level known table, "
-                                 f"larger here than fastdiff.samplers.loop.INPAINT_TABLE_BYTES ({_loop.INPAINT_TABLE_BYTES})")
+                                 f"larger here than fastdiff.samplers.inpaint.INPAINT_TABLE_BYTES ({INPAINT_TABLE_BYTES})")
             self.known = inpaint.known
         start = self.x.clone()
 

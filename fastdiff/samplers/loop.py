@@ -12,7 +12,7 @@ the same initial noise, as diffusers' inpainting pipelines do:
 ``x <- mask * x + (1 - mask) * (p_j image + q_j noise)``. The known part for every level,
 ``p_j (1 - mask) image + q_j (1 - mask) noise``, is computed in one batched operation before the
 loop, so each step adds a single fused elementwise pass, ``torch.addcmul(known[j], mask, x)``
-(when that table would exceed ``INPAINT_TABLE_BYTES`` the known part is formed per step instead,
+(when that table would exceed ``inpaint.INPAINT_TABLE_BYTES`` the known part is formed per step instead,
 two passes). It cannot fold into sampler_update's scalar coefficients: the mask is per element.
 Heun's corrector and UniPC's corrector recover the state before their predictor from the current
 state; with a binary mask that is exact where the image is generated (the kept region is replaced
@@ -21,61 +21,19 @@ anyway), with a soft mask the blended fraction of the known region leaks into th
 
 from __future__ import annotations
 
-import sys
-from typing import Any, Callable, Mapping, Optional, Sequence, Union
+from typing import Any, Callable, Optional, Sequence, Union
 
 import torch
 from torch import Tensor
 
 from ..ops.sampler_update import LoopUpdate
-from .sampler import Plan, Sampler, make_sampler
+from .graph import run_graphed
+from .inpaint import Inpaint
+from .plan import Plan
+from .progress import progress_bar
 
 ModelFn = Callable[[Tensor, Tensor], Tensor]
 Callback = Callable[[int, Tensor, Tensor], Any]
-
-#: above this many bytes, inpainting forms each step's known region on the fly (two passes, not one)
-INPAINT_TABLE_BYTES = 256 * 2**20
-
-
-def _progress_bar(enabled: Optional[bool], total: int, desc: str):
-    if enabled is None:
-        enabled = sys.stderr.isatty()
-    if not enabled:
-        return None
-    try:
-        from tqdm.auto import tqdm
-    except ImportError:  # tqdm is optional
-        return None
-    return tqdm(total=total, desc=desc, leave=False)
-
-
-class Inpaint:
-    """Per-step blend of the known region (see the module docstring)."""
-
-    def __init__(self, plan: Plan, image: Tensor, mask: Tensor, noise: Tensor):
-        keep = 1 - mask
-        self.mask = mask.to(noise.dtype).expand_as(noise).contiguous() if mask.shape != noise.shape else mask.to(noise.dtype).contiguous()
-        self.p = keep * image
-        self.q = keep * noise
-        # after evaluation j the state is at levels[j + 1]; the final output keeps the clean image
-        lv = list(plan.levels[1:-1]) + [(1.0, 0.0)]
-        self.levels = lv
-        nbytes = len(lv) * noise.numel() * noise.element_size()
-        self.known: Optional[Tensor] = None
-        if nbytes <= INPAINT_TABLE_BYTES:
-            pq = torch.tensor(lv, dtype=torch.float32).to(noise.device)
-            shape = (len(lv),) + (1,) * noise.dim()
-            self.known = (pq[:, 0].reshape(shape) * self.p.unsqueeze(0) + pq[:, 1].reshape(shape) * self.q.unsqueeze(0)).to(noise.dtype)
-
-    def known_at(self, j: int) -> Tensor:
-        if self.known is not None:
-            return self.known[j]
-        p, q = self.levels[j]
-        return torch.add(self.p * p, self.q, alpha=q)
-
-    def __call__(self, j: int, x: Tensor) -> Tensor:
-        return torch.addcmul(self.known_at(j), self.mask, x)
-
 
 def _check_inputs(noise: Tensor, image: Optional[Tensor], mask: Optional[Tensor], guidance_scale) -> None:
     if not isinstance(noise, Tensor) or not noise.is_floating_point() or noise.dim() < 1:
@@ -97,16 +55,14 @@ def _check_inputs(noise: Tensor, image: Optional[Tensor], mask: Optional[Tensor]
             raise ValueError(f"fastdiff.sample: mask expected a shape broadcastable to {tuple(noise.shape)}, got {tuple(mask.shape)}")
 
 
-def sample(
+def sample_plan(
+    sampler: Any,
     model_fn: ModelFn,
     noise: Tensor,
     *,
-    sampler: Union[str, Sampler] = "dpmpp_2m",
     steps: Optional[int] = 20,
     guidance_scale: Optional[Union[float, Tensor]] = None,
     guidance_rescale: float = 0.0,
-    prediction_type: Optional[str] = None,
-    config: Optional[Mapping[str, Any]] = None,
     image: Optional[Tensor] = None,
     strength: float = 1.0,
     mask: Optional[Tensor] = None,
@@ -117,38 +73,12 @@ def sample(
     timesteps: Optional[Sequence[float]] = None,
     sigmas: Optional[Sequence[float]] = None,
     mu: Optional[float] = None,
-    **options: Any,
 ) -> Tensor:
-    """Sample from a diffusion or flow model; returns the final sample (B, ...).
-
-    model_fn(x, t) -> model output of x's shape; ``t`` is a 0-d tensor on x's device (the
-    scheduler's timestep: integer for DDPM / DDIM / DPM-Solver / UniPC / LCM, float for the Euler
-    family and flow matching). With ``guidance_scale`` (a number or a per-sample (B,) tensor),
-    model_fn is called once per step on the doubled batch ``cat([x, x])`` and must return
-    ``cat([uncond, cond])`` outputs; the guidance (and ``guidance_rescale``) is fused into the update.
-
-    noise: unit Gaussian noise (B, ...): the starting point (scaled to the first noise level here).
-    sampler: a name (ddpm, ddim, euler, euler_ancestral, heun, dpmpp_2m, dpmpp_3m, dpmpp_2m_sde,
-    dpmpp_3m_sde, unipc, lcm, flow_euler) or a ``fastdiff.samplers.Sampler``; ``options`` and
-    ``config`` (e.g. a diffusers scheduler config) configure a named one, ``prediction_type``
-    (epsilon, v_prediction, sample, flow_prediction) included.
-    image + strength: img2img, starting ``strength`` of the way up the schedule from ``image``
-    noised with ``noise``. image + mask: inpainting (mask 1 = generate, 0 = keep image; see the
-    module docstring). generator: seeds the per-step noise of stochastic samplers.
-    callback(i, t, x): called after every model evaluation with the new state (no host sync
-    unless the callback makes one). progress: a tqdm bar (default: on when stderr is a terminal).
-    cuda_graph: capture the step once and replay it (CUDA tensors only; see graph.py).
-    """
+    """``fastdiff.sample`` with a configured fastdiff.samplers.Sampler (only its ``plan`` is called; see
+    fastdiff.samplers.sample for the arguments)."""
     _check_inputs(noise, image, mask, guidance_scale)
     if guidance_rescale and guidance_scale is None:
         raise ValueError("fastdiff.sample: guidance_rescale needs guidance_scale")
-    if isinstance(sampler, str):
-        if prediction_type is not None:
-            options["prediction_type"] = prediction_type
-        sampler = make_sampler(sampler, config, **options)
-    elif options or config is not None or prediction_type is not None:
-        raise TypeError("fastdiff.sample: options, config and prediction_type configure a named sampler; "
-                        "a Sampler instance carries its own")
     plan = sampler.plan(steps, noise.device, strength=strength if image is not None else 1.0,
                         timesteps=timesteps, sigmas=sigmas, mu=mu)
     if image is not None and (mask is None or strength < 1.0):
@@ -159,13 +89,13 @@ def sample(
         x = noise * plan.init_scale if plan.init_scale != 1.0 else noise
     inpaint = Inpaint(plan, image.to(noise.dtype), mask, noise) if mask is not None else None
     if cuda_graph:
-        from .graph import run_graphed
-
         return run_graphed(plan, model_fn, x, guidance_scale=guidance_scale, guidance_rescale=guidance_rescale,
                            generator=generator, callback=callback, progress=progress, inpaint=inpaint,
                            desc=type(sampler).__name__)
     return run(plan, model_fn, x, guidance_scale=guidance_scale, guidance_rescale=guidance_rescale, generator=generator,
                callback=callback, progress=progress, inpaint=inpaint, desc=type(sampler).__name__)
+
+
 
 
 def run(
@@ -185,7 +115,7 @@ def run(
     guided = guidance_scale is not None
     hist = torch.empty((plan.history, *x.shape), dtype=x.dtype, device=x.device) if plan.history else None
     update = LoopUpdate(hist, guidance_scale, guidance_rescale if guided else 0.0)
-    bar = _progress_bar(progress, len(plan), desc)
+    bar = progress_bar(progress, len(plan), desc)
     try:
         for j in range(len(plan)):
             t = plan.timesteps[j]

@@ -7,50 +7,24 @@ input scaling, no host sync and no shape change between steps.
 
 Defaults follow Stable Diffusion's training schedule (scaled_linear betas 0.00085..0.012) with
 "trailing" timestep spacing (Lin et al. 2024); pass ``config=pipe.scheduler.config`` (any diffusers
-scheduler config) to take a model's own schedule. Other keyword options are the diffusers scheduler
+scheduler config) to take a model's own schedule (keys it lacks take the scheduler's defaults, as in
+diffusers' ``from_config``). Other keyword options are the diffusers scheduler
 config keys of the same sampler (``use_karras_sigmas=True``, ``final_sigmas_type="sigma_min"``, ...).
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 from typing import Any, Mapping, Optional, Sequence
 
 import torch
-from torch import Tensor
 
 from .._cache import LRU, cache_key
-from .program import Program
+from ..solvers import scheduling
+from .loop import sample_plan
+from .plan import Plan
 
 SD_SCHEDULE = dict(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012, timestep_spacing="trailing", clip_sample=False)
-
-
-@dataclass
-class Plan:
-    """Everything a sampling loop needs, on the device.
-
-    table: (E, 6 + K) float32 rows in model coordinates. timesteps: (E,) the model's time input per
-    evaluation. draws: which evaluations draw fresh noise. levels[j] = (p, q): the state before
-    evaluation j (and, at j = E, the output) is p x0 + q eps. init_scale: the multiplier taking unit
-    noise to the first state (the scheduler's init_noise_sigma in model coordinates).
-    """
-
-    program: Program
-    table: Tensor
-    timesteps: Tensor
-    draws: list[bool]
-    noise_read: list[bool]
-    levels: list[tuple[float, float]]
-    init_scale: float
-    begin: int
-
-    def __len__(self) -> int:
-        return self.table.shape[0]
-
-    @property
-    def history(self) -> int:
-        return self.program.history
 
 
 #: plans by value (fastdiff.sample makes a Sampler per call), and the configurations already validated
@@ -70,21 +44,25 @@ def _validate(cls: type, cfg: dict) -> None:
 
 
 class Sampler:
-    """Base class; subclasses set ``scheduler_name`` and may translate friendly options."""
+    """Base class; subclasses set ``scheduler_class`` (a core from fastdiff.solvers.scheduling) and
+    may translate friendly options."""
 
-    scheduler_name: str = ""
+    scheduler_class: type = scheduling.ScheduleCore
     defaults: Mapping[str, Any] = SD_SCHEDULE
     #: step() arguments of the scheduler that change the table (DDIM's eta, Euler's churn)
     step_options: tuple = ()
 
     def __init__(self, config: Optional[Mapping[str, Any]] = None, **options: Any):
-        from .. import schedulers
-
-        cls = getattr(schedulers, self.scheduler_name)
+        cls = self.scheduler_class
         params = cls._init_params()
-        cfg = {k: v for k, v in self.defaults.items() if k in params}
-        if config is not None:
-            cfg.update({k: v for k, v in dict(getattr(config, "config", config)).items() if k in params})
+        if config is None:
+            cfg = {k: v for k, v in self.defaults.items() if k in params}
+        else:
+            # As diffusers' from_config: a key the config lacks, or one it lists in _use_default_values
+            # (defaults of the class that wrote it, e.g. SD-1.5's PNDM "leading"), takes the scheduler's default.
+            given = dict(getattr(config, "config", config))
+            defaulted = set(given.get("_use_default_values", ()))
+            cfg = {**params, **{k: v for k, v in given.items() if k in params and k not in defaulted}}
         self.step_kwargs: dict[str, float] = {}
         for k, v in self._translate(dict(options)).items():
             if k in self.step_options:
@@ -94,7 +72,6 @@ class Sampler:
             else:
                 allowed = sorted(set(params) | set(self.step_options) | set(self._friendly()))
                 raise TypeError(f"fastdiff: {type(self).__name__} got an unexpected option {k!r}; options: {', '.join(allowed)}")
-        self.scheduler_class = cls
         self.config = cfg
         _validate(cls, cfg)
 
@@ -109,11 +86,16 @@ class Sampler:
         return f"{type(self).__name__}({', '.join(f'{k}={v!r}' for k, v in extra.items())})"
 
     @property
+    def scheduler_name(self) -> str:
+        """The diffusers class this sampler's scheduler reproduces (e.g. "DPMSolverMultistepScheduler")."""
+        return self.scheduler_class.__name__
+
+    @property
     def prediction_type(self) -> str:
-        return self.config.get("prediction_type", "flow_prediction" if self.scheduler_name.startswith("FlowMatch") else "epsilon")
+        return self.config.get("prediction_type", "flow_prediction" if self.scheduler_class is scheduling.FlowMatchEulerDiscreteScheduler else "epsilon")
 
     def make_scheduler(self):
-        """A fresh diffusers-compatible scheduler with this sampler's configuration."""
+        """A fresh scheduler core (fastdiff.solvers.scheduling) with this sampler's configuration."""
         return self.scheduler_class(**self.config)
 
     def _step_key(self) -> tuple:
@@ -189,10 +171,10 @@ class Sampler:
             begin=begin,
         )
 
-    def __call__(self, model_fn, noise: Tensor, **kwargs: Any) -> Tensor:
-        from .loop import sample
 
-        return sample(model_fn, noise, sampler=self, **kwargs)
+    def __call__(self, model_fn, noise, **kwargs: Any):
+        """``fastdiff.sample(model_fn, noise, sampler=self, **kwargs)``."""
+        return sample_plan(self, model_fn, noise, **kwargs)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -201,13 +183,13 @@ class Sampler:
 class DDPM(Sampler):
     """DDPM ancestral sampling (Ho et al. 2020)."""
 
-    scheduler_name = "DDPMScheduler"
+    scheduler_class = scheduling.DDPMScheduler
 
 
 class DDIM(Sampler):
     """DDIM (Song et al. 2021); ``eta`` scales the injected noise (0: deterministic)."""
 
-    scheduler_name = "DDIMScheduler"
+    scheduler_class = scheduling.DDIMScheduler
     step_options = ("eta",)
 
     def _step_key(self) -> tuple:
@@ -217,7 +199,7 @@ class DDIM(Sampler):
 class Euler(Sampler):
     """Euler on the probability-flow ODE (Karras et al. 2022), optional churn (s_churn, s_tmin, s_tmax, s_noise)."""
 
-    scheduler_name = "EulerDiscreteScheduler"
+    scheduler_class = scheduling.EulerDiscreteScheduler
     step_options = ("s_churn", "s_tmin", "s_tmax", "s_noise")
 
     def _step_key(self) -> tuple:
@@ -228,20 +210,20 @@ class Euler(Sampler):
 class EulerAncestral(Sampler):
     """Euler-ancestral: an Euler step down, then fresh noise back up to the next level."""
 
-    scheduler_name = "EulerAncestralDiscreteScheduler"
+    scheduler_class = scheduling.EulerAncestralDiscreteScheduler
 
 
 class Heun(Sampler):
     """Heun's 2nd-order method (Karras et al. 2022): two model evaluations per step."""
 
-    scheduler_name = "HeunDiscreteScheduler"
+    scheduler_class = scheduling.HeunDiscreteScheduler
 
 
 class DPMSolverPP(Sampler):
     """DPM-Solver++ multistep (Lu et al. 2022): ``order`` 1-3, ``sde`` for the stochastic variant,
     ``solver_type`` midpoint / heun, ``lower_order_final``, ``euler_at_final``, ``final_sigmas_type``."""
 
-    scheduler_name = "DPMSolverMultistepScheduler"
+    scheduler_class = scheduling.DPMSolverMultistepScheduler
 
     def _friendly(self) -> tuple:
         return ("order", "sde")
@@ -257,7 +239,7 @@ class DPMSolverPP(Sampler):
 class UniPC(Sampler):
     """UniPC predictor-corrector (Zhao et al. 2023): ``order``, ``variant`` bh1 / bh2, ``disable_corrector``."""
 
-    scheduler_name = "UniPCMultistepScheduler"
+    scheduler_class = scheduling.UniPCMultistepScheduler
 
     def _friendly(self) -> tuple:
         return ("order", "variant")
@@ -274,7 +256,7 @@ class LCM(Sampler):
     """Latent consistency model sampling (Luo et al. 2023), 1-8 steps; img2img strength trims its
     original schedule the way diffusers' LCM pipelines do."""
 
-    scheduler_name = "LCMScheduler"
+    scheduler_class = scheduling.LCMScheduler
     defaults = dict(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012)
 
     def _set_timesteps(self, sched, steps, timesteps, sigmas, mu, strength):
@@ -293,7 +275,7 @@ class FlowMatchEuler(Sampler):
     """Euler for rectified-flow models (SD3, FLUX): the model predicts v = noise - x0. ``shift`` is
     SD3's resolution shift; ``use_dynamic_shifting`` with ``mu`` is FLUX's."""
 
-    scheduler_name = "FlowMatchEulerDiscreteScheduler"
+    scheduler_class = scheduling.FlowMatchEulerDiscreteScheduler
     defaults: Mapping[str, Any] = {}
 
 

@@ -1,330 +1,45 @@
-"""What every diffusers-compatible scheduler here shares: configuration, step bookkeeping, and the
-fused step itself (one `fastdiff.ops.sampler_update` launch per `step()` call).
-
-The classes mirror diffusers' scheduler API (``from_config``, ``set_timesteps``, ``step``,
-``scale_model_input``, ``add_noise``, ``timesteps``, ``init_noise_sigma``, ``order``,
-``set_begin_index``) without importing diffusers: ``from_config`` takes any mapping, a diffusers
-FrozenDict included, so ``pipe.scheduler = fastdiff.schedulers.X.from_config(pipe.scheduler.config)``
-works. At ``set_timesteps`` each class derives its coefficient table in float64 on the host
-(fastdiff/samplers/solvers.py) and moves it to the device once; ``step`` reads its row as a view,
-so no step synchronises with the host.
-
-Bookkeeping differs from diffusers in one way: a step's position is a counter that starts at
-``begin_index`` (or at the first timestep's position) and advances by one per call, so ``step``
-must be called in schedule order, as every diffusers pipeline does. The first position is found
-without a host sync when the timestep is an element of ``self.timesteps`` (as when iterating it);
-otherwise by value, as diffusers does.
+"""What makes a fastdiff scheduler: the same-named diffusers class as a base (``conform``) and the
+fused step, one `fastdiff.ops.sampler_update` launch per ``step()`` call, reading the step's row of
+the table its core (fastdiff.solvers.scheduling) built at ``set_timesteps``, as a device view (no
+host sync).
 """
 
 from __future__ import annotations
 
+import collections
 import functools
 import inspect
-from typing import Any, Mapping, Optional, Sequence
+import sys
+from typing import Any, Optional
 
-import numpy as np
 import torch
 from torch import Tensor
 
-from .._cache import LRU, cache_key
 from ..ops.sampler_update import LoopUpdate
-from ..samplers import solvers
-from ..samplers.program import Program, ProgramBuilder
-from ._common import check_timestep_spacing, expand_like, training_schedule
+from ..solvers.rows import A, B, check_prediction_type, x0_conversion
+from ..solvers.scheduling import ScheduleCore
 
 
-#: each class's constructor parameters and defaults, read once
-_INIT_PARAMS: dict[type, dict] = {}
+class FusedStep:
+    """The step machinery; mixed in before a core (fastdiff.solvers.scheduling)."""
 
+    _output_class: type  # set by conform: the BaseOutput diffusers' step returns
 
-class Config(dict):
-    """A read-only mapping with attribute access, like diffusers' FrozenDict."""
-
-    def __getattr__(self, name: str) -> Any:
-        try:
-            return self[name]
-        except KeyError:
-            raise AttributeError(f"'Config' object has no attribute {name!r}") from None
-
-    def __setattr__(self, name: str, value: Any) -> None:
-        raise AttributeError("fastdiff: a scheduler config is read-only; use register_to_config or from_config")
-
-    def __setitem__(self, key, value) -> None:
-        raise TypeError("fastdiff: a scheduler config is read-only; use register_to_config or from_config")
-
-
-class SchedulerOutput:
-    """``prev_sample`` plus optional extras (``pred_original_sample``, ``denoised``); indexable like
-    diffusers' BaseOutput (``out[0]``, ``out["prev_sample"]``, ``out.to_tuple()``).
-
-    Extras that live in the scheduler's history buffer are views, valid until the next ``step``.
-    """
-
-    def __init__(self, prev_sample: Tensor, **extras: Optional[Tensor]):
-        self.prev_sample = prev_sample
-        self._keys = ["prev_sample"] + [k for k, v in extras.items() if v is not None]
-        for k, v in extras.items():
-            setattr(self, k, v)
-
-    def to_tuple(self) -> tuple:
-        return tuple(getattr(self, k) for k in self._keys)
-
-    def keys(self):
-        return list(self._keys)
-
-    def __getitem__(self, key):
-        if isinstance(key, str):
-            return getattr(self, key)
-        return self.to_tuple()[key]
-
-    def __iter__(self):
-        return iter(self.to_tuple())
-
-    def __len__(self) -> int:
-        return len(self._keys)
-
-
-class FusedScheduler:
-    """Base of the diffusers-compatible schedulers; subclasses define ``__init__`` with diffusers'
-    signature and defaults, ``_setup`` (training schedule), ``set_timesteps`` and ``_builder``."""
-
-    order = 1
-    #: programs kept per instance across set_timesteps calls with the same arguments and config
-    _PROGRAM_MEMO_SIZE = 8
-    _schedule_key: Optional[tuple] = None
-    #: extra keys a diffusers config may carry that the subclass accepts but ignores
-    _ignored_config: tuple = ()
-    #: whether step() returns the converted output (pred_original_sample / denoised)
-    _exposes: bool = False
-
-    def __init_subclass__(cls, **kwargs: Any) -> None:
-        # Each subclass's set_timesteps (diffusers' signature) first records what it was called with:
-        # the schedule, so the programs built from it, is a function of those arguments and the config.
-        super().__init_subclass__(**kwargs)
-        inner = cls.__dict__.get("set_timesteps")
-        if inner is None or getattr(inner, "_records_schedule", False):
-            return
-
-        @functools.wraps(inner)
-        def set_timesteps(self, *args: Any, **kw: Any):
-            config = getattr(self, "_internal_dict", None)  # None while __init__ has not registered it yet
-            self._schedule_key = None if config is None else cache_key(type(self), config, args, kw)
-            return inner(self, *args, **kw)
-
-        set_timesteps._records_schedule = True
-        cls.set_timesteps = set_timesteps
-
-    # -- configuration ---------------------------------------------------------------------------
-    def _register(self, params: dict) -> None:
-        params = {k: v for k, v in params.items() if k not in ("self", "__class__")}
-        object.__setattr__(self, "_internal_dict", Config(params))
-
-    @property
-    def config(self) -> Config:
-        return self._internal_dict
-
-    def register_to_config(self, **kwargs: Any) -> None:
-        merged = dict(self._internal_dict)
-        merged.update(kwargs)
-        self._internal_dict = Config(merged)
-
-    @classmethod
-    def _init_params(cls) -> dict:
-        """The constructor's keyword parameters and defaults (read once per class: callers only look)."""
-        params = _INIT_PARAMS.get(cls)
-        if params is None:
-            sig = inspect.signature(cls.__init__)
-            params = _INIT_PARAMS[cls] = {k: p.default for k, p in sig.parameters.items()
-                                          if k != "self" and p.kind == p.POSITIONAL_OR_KEYWORD}
-        return params
-
-    @classmethod
-    def from_config(cls, config: Any = None, return_unused_kwargs: bool = False, **kwargs: Any):
-        """Build from a diffusers (or fastdiff) scheduler config; keys this class does not take are ignored."""
-        if config is None:
-            config = {}
-        if hasattr(config, "config") and not isinstance(config, Mapping):
-            config = config.config
-        if not isinstance(config, Mapping):
-            raise TypeError(f"fastdiff: from_config expected a mapping or a scheduler, got {type(config).__name__}")
-        merged = {**dict(config), **kwargs}
-        params = cls._init_params()
-        init = {k: v for k, v in merged.items() if k in params}
-        unused = {k: v for k, v in merged.items() if k not in params and not k.startswith("_")}
-        obj = cls(**init)
-        return (obj, unused) if return_unused_kwargs else obj
-
-    def _init_training(self, prediction_types: Sequence[str] = solvers.PREDICTION_TYPES, *, clamp_zero_snr: bool,
-                       check_spacing: bool = True) -> None:
-        """Check prediction_type (and timestep_spacing), then set betas, alphas and alphas_cumprod
-        from the registered config (see training_schedule for ``clamp_zero_snr``)."""
-        solvers.check_prediction_type(self.config.prediction_type, prediction_types)
-        if check_spacing:
-            check_timestep_spacing(self.config.timestep_spacing)
-        self.betas, self.alphas_cumprod = training_schedule(self.config, clamp_zero_snr=clamp_zero_snr)
-        self.alphas = 1.0 - self.betas
-
-    def __len__(self) -> int:
-        return self.config.num_train_timesteps
-
-    def __repr__(self) -> str:
-        body = ", ".join(f"{k}={v!r}" for k, v in self.config.items())
-        return f"{type(self).__name__}({body})"
-
-    # -- step bookkeeping ------------------------------------------------------------------------
-    def _reset(self) -> None:
-        self._step_index: Optional[int] = None
-        self._begin_index: Optional[int] = None
-        self._programs: dict = {}
-        self._device_tables: dict = {}
-        self._history: Optional[Tensor] = None
-        self._update: Optional[LoopUpdate] = None
-        self._run_begin: Optional[int] = None
-
-    @property
-    def step_index(self) -> Optional[int]:
-        return self._step_index
-
-    @property
-    def begin_index(self) -> Optional[int]:
-        return self._begin_index
-
-    def set_begin_index(self, begin_index: int = 0) -> None:
-        """Start at this position (pipelines call it for img2img, before the first step)."""
-        self._begin_index = int(begin_index)
-        self._warm(self._begin_index)
-
-    def _host_timesteps(self) -> np.ndarray:
-        return self._ts_host
-
-    def _position(self, timestep: Any) -> int:
-        """Where ``timestep`` sits in self.timesteps (see the module docstring)."""
-        ts = self.timesteps
-        if isinstance(timestep, Tensor) and timestep.dim() == 0 and isinstance(ts, Tensor) and ts.dim() == 1 and len(ts):
-            if timestep.device == ts.device and timestep.dtype == ts.dtype:
-                try:
-                    same = timestep.untyped_storage().data_ptr() == ts.untyped_storage().data_ptr()
-                except (RuntimeError, NotImplementedError):
-                    same = False
-                if same and ts.stride(0) > 0:
-                    off = timestep.storage_offset() - ts.storage_offset()
-                    if off % ts.stride(0) == 0 and 0 <= off // ts.stride(0) < len(ts):
-                        return off // ts.stride(0)
-        return self._index_for_value(timestep)
-
-    def _index_for_value(self, timestep: Any) -> int:
-        """diffusers' rule: the second match when the value repeats (so img2img starting inside a
-        repeated pair does not run it twice), the first otherwise."""
-        v = float(timestep.item() if isinstance(timestep, Tensor) else timestep)
-        host = self._host_timesteps()
-        return self._pick_match(np.nonzero(host == np.float32(v) if host.dtype == np.float32 else host == v)[0], v)
-
-    def _pick_match(self, hits: np.ndarray, v: float) -> int:
-        if len(hits) == 0:
-            return self._missing_timestep(v)
-        return int(hits[1] if len(hits) > 1 else hits[0])
-
-    def _missing_timestep(self, v: float) -> int:
-        raise ValueError(f"fastdiff: timestep {v} is not in this scheduler's timesteps")
-
-    def index_for_timestep(self, timestep: Any, schedule_timesteps: Optional[Tensor] = None) -> int:
-        if schedule_timesteps is not None and schedule_timesteps is not self.timesteps:
-            vals = schedule_timesteps.detach().cpu().numpy()
-            v = float(timestep.item() if isinstance(timestep, Tensor) else timestep)
-            return self._pick_match(np.nonzero(vals == v)[0], v)
-        return self._index_for_value(timestep)
-
-    def _init_step_index(self, timestep: Any) -> None:
-        self._step_index = self._begin_index if self._begin_index is not None else self._position(timestep)
-        self._run_begin = None
-
-    def _check_timed(self) -> None:
-        if getattr(self, "num_inference_steps", None) is None and not getattr(self, "_untimed_ok", False):
-            raise ValueError("Number of inference steps is 'None', you need to run 'set_timesteps' after creating the scheduler")
-
-    def _check_float_timestep(self, timestep: Any) -> None:
-        """diffusers' refusal of loop indices where timesteps are floats (Euler family, flow matching)."""
-        if isinstance(timestep, int) or (isinstance(timestep, Tensor) and not torch.is_floating_point(timestep)):
-            raise ValueError("Passing integer indices (e.g. from `enumerate(timesteps)`) as timesteps to `step()` is not "
-                             "supported. Make sure to pass one of the `scheduler.timesteps` as a timestep.")
-
-    def _ensure_step_index(self, timestep: Any) -> None:
-        """Locate the first step of a run; a run that went past the end starts over (value-based
-        diffusers schedulers allow looping over the timesteps again without set_timesteps)."""
-        self._check_timed()
-        if self._step_index is None or self._step_index >= len(self.timesteps):
-            self._begin_index = None if self._step_index is not None else self._begin_index
-            self._init_step_index(timestep)
-
-    def _start_run(self) -> int:
-        """The position the current run began at (this step's, on its first step)."""
-        if self._run_begin is None:
-            self._run_begin = self._step_index
-        return self._run_begin
-
-    def _sigmas_at(self, timesteps: Tensor, like: Tensor) -> Tensor:
-        """self.sigmas at ``timesteps`` as diffusers looks them up for noising (by value before a
-        begin index is set, else at the current or begin position), shaped to broadcast on ``like``."""
-        sigmas = self.sigmas.to(device=like.device, dtype=like.dtype)
-        if self._begin_index is None:
-            idx = [self.index_for_timestep(t) for t in timesteps]
-        else:
-            idx = [self._step_index if self._step_index is not None else self._begin_index] * timesteps.shape[0]
-        return expand_like(sigmas[idx].flatten(), like)
-
-    # -- tables ----------------------------------------------------------------------------------
-    def _builder(self, begin: int, key: tuple) -> ProgramBuilder:  # pragma: no cover - abstract
-        raise NotImplementedError
-
-    def _model_frame(self, begin: int) -> tuple[list[float], list[tuple[float, float]]]:  # pragma: no cover - abstract
-        """For the state before each evaluation from ``begin`` on, then the final output: the factor n
-        with x_scheduler = n x_model (1 at the final output), and (p, q) with x = p x0 + q eps in
-        those coordinates (model coordinates at evaluations, the scheduler's own at the end)."""
-        raise NotImplementedError
-
-    def model_program(self, begin: int = 0, key: tuple = ()) -> Program:
-        """The table in model coordinates (the state is what the model sees, so no per-step input
-        scaling is needed); its final output is in this scheduler's coordinates, as step() returns."""
-        scale, _ = self._model_frame(begin)
-        return self._builder(begin, key).build(scale=scale)
-
-    def _program(self, begin: int, key: tuple = ()) -> Program:
-        ck = (begin, key)
-        if ck not in self._programs:
-            # A pipeline calls set_timesteps with the same arguments for every image: reuse the program
-            # (deriving it is 1-4 ms of Python, ten times diffusers' set_timesteps).
-            memo = self.__dict__.setdefault("_program_memo", LRU(self._PROGRAM_MEMO_SIZE))
-            mk = None if self._schedule_key is None else (self._schedule_key, begin, key)
-            prog = None if mk is None else memo.get(mk)
-            if prog is None:
-                prog = self._builder(begin, key).build(expose=self._exposes)
-                if mk is not None:
-                    memo.put(mk, prog)
-            self._programs[ck] = prog
-        return self._programs[ck]
-
-    def _table(self, device: torch.device, begin: int, key: tuple = (), *, as_sample: bool = False) -> tuple[Program, Tensor]:
-        """The program and its float32 table on ``device``; ``as_sample`` gives the variant that reads an
-        already converted output (a = 0, b = 1), used where a clipped or thresholded x0 replaces the model's."""
-        prog = self._program(begin, key)
-        tk = (begin, key, device, as_sample)
-        if tk not in self._device_tables:
-            rows = prog.rows.clone()
-            if as_sample:
-                rows[:, 0], rows[:, 1] = 0.0, 1.0
-            self._device_tables[tk] = rows.to(device=device, dtype=torch.float32)
-        return prog, self._device_tables[tk]
-
-    def _warm(self, begin: int, key: tuple = ()) -> None:
-        """Build the default table (and move it to the timesteps' device) before sampling starts."""
-        if getattr(self, "num_inference_steps", None) is None:
-            return
-        dev = self.timesteps.device if isinstance(self.timesteps, Tensor) else torch.device("cpu")
-        try:
-            self._table(dev, begin, key)
-        except ValueError:
-            # Tables that cannot be built here are refused again, with the same message, at step().
-            self._programs.pop((begin, key), None)
+    def _output(self, return_dict: bool, prev_sample: Tensor, **extras: Optional[Tensor]):
+        """diffusers' return value: its output class, or the tuple of (prev_sample, *extras)."""
+        if not return_dict:
+            return (prev_sample, *extras.values())
+        # What the dataclass's __init__ and BaseOutput.__post_init__ produce (attributes for every field,
+        # mapping entries for the set ones), without their per-call Python (~20-100 us a step on CPU).
+        cls = self._output_class
+        out = cls.__new__(cls)
+        values = {"prev_sample": prev_sample, **extras}
+        for k in cls.__dataclass_fields__:
+            v = values.get(k)
+            object.__setattr__(out, k, v)
+            if v is not None:
+                collections.OrderedDict.__setitem__(out, k, v)
+        return out
 
     # -- the fused step --------------------------------------------------------------------------
     def _fused_step(
@@ -371,11 +86,89 @@ class FusedScheduler:
         self._step_index += 1
         return out, exposed
 
+    def _thresholded_x0(self, model_output: Tensor, sample: Tensor) -> tuple[Tensor, float, float]:
+        """The model's x0 at this step after dynamic thresholding, with the step's (alpha, sigma)."""
+        cfg = self.config
+        alpha, sigma = self._alpha_sigma(self._sig[self._step_index])
+        a, b = x0_conversion(check_prediction_type(cfg.prediction_type), alpha, sigma)
+        x0 = threshold_sample(x0_from_coeffs(a, b, sample, model_output), cfg.dynamic_thresholding_ratio, cfg.sample_max_value)
+        return x0, alpha, sigma
+
     def _x0_from_table(self, sample: Tensor, model_output: Tensor, key: tuple = ()) -> Tensor:
         """The model's x0 at this step from the table row (device scalars, no host sync)."""
         begin = self._start_run()
         _, table = self._table(sample.device, begin, key)
         return x0_from_row(table[self._step_index - begin], sample, model_output)
+
+
+# -- making a core + fused step a diffusers scheduler -------------------------------------------
+#: names every class keeps from fastdiff (its core or its own body); the rest of what diffusers' class
+#: defines is diffusers' own
+_FASTDIFF_NAMES = frozenset({"set_timesteps", "step", "set_begin_index"})
+#: the configuration machinery diffusers' ConfigMixin provides, in place of the core's standalone one
+_CONFIG_NAMES = ("config", "register_to_config", "from_config", "__repr__", "__len__")
+
+
+class _DefaultFromCore:
+    """A core property that the diffusers class sets as an instance attribute (``init_noise_sigma``):
+    the instance's value once set, the core's until then."""
+
+    def __init__(self, prop: property):
+        self.prop = prop
+
+    def __get__(self, obj, owner=None):
+        return self if obj is None else self.prop.__get__(obj, owner)
+
+
+def conform(cls: type) -> type:
+    """Class decorator: ``cls(FusedStep, <core>, <diffusers class>)`` becomes a diffusers scheduler.
+
+    diffusers' class supplies ``__init__`` (its signature, config registration, every attribute it
+    sets), the configuration and serialisation machinery and every public method or attribute the
+    core also defines; the core supplies ``set_timesteps`` (and what ``step`` reads), the class body
+    its ``step``. The class is recorded as ``fastdiff.schedulers.<name>``, so a pipeline saved with
+    it reloads it (model_index.json names the module; scheduler_config.json's ``_class_name`` is the
+    diffusers name, so diffusers alone loads that folder into its own class).
+    """
+    dcls = next(c for c in cls.__mro__[1:] if c.__module__.startswith("diffusers."))
+    core = next(c for c in cls.__mro__[1:] if issubclass(c, ScheduleCore))
+    own = set(cls.__dict__) | _FASTDIFF_NAMES | set(getattr(cls, "_fastdiff_keeps", ()))
+    names = {n for c in core.__mro__ if c is not object for n in vars(c)}
+    for name in sorted(names - own):
+        if name.startswith("_") and name not in _CONFIG_NAMES:
+            continue
+        try:
+            theirs = inspect.getattr_static(dcls, name)
+        except AttributeError:
+            mine = inspect.getattr_static(core, name)
+            if isinstance(mine, property):  # diffusers sets it per instance
+                setattr(cls, name, _DefaultFromCore(mine))
+            continue
+        setattr(cls, name, theirs)
+    init = dcls.__init__
+
+    @functools.wraps(init)
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        self._init_done = False  # diffusers' __init__ may call set_timesteps (Heun): no table for that one
+        init(self, *args, **kwargs)
+        self._init_done = True
+        self._post_init()
+
+    cls.__init__ = __init__
+    cls.__module__ = "fastdiff.schedulers"
+    cls._output_class = _output_class(dcls)
+    return cls
+
+
+def _output_class(dcls: type) -> type:
+    """The BaseOutput class diffusers' ``step`` returns for this scheduler (its module's own, if any)."""
+    from diffusers.schedulers.scheduling_utils import SchedulerOutput as Plain
+    from diffusers.utils import BaseOutput
+
+    mod = sys.modules[dcls.__module__]
+    found = [v for v in vars(mod).values() if isinstance(v, type) and issubclass(v, BaseOutput)
+             and v.__module__ == mod.__name__ and "prev_sample" in getattr(v, "__dataclass_fields__", {})]
+    return found[0] if len(found) == 1 else Plain
 
 
 def threshold_sample(x0: Tensor, ratio: float, max_value: float) -> Tensor:
@@ -401,5 +194,5 @@ def x0_from_coeffs(a: Any, b: Any, sample: Tensor, model_output: Tensor) -> Tens
 
 def x0_from_row(row: Tensor, sample: Tensor, model_output: Tensor) -> Tensor:
     """a x + b m for a device row (two device scalars, no host sync)."""
-    return x0_from_coeffs(row[0], row[1], sample, model_output)
+    return x0_from_coeffs(row[A], row[B], sample, model_output)
 

@@ -2,105 +2,39 @@
 
 from __future__ import annotations
 
-from typing import Literal, Optional, Sequence, Union
+from typing import Union
 
-import numpy as np
+import diffusers
 import torch
 from torch import Tensor
 
-from ..samplers import schedules, solvers
-from ._base import SchedulerOutput, x0_from_coeffs
-from ._common import sigma_spacing, spaced_sigmas
-from ._ve import VEScheduler
+from ..solvers import methods
+from ..solvers.scheduling import heun as core
+from ._base import FusedStep, conform, x0_from_coeffs
 
 
-class HeunDiscreteScheduler(VEScheduler):
+@conform
+class HeunDiscreteScheduler(FusedStep, core.HeunDiscreteScheduler, diffusers.HeunDiscreteScheduler):
     """Drop-in for ``diffusers.HeunDiscreteScheduler``: two model evaluations per step (order = 2),
-    each followed by one fused update. The corrector's start state is not stored: it is recovered
-    from the midpoint state and the first evaluation's x0 inside the coefficient row."""
-
-    order = 2
-    _exposes = True
-
-    def __init__(
-        self,
-        num_train_timesteps: int = 1000,
-        beta_start: float = 0.00085,
-        beta_end: float = 0.012,
-        beta_schedule: str = "linear",
-        trained_betas: Optional[Union[np.ndarray, Sequence[float]]] = None,
-        prediction_type: str = "epsilon",
-        use_karras_sigmas: bool = False,
-        use_exponential_sigmas: bool = False,
-        use_beta_sigmas: bool = False,
-        clip_sample: bool = False,
-        clip_sample_range: float = 1.0,
-        timestep_spacing: Literal["linspace", "leading", "trailing"] = "linspace",
-        steps_offset: int = 0,
-    ):
-        self._register(locals())
-        sigma_spacing(self.config)
-        self._init_training(("epsilon", "v_prediction", "sample"), clamp_zero_snr=True)
-        self._init_done = False
-        self.set_timesteps(num_train_timesteps, None, num_train_timesteps)
-        self._init_done = True
-        self.use_karras_sigmas = use_karras_sigmas
-
-    @property
-    def state_in_first_order(self) -> bool:
-        return self._first_order
-
-    def set_timesteps(self, num_inference_steps: Optional[int] = None, device=None,
-                      num_train_timesteps: Optional[int] = None, timesteps: Optional[Sequence[float]] = None) -> None:
-        cfg = self.config
-        kind = sigma_spacing(cfg)
-        if num_inference_steps is None and timesteps is None:
-            raise ValueError("Must pass exactly one of `num_inference_steps` or `custom_timesteps`.")
-        if num_inference_steps is not None and timesteps is not None:
-            raise ValueError("Can only pass one of `num_inference_steps` or `custom_timesteps`.")
-        if timesteps is not None and kind is not None:
-            raise ValueError(f"Cannot set `timesteps` with `config.use_{kind}_sigmas = True`.")
-        num_inference_steps = num_inference_steps or len(timesteps)
-        self.num_inference_steps = num_inference_steps
-        n_train = num_train_timesteps or cfg.num_train_timesteps
-        if timesteps is not None:
-            ts = np.array(timesteps, dtype=np.float32)
-        else:
-            ts = schedules.spaced_timesteps(cfg.timestep_spacing, num_inference_steps, n_train, steps_offset=cfg.steps_offset,
-                                            rounded=cfg.timestep_spacing != "linspace").astype(np.float32)
-        full = schedules.vp_sigmas(self.alphas_cumprod)
-        log_sigmas = np.log(full)
-        sig = np.interp(ts, np.arange(0, len(full)), full)
-        if kind is not None:
-            sig = spaced_sigmas(cfg, kind, sig, num_inference_steps)
-            ts = np.array([schedules.sigma_to_t(s, log_sigmas) for s in sig])
-        sig = torch.from_numpy(np.concatenate([sig, [0.0]]).astype(np.float32))
-        self._reset()
-        self.sigmas = torch.cat([sig[:1], sig[1:-1].repeat_interleave(2), sig[-1:]])
-        ts_t = torch.from_numpy(np.asarray(ts))
-        self.timesteps = torch.cat([ts_t[:1], ts_t[1:].repeat_interleave(2)]).to(device=device, dtype=torch.float32)
-        self._sig = self.sigmas.double().tolist()
-        self._ts_host = self.timesteps.cpu().numpy()
-        self._first_order = True
-        if getattr(self, "_init_done", True):
-            self._warm(0)
-
-    def _builder(self, begin: int, key: tuple):
-        return solvers.heun(self._sig, prediction_type=self.config.prediction_type, begin=begin)
+    each followed by one fused update. The predictor writes the corrector's base (its input plus half
+    its Euler step) to history, so the corrector reads that and the sample it is given, as diffusers
+    does. ``pred_original_sample`` is one extra elementwise pass."""
 
     def step(self, model_output: Tensor, timestep: Union[float, Tensor], sample: Tensor, return_dict: bool = True):
         self._ensure_step_index(timestep)
         if self._run_begin is None:
             self._first_order = True
-        override = None
         cfg = self.config
+        i, first = self._step_index, self._first_order
+        # both stages read the model at sigmas[i] (the corrector's level is the predictor's target)
+        a, b = methods.ve_conversion(cfg.prediction_type, self._sig[i])
+        x0 = x0_from_coeffs(a, b, sample, model_output)
+        override = None
         if cfg.clip_sample:
-            i = self._step_index
-            # both stages read the model at sigmas[i] (the second stage's level is the midpoint's)
-            a, b = solvers.ve_conversion(cfg.prediction_type, self._sig[i])
-            override = x0_from_coeffs(a, b, sample, model_output).clamp(-cfg.clip_sample_range, cfg.clip_sample_range)
-        prev, x0 = self._fused_step(model_output, sample, model_override=override)
-        if override is not None:
-            x0 = override
-        self._first_order = not self._first_order
-        return (prev, x0) if not return_dict else SchedulerOutput(prev, pred_original_sample=x0)
+            x0 = x0.clamp(-cfg.clip_sample_range, cfg.clip_sample_range)
+            # the row then reads its converted output directly: the predictor's is the corrector's base
+            k = (self._sig[i + 1] - self._sig[i]) / (2.0 * self._sig[i]) if first else 0.0
+            override = torch.lerp(x0, sample, 1.0 + k) if first else x0
+        prev, _ = self._fused_step(model_output, sample, model_override=override)
+        self._first_order = not first
+        return self._output(return_dict, prev, pred_original_sample=x0)

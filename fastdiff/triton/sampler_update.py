@@ -18,7 +18,7 @@ from torch import Tensor
 from . import _common
 from ._common import block_for, check_input, check_per_sample, fail, grid_for, guided, on_device, sample_tile, warps_for, wide
 from ..ops._common import describe
-from ..ops.sampler_update import A, B, CD, CX, CZ, HISTORY, SLOT, row_length
+from ..solvers.rows import A, B, CD, CX, CZ, HISTORY, SLOT, row_length
 
 #: Longest history the kernel is specialised for (multistep solvers use 1 to 3 earlier outputs).
 MAX_HISTORY = 8

@@ -170,12 +170,12 @@ def test_inpainting_matches_a_diffusers_inpainting_loop(name):
 
 
 def test_inpainting_known_region_formed_per_step_when_the_table_would_be_large(monkeypatch):
-    from fastdiff.samplers import loop
+    from fastdiff.samplers import inpaint
 
     noise, image = noise_for(5), IMAGE
     mask = (torch.rand(SHAPE, generator=torch.Generator().manual_seed(0)) > 0.5).float()
     table = fused("euler", noise, steps=5, image=image, mask=mask, strength=0.8)
-    monkeypatch.setattr(loop, "INPAINT_TABLE_BYTES", 0)
+    monkeypatch.setattr(inpaint, "INPAINT_TABLE_BYTES", 0)
     close(fused("euler", noise, steps=5, image=image, mask=mask, strength=0.8), table)
 
 
@@ -251,7 +251,7 @@ def test_graphed_step_logic_replays_the_eager_loop(name):
     """The captured step reads its row, timestep and inpainting level through a device counter; with
     a recorder that just calls the step (CUDA graph capture itself is tested on a GPU), replaying it
     must give the eager loop's result, noise draws and inpainting included."""
-    from fastdiff.samplers import loop
+    from fastdiff.samplers import inpaint, loop
     from fastdiff.samplers.graph import Recorder, run_graphed
 
     noise = noise_for(9)
@@ -261,10 +261,10 @@ def test_graphed_step_logic_replays_the_eager_loop(name):
     x = IMAGE * p + q * noise
     kw = dict(guidance_scale=3.0, guidance_rescale=0.3, progress=False)
     eager = loop.run(plan, model, x, generator=torch.Generator().manual_seed(4),
-                     inpaint=loop.Inpaint(plan, IMAGE, mask, noise), **kw)
+                     inpaint=inpaint.Inpaint(plan, IMAGE, mask, noise), **kw)
     seen = []
     graphed = run_graphed(plan, model, x, generator=torch.Generator().manual_seed(4), recorder=Recorder(),
-                          inpaint=loop.Inpaint(plan, IMAGE, mask, noise), callback=lambda i, t, s: seen.append(int(t)), **kw)
+                          inpaint=inpaint.Inpaint(plan, IMAGE, mask, noise), callback=lambda i, t, s: seen.append(int(t)), **kw)
     torch.testing.assert_close(graphed, eager, rtol=0, atol=0)
     assert seen == [int(t) for t in plan.timesteps]
 
@@ -290,3 +290,15 @@ def test_plans_are_cached_by_value_and_distinct_settings_get_their_own():
     a = make_sampler("ddim", trained_betas=betas).plan(6, "cpu")
     assert make_sampler("ddim", trained_betas=list(betas)).plan(6, "cpu") is a
     assert make_sampler("ddim", trained_betas=betas[:-1] + [3e-2]).plan(6, "cpu") is not a
+
+
+def test_a_config_from_an_older_diffusers_takes_the_schedulers_defaults():
+    # SD-1.5's config (PNDM, written by diffusers 0.6) has no timestep_spacing: like diffusers' from_config,
+    # fastdiff.sample(config=...) uses the DPM-Solver scheduler's own default (linspace), not PNDM's "leading"
+    old = diffusers.PNDMScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012, skip_prk_steps=True,
+                                  steps_offset=1).config
+    s = make_sampler("dpmpp_2m", old)
+    want = diffusers.DPMSolverMultistepScheduler.from_config(old)
+    assert s.config["timestep_spacing"] == want.config.timestep_spacing == "linspace"
+    want.set_timesteps(10)
+    assert s.plan(10, torch.device("cpu")).timesteps.tolist() == want.timesteps.tolist()

@@ -4,6 +4,7 @@
 
 #include "cpu/kernels/convert.h"
 #include "cpu/kernels/kernels.h"
+#include "sampler_row.h"
 
 namespace fastdiff::cpu::FASTDIFF_ISA {
 namespace {
@@ -11,8 +12,8 @@ namespace {
 template <typename TX, typename TM>
 void update(const UpdateParams& a, TX* out, int64_t b, int64_t begin, int64_t end) {
   const int64_t n = a.per_sample, bn = a.batch * n;
-  const float ca = a.coeffs[0], cb = a.coeffs[1], cx = a.coeffs[2], cd = a.coeffs[3], cz = a.coeffs[4];
-  const float slot_f = a.coeffs[5];
+  const float ca = a.coeffs[row::kA], cb = a.coeffs[row::kB], cx = a.coeffs[row::kCX], cd = a.coeffs[row::kCD];
+  const float cz = a.coeffs[row::kCZ], slot_f = a.coeffs[row::kSlot];
   const int64_t K = a.history_len;
   // Only a whole number in [0, K) names a slot (as in the reference); NaN, fractions and
   // out-of-range values write nothing.
@@ -48,7 +49,7 @@ void update(const UpdateParams& a, TX* out, int64_t b, int64_t begin, int64_t en
     }
     // Slots whose coefficient is exactly zero are not read: they may hold anything (even NaN).
     for (int64_t k = 0; k < K; ++k) {
-      const float ch = a.coeffs[6 + k];
+      const float ch = a.coeffs[row::kHistory + k];
       if (ch == 0.0f) continue;
       const TX* h = hist + k * bn + b * n + j0;
       for (int64_t j = 0; j < len; ++j) acc[j] += ch * to_float(h[j]);

@@ -1,4 +1,4 @@
-"""Noise schedules and sigma spacings (fastdiff/samplers/schedules.py)."""
+"""Noise schedules and sigma spacings (fastdiff/solvers/schedules.py)."""
 
 import math
 
@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from fastdiff.samplers import schedules as S
+from fastdiff.solvers import schedules as S
 
 
 def test_beta_schedules_have_their_defining_endpoints():

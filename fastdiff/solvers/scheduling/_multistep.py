@@ -1,6 +1,5 @@
 """What the multistep solvers share (DPM-Solver, UniPC): VP training tables, levels in VP or flow
-coordinates, integer timesteps with one sigma each plus a final one, no input scaling, and noising
-at a timestep's sigma, as diffusers does."""
+coordinates, integer timesteps with one sigma each plus a final one."""
 
 from __future__ import annotations
 
@@ -10,11 +9,11 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ..samplers import schedules, solvers
-from ._base import FusedScheduler, threshold_sample, x0_from_coeffs
+from .. import schedules
+from ._base import ScheduleCore
 
 
-class MultistepScheduler(FusedScheduler):
+class MultistepScheduler(ScheduleCore):
     alphas_cumprod: Tensor
 
     def _init_tables(self) -> None:
@@ -51,23 +50,3 @@ class MultistepScheduler(FusedScheduler):
     def _model_frame(self, begin: int):
         sig = self._sig[begin:]
         return [1.0] * len(sig), [self._alpha_sigma(s) for s in sig]
-
-    def _thresholded_x0(self, model_output: Tensor, sample: Tensor) -> tuple[Tensor, float, float]:
-        """The model's x0 at this step after dynamic thresholding, with the step's (alpha, sigma)."""
-        cfg = self.config
-        alpha, sigma = self._alpha_sigma(self._sig[self._step_index])
-        a, b = solvers.x0_conversion(solvers.check_prediction_type(cfg.prediction_type), alpha, sigma)
-        x0 = threshold_sample(x0_from_coeffs(a, b, sample, model_output), cfg.dynamic_thresholding_ratio, cfg.sample_max_value)
-        return x0, alpha, sigma
-
-    def scale_model_input(self, sample: Tensor, *args, **kwargs) -> Tensor:
-        return sample
-
-    def add_noise(self, original_samples: Tensor, noise: Tensor, timesteps: Tensor) -> Tensor:
-        sigma = self._sigmas_at(timesteps, original_samples)
-        if self.config.use_flow_sigmas:
-            alpha_t, sigma_t = 1 - sigma, sigma
-        else:
-            alpha_t = 1 / ((sigma**2 + 1) ** 0.5)
-            sigma_t = sigma * alpha_t
-        return alpha_t * original_samples + sigma_t * noise

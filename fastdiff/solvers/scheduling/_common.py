@@ -7,7 +7,7 @@ from typing import Any, Optional
 import numpy as np
 from torch import Tensor
 
-from ..samplers import schedules
+from .. import schedules
 
 
 def training_schedule(config: Any, *, clamp_zero_snr: bool) -> tuple[Tensor, Tensor]:
@@ -54,13 +54,6 @@ def sigma_spacing(config: Any) -> Optional[str]:
 def check_timestep_spacing(spacing: str) -> None:
     if spacing not in schedules.TIMESTEP_SPACINGS:
         raise ValueError(f"fastdiff: timestep_spacing expected one of {schedules.TIMESTEP_SPACINGS}, got {spacing!r}")
-
-
-def expand_like(v: Tensor, like: Tensor) -> Tensor:
-    """``v`` (one value per sample) with trailing unit dimensions up to ``like``'s rank."""
-    while v.dim() < like.dim():
-        v = v.unsqueeze(-1)
-    return v
 
 
 def final_sigma(config: Any, alphas_cumprod: Tensor) -> float:

@@ -1,10 +1,10 @@
-"""The row compiler (fastdiff/samplers/program.py): symbolic solver steps become sampler_update rows."""
+"""The row compiler (fastdiff/solvers/program.py): symbolic solver steps become sampler_update rows."""
 
 import pytest
 import torch
 
 import fastdiff
-from fastdiff.samplers.program import Lin, ProgramBuilder
+from fastdiff.solvers.program import Lin, ProgramBuilder
 
 
 def run_rows(program, x, outputs, noises=None):

@@ -27,6 +27,8 @@ from typing import Iterable, Optional, Sequence
 import torch
 from torch import Tensor
 
+from .rows import A, B, CD, CX, CZ, SLOT, HISTORY, row_length
+
 #: history terms this much smaller than an expression's largest coefficient are float64 round-off
 PRUNE = 1e-12
 
@@ -98,7 +100,7 @@ def lin_sum(items: Iterable[Lin]) -> Lin:
 class Program:
     """A coefficient table and what the sampling loop needs besides it.
 
-    rows: (E, 6 + K) float64, one per model evaluation (see fastdiff/ops/sampler_update.py).
+    rows: (E, 6 + K) float64, one per model evaluation (layout: fastdiff/solvers/rows.py).
     draws: whether evaluation i draws fresh noise (a diffusers scheduler draws some it then
     multiplies by 0; drawing the same ones keeps seeded runs identical).
     history: K, the number of history slots (0: no history buffer).
@@ -112,7 +114,7 @@ class Program:
     @functools.cached_property
     def reads_noise(self) -> list[bool]:
         """Whether row i's noise coefficient is nonzero (a drawn noise with coefficient 0 need not be passed)."""
-        return [v != 0.0 for v in self.rows[:, 4].tolist()]
+        return [v != 0.0 for v in self.rows[:, CZ].tolist()]
 
     def __len__(self) -> int:
         return self.rows.shape[0]
@@ -243,7 +245,11 @@ class ProgramBuilder:
                     if where[i].get(s) != j:  # pragma: no cover - the allocation above guarantees it
                         raise RuntimeError("fastdiff: history slot allocation failed")
                     h[s] += v / kn
-            rows.append([e.a * ki, e.b, r.coef(("x", i)) * ki / kn, r.coef(("d", i)) / kn, r.coef(("z", i)) / kn, float(writes[i]), *h])
+            row = [0.0] * row_length(hist)
+            row[A], row[B], row[SLOT] = e.a * ki, e.b, float(writes[i])
+            row[CX], row[CD], row[CZ] = r.coef(("x", i)) * ki / kn, r.coef(("d", i)) / kn, r.coef(("z", i)) / kn
+            row[HISTORY:] = h
+            rows.append(row)
         table = torch.tensor(rows, dtype=torch.float64)
         if not bool(torch.isfinite(table).all()):
             bad = sorted({int(i) for i in torch.nonzero(~torch.isfinite(table))[:, 0]})

@@ -1,0 +1,24 @@
+"""The diffusers-free cores of fastdiff's schedulers: configuration, ``set_timesteps`` and the
+coefficient program of each, named after the diffusers class they reproduce.
+
+fastdiff.samplers plans with them; fastdiff.schedulers puts each under the same-named diffusers
+class and adds the fused ``step``. A new scheduler is a core here (its schedule and its
+``methods`` derivation) plus a ``step`` there.
+"""
+
+from ._base import Config, ScheduleCore
+from .ddim import DDIMScheduler
+from .ddpm import DDPMScheduler
+from .dpm_solver import DPMSolverMultistepScheduler
+from .euler import EulerAncestralDiscreteScheduler, EulerDiscreteScheduler
+from .flow_match import FlowMatchEulerDiscreteScheduler
+from .heun import HeunDiscreteScheduler
+from .lcm import LCMScheduler
+from .unipc import UniPCMultistepScheduler
+
+#: every core, by the diffusers class name it reproduces
+CORES: dict[str, type] = {c.__name__: c for c in (
+    DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler, EulerAncestralDiscreteScheduler, EulerDiscreteScheduler,
+    FlowMatchEulerDiscreteScheduler, HeunDiscreteScheduler, LCMScheduler, UniPCMultistepScheduler)}
+
+__all__ = ["CORES", "Config", "ScheduleCore", *CORES]
