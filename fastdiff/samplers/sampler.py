@@ -271,6 +271,14 @@ class LCM(Sampler):
         return 0
 
 
+class PNDM(Sampler):
+    """PNDM (Liu et al. 2022): Stable Diffusion 1.x's default, PLMS (4th-order Adams-Bashforth with a
+    2nd-order start); ``skip_prk_steps=False`` warms up with pseudo Runge-Kutta instead."""
+
+    scheduler_class = scheduling.PNDMScheduler
+    defaults = dict(SD_SCHEDULE, skip_prk_steps=True)
+
+
 class FlowMatchEuler(Sampler):
     """Euler for rectified-flow models (SD3, FLUX): the model predicts v = noise - x0. ``shift`` is
     SD3's resolution shift; ``use_dynamic_shifting`` with ``mu`` is FLUX's."""
@@ -292,6 +300,7 @@ NAMED: dict[str, tuple[type, dict]] = {
     "dpmpp_3m_sde": (DPMSolverPP, {"order": 3, "sde": True}),
     "unipc": (UniPC, {}),
     "lcm": (LCM, {}),
+    "pndm": (PNDM, {}),
     "flow_euler": (FlowMatchEuler, {}),
 }
 

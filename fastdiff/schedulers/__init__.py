@@ -14,6 +14,7 @@ from .euler import EulerAncestralDiscreteScheduler, EulerDiscreteScheduler
 from .flow_match import FlowMatchEulerDiscreteScheduler
 from .heun import HeunDiscreteScheduler
 from .lcm import LCMScheduler
+from .pndm import PNDMScheduler
 from .unipc import UniPCMultistepScheduler
 
 __all__ = [
@@ -27,6 +28,7 @@ __all__ = [
     "FusedStep",
     "HeunDiscreteScheduler",
     "LCMScheduler",
+    "PNDMScheduler",
     "SchedulerOutput",
     "UniPCMultistepScheduler",
 ]

@@ -1,0 +1,82 @@
+"""Classical linear multistep solvers (Adams-Bashforth on the model output), written on symbols
+like methods.py: one model evaluation at a time, each returning a ProgramBuilder.
+
+- PNDM / PLMS (Liu et al. 2022, "Pseudo Numerical Methods for Diffusion Models"): the transfer
+  function of their eq. 9 applied to an Adams-Bashforth combination of past noise predictions,
+  after a Runge-Kutta (PRK) warm-up or, as Stable Diffusion ships it, a second-order start.
+
+State: the VP sample itself, x = sqrt(abar) x0 + sqrt(1 - abar) eps.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+from .program import Lin, ProgramBuilder
+
+#: Adams-Bashforth weights by order, newest output first (PLMS, eq. 12 of Liu et al.)
+ADAMS_BASHFORTH = {
+    1: (1.0,),
+    2: (3 / 2, -1 / 2),
+    3: (23 / 12, -16 / 12, 5 / 12),
+    4: (55 / 24, -59 / 24, 37 / 24, -9 / 24),
+}
+
+
+def pndm_transfer(abar: float, abar_prev: float, x: Lin, eps: Lin) -> Lin:
+    """Liu et al.'s eq. 9: the DDIM step from level abar to abar_prev, given a noise estimate."""
+    denom = abar * math.sqrt(1.0 - abar_prev) + math.sqrt(abar * (1.0 - abar) * abar_prev)
+    return math.sqrt(abar_prev / abar) * x - ((abar_prev - abar) / denom) * eps
+
+
+def _pndm_eps(prediction_type: str, abar: float, x: Lin, m: Lin) -> Lin:
+    """The noise estimate from a (combined) model output read at state x, level abar."""
+    if prediction_type == "epsilon":
+        return m
+    if prediction_type == "v_prediction":
+        return math.sqrt(abar) * m + math.sqrt(1.0 - abar) * x
+    raise ValueError(f"prediction_type given as {prediction_type} must be one of `epsilon` or `v_prediction`")
+
+
+def pndm(levels: Sequence[tuple[float, float]], *, prediction_type: str, prk_evals: int = 0) -> ProgramBuilder:
+    """PNDM: ``prk_evals`` evaluations of pseudo Runge-Kutta (groups of four: the classical RK4
+    weights 1/6, 1/3, 1/3, 1/6, every stage starting from the group's first state), then PLMS.
+
+    ``levels[i] = (abar_from, abar_to)`` is the transfer evaluation i applies, as diffusers' counter
+    rules pick them (fastdiff/solvers/scheduling/pndm.py); a run shorter than the warm-up ends
+    inside it. History holds the raw model outputs
+    (D = M), since a v-prediction output is converted after the combination, at the state it
+    starts from. Without PRK, PLMS starts like Heun: evaluation 1 re-does step 0 from its start
+    state with the mean of both outputs, and is then not part of the multistep history.
+    """
+    prog = ProgramBuilder()
+    ets: list[Lin] = []  # outputs the multistep combination reads (diffusers' `ets`)
+    start = first = None
+    rk = Lin()
+    for i, (ab, abp) in enumerate(levels):
+        x, _, _, m = prog.eval(0.0, 1.0)
+        if i < prk_evals:
+            stage = i % 4
+            if stage == 0:
+                start, rk = x, m / 6
+                ets.append(m)
+                e = m
+            elif stage < 3:
+                rk = rk + m / 3
+                e = m
+            else:
+                e = rk + m / 6
+            prog.advance(pndm_transfer(ab, abp, start, _pndm_eps(prediction_type, ab, start, e)))
+            continue
+        if i == 1 and prk_evals == 0:
+            # second-order start: the mean of both outputs, applied from the first state
+            prog.advance(pndm_transfer(ab, abp, first, _pndm_eps(prediction_type, ab, first, (m + ets[-1]) / 2)))
+            continue
+        ets = ets[-3:] + [m]
+        if i == 0:
+            first = x
+        w = ADAMS_BASHFORTH[len(ets)]
+        e = sum((c * h for c, h in zip(w, reversed(ets))), Lin())
+        prog.advance(pndm_transfer(ab, abp, x, _pndm_eps(prediction_type, ab, x, e)))
+    return prog

@@ -1,0 +1,72 @@
+"""The schedulers issue 9 adds reproduce diffusers' class of the same name step for step (float32,
+1e-5 relative), over the options that change their math; fastdiff.sample's names for them match a
+diffusers loop with guidance, img2img and inpainting."""
+
+import pytest
+import torch
+
+from fastdiff.samplers import make_sampler
+from tests.samplers.harness import SD, compare
+from tests.samplers.test_sample import IMAGE, SHAPE, close, diffusers_loop, fused, noise_for
+
+pytest.importorskip("diffusers")
+
+SPACING = ["leading", "trailing", "linspace"]
+X0 = torch.linspace(-1, 1, 120).reshape(2, 3, 5, 4)
+
+
+# ---------------------------------------------------------------------------------------------
+# PNDM
+# ---------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("skip_prk_steps", [True, False], ids=["plms", "prk"])
+@pytest.mark.parametrize("prediction_type", ["epsilon", "v_prediction"])
+@pytest.mark.parametrize("spacing", SPACING)
+def test_pndm_plms_and_prk(skip_prk_steps, prediction_type, spacing):
+    compare("PNDMScheduler", dict(SD, skip_prk_steps=skip_prk_steps, prediction_type=prediction_type, timestep_spacing=spacing,
+                                  steps_offset=1), steps=10)
+
+
+@pytest.mark.parametrize("steps", [1, 2, 3, 4, 25])
+def test_pndm_short_and_long_runs(steps):
+    """One step; the second-order start alone; the shortest PRK run (4 steps: 12 stages + 1); 25 steps."""
+    compare("PNDMScheduler", dict(SD, skip_prk_steps=True, set_alpha_to_one=False, steps_offset=1), steps=steps)
+    if steps >= 4:  # PRK's warm-up spans four timesteps
+        compare("PNDMScheduler", dict(beta_schedule="squaredcos_cap_v2", set_alpha_to_one=True), steps=steps)
+
+
+@pytest.mark.parametrize("skip_prk_steps", [True, False], ids=["plms", "prk"])
+@pytest.mark.parametrize("begin", [1, 2, 5])
+def test_pndm_started_mid_schedule_counts_from_its_first_step(skip_prk_steps, begin):
+    compare("PNDMScheduler", dict(SD, skip_prk_steps=skip_prk_steps, steps_offset=1), steps=10, begin=begin, x0=X0)
+
+
+def test_pndm_keeps_four_outputs_at_most_and_refuses_sample_prediction_at_step():
+    import fastdiff.schedulers as fs
+
+    s = fs.PNDMScheduler(**SD, skip_prk_steps=True)
+    s.set_timesteps(30)
+    assert s._program(0).history == 3  # PLMS reads its three previous outputs; the fourth is this step's
+    bad = fs.PNDMScheduler(prediction_type="sample", skip_prk_steps=True)
+    bad.set_timesteps(5)
+    with pytest.raises(ValueError, match="must be one of `epsilon` or `v_prediction`"):
+        bad.step(torch.ones(1, 2), bad.timesteps[0], torch.ones(1, 2))
+    with pytest.raises(ValueError, match="at least 4 inference steps"):
+        fs.PNDMScheduler().set_timesteps(3)
+
+
+# ---------------------------------------------------------------------------------------------
+# fastdiff.sample names
+# ---------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("name,opts", [
+    ("pndm", {}),
+    ("pndm", {"skip_prk_steps": False, "prediction_type": "v_prediction", "timestep_spacing": "leading", "steps_offset": 1}),
+], ids=["pndm", "pndm-prk-v"])
+def test_named_samplers_with_guidance_img2img_and_inpainting(name, opts):
+    noise = noise_for(3)
+    sampler = make_sampler(name, **opts)
+    close(fused(sampler, noise, steps=8, guidance_scale=3.0), diffusers_loop(sampler, noise, steps=8, guidance=3.0))
+    close(fused(sampler, noise, steps=8, image=IMAGE, strength=0.6, guidance_scale=2.0),
+          diffusers_loop(sampler, noise, steps=8, image=IMAGE, strength=0.6, guidance=2.0))
+    mask = (torch.arange(SHAPE[-1]) < 2).to(torch.float32).expand(SHAPE[0], 1, SHAPE[2], SHAPE[3])
+    close(fused(sampler, noise, steps=6, image=IMAGE, mask=mask, guidance_scale=2.0),
+          diffusers_loop(sampler, noise, steps=6, image=IMAGE, mask=mask, guidance=2.0))
