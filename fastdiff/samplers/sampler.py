@@ -279,6 +279,17 @@ class PNDM(Sampler):
     defaults = dict(SD_SCHEDULE, skip_prk_steps=True)
 
 
+class LMS(Sampler):
+    """Linear multistep (k-diffusion's sample_lms): ``order`` (default 4) past derivatives, weights
+    integrated from Lagrange polynomials in sigma."""
+
+    scheduler_class = scheduling.LMSDiscreteScheduler
+    step_options = ("order",)
+
+    def _step_key(self) -> tuple:
+        return (int(self.step_kwargs.get("order", 4)),)
+
+
 class FlowMatchEuler(Sampler):
     """Euler for rectified-flow models (SD3, FLUX): the model predicts v = noise - x0. ``shift`` is
     SD3's resolution shift; ``use_dynamic_shifting`` with ``mu`` is FLUX's."""
@@ -301,6 +312,7 @@ NAMED: dict[str, tuple[type, dict]] = {
     "unipc": (UniPC, {}),
     "lcm": (LCM, {}),
     "pndm": (PNDM, {}),
+    "lms": (LMS, {}),
     "flow_euler": (FlowMatchEuler, {}),
 }
 

@@ -14,6 +14,7 @@ from .euler import EulerAncestralDiscreteScheduler, EulerDiscreteScheduler
 from .flow_match import FlowMatchEulerDiscreteScheduler
 from .heun import HeunDiscreteScheduler
 from .lcm import LCMScheduler
+from .lms import LMSDiscreteScheduler
 from .pndm import PNDMScheduler
 from .unipc import UniPCMultistepScheduler
 
@@ -28,6 +29,7 @@ __all__ = [
     "FusedStep",
     "HeunDiscreteScheduler",
     "LCMScheduler",
+    "LMSDiscreteScheduler",
     "PNDMScheduler",
     "SchedulerOutput",
     "UniPCMultistepScheduler",

@@ -1,11 +1,13 @@
 """Classical linear multistep solvers (Adams-Bashforth on the model output), written on symbols
 like methods.py: one model evaluation at a time, each returning a ProgramBuilder.
 
+- LMS (k-diffusion's linear multistep): Adams-Bashforth weights for uneven steps, integrated
+  from Lagrange polynomials in sigma; VE state x = x0 + sigma eps.
 - PNDM / PLMS (Liu et al. 2022, "Pseudo Numerical Methods for Diffusion Models"): the transfer
   function of their eq. 9 applied to an Adams-Bashforth combination of past noise predictions,
   after a Runge-Kutta (PRK) warm-up or, as Stable Diffusion ships it, a second-order start.
 
-State: the VP sample itself, x = sqrt(abar) x0 + sqrt(1 - abar) eps.
+PNDM's state is the VP sample itself, x = sqrt(abar) x0 + sqrt(1 - abar) eps.
 """
 
 from __future__ import annotations
@@ -13,6 +15,9 @@ from __future__ import annotations
 import math
 from typing import Sequence
 
+import numpy as np
+
+from .methods import ve_conversion
 from .program import Lin, ProgramBuilder
 
 #: Adams-Bashforth weights by order, newest output first (PLMS, eq. 12 of Liu et al.)
@@ -79,4 +84,45 @@ def pndm(levels: Sequence[tuple[float, float]], *, prediction_type: str, prk_eva
         w = ADAMS_BASHFORTH[len(ets)]
         e = sum((c * h for c, h in zip(w, reversed(ets))), Lin())
         prog.advance(pndm_transfer(ab, abp, x, _pndm_eps(prediction_type, ab, x, e)))
+    return prog
+
+
+def lms_coefficients(sigmas: Sequence[float], i: int, order: int) -> list[float]:
+    """Linear multistep weights from sigmas[i] to sigmas[i + 1]: the integrals over that interval of
+    the Lagrange basis polynomials on the nodes sigmas[i], sigmas[i - 1], ..., sigmas[i - order + 1]
+    (exact polynomial integration in float64)."""
+    nodes = [float(sigmas[i - k]) for k in range(order)]
+    lo, hi = float(sigmas[i]), float(sigmas[i + 1])
+    out = []
+    for j in range(order):
+        basis = np.poly1d([1.0])
+        for k in range(order):
+            if k != j:
+                basis = basis * np.poly1d([1.0, -nodes[k]]) / (nodes[j] - nodes[k])
+        antiderivative = basis.integ()
+        out.append(float(antiderivative(hi) - antiderivative(lo)))
+    return out
+
+
+def lms(sigmas: Sequence[float], *, prediction_type: str, order: int = 4, begin: int = 0) -> ProgramBuilder:
+    """Linear multistep (k-diffusion's sample_lms) on the probability-flow ODE dx/dsigma = (x - x0) / sigma,
+    VE state x = x0 + sigma eps.
+
+    D is the derivative itself (a noise estimate), so the history holds exactly the last
+    ``order - 1`` derivatives; with D = x0 every derivative would re-read an earlier state, whose
+    elimination pulls in ever older outputs. x0 = x - sigma D where a caller needs it.
+    As diffusers', the order at evaluation i is min(i + 1, order) counted from the schedule's start,
+    and its weights are applied to the derivatives of this run only (fewer after a mid-schedule start).
+    """
+    if order < 1:
+        raise ValueError(f"fastdiff: LMS order expected a positive integer, got {order}")
+    prog = ProgramBuilder()
+    derivs: list[Lin] = []
+    for i in range(begin, len(sigmas) - 1):
+        sigma = sigmas[i]
+        a, b = ve_conversion(prediction_type, sigma)
+        x, _, _, d = prog.eval((1.0 - a) / sigma, -b / sigma)
+        derivs = (derivs + [d])[-order:]
+        coeffs = lms_coefficients(sigmas, i, min(i + 1, order))
+        prog.advance(x + sum((c * dv for c, dv in zip(coeffs, reversed(derivs))), Lin()))
     return prog

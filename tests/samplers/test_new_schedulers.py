@@ -55,18 +55,60 @@ def test_pndm_keeps_four_outputs_at_most_and_refuses_sample_prediction_at_step()
 
 
 # ---------------------------------------------------------------------------------------------
+# LMS
+# ---------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("prediction_type", ["epsilon", "v_prediction", "sample"])
+@pytest.mark.parametrize("spacing", SPACING)
+def test_lms_prediction_types_and_spacings(prediction_type, spacing):
+    compare("LMSDiscreteScheduler", dict(SD, prediction_type=prediction_type, timestep_spacing=spacing, steps_offset=1), steps=10)
+
+
+@pytest.mark.parametrize("sig", [{"use_karras_sigmas": True}, {"use_exponential_sigmas": True}, {"use_beta_sigmas": True}],
+                         ids=["karras", "exponential", "beta"])
+def test_lms_sigma_spacings(sig):
+    compare("LMSDiscreteScheduler", dict(SD, **sig), steps=12)
+
+
+@pytest.mark.parametrize("order", [1, 2, 3, 5])
+def test_lms_orders_and_a_mid_schedule_start(order):
+    compare("LMSDiscreteScheduler", dict(SD), steps=10, step_kw={"order": order})
+    compare("LMSDiscreteScheduler", dict(SD, use_karras_sigmas=True), steps=10, step_kw={"order": order}, begin=4, x0=X0)
+
+
+def test_lms_weights_are_exact_lagrange_integrals_and_the_history_is_order_minus_one():
+    import fastdiff.schedulers as fs
+    from fastdiff.solvers.linear_multistep import lms_coefficients
+
+    sig = [14.6, 9.0, 5.5, 3.1, 1.7, 0.0]
+    # order 1 is Euler; any order integrates a polynomial of its degree exactly: sum of weights = the step
+    assert lms_coefficients(sig, 3, 1) == pytest.approx([sig[4] - sig[3]], rel=1e-15)
+    for order in (2, 3, 4):
+        assert sum(lms_coefficients(sig, 4, order)) == pytest.approx(sig[5] - sig[4], rel=1e-13)
+    # order 2 from nodes (s3, s4) over [s4, s5]: the trapezoid-free closed form
+    h, h_prev = sig[5] - sig[4], sig[4] - sig[3]
+    assert lms_coefficients(sig, 4, 2) == pytest.approx([h + h * h / (2 * h_prev), -h * h / (2 * h_prev)], rel=1e-13)
+    s = fs.LMSDiscreteScheduler(**SD)
+    s.set_timesteps(30)
+    assert s._program(0, (4,)).history == 3
+    assert s.get_lms_coefficient(3, 10, 1) == pytest.approx(lms_coefficients(s.sigmas.double().tolist(), 10, 3)[1])
+
+
+# ---------------------------------------------------------------------------------------------
 # fastdiff.sample names
 # ---------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("name,opts", [
     ("pndm", {}),
     ("pndm", {"skip_prk_steps": False, "prediction_type": "v_prediction", "timestep_spacing": "leading", "steps_offset": 1}),
-], ids=["pndm", "pndm-prk-v"])
+    ("lms", {}),
+    ("lms", {"order": 2, "use_karras_sigmas": True, "prediction_type": "v_prediction"}),
+], ids=["pndm", "pndm-prk-v", "lms", "lms-2-karras-v"])
 def test_named_samplers_with_guidance_img2img_and_inpainting(name, opts):
     noise = noise_for(3)
     sampler = make_sampler(name, **opts)
-    close(fused(sampler, noise, steps=8, guidance_scale=3.0), diffusers_loop(sampler, noise, steps=8, guidance=3.0))
+    kw = {"step_kw": sampler.step_kwargs and {k: int(v) for k, v in sampler.step_kwargs.items()}}
+    close(fused(sampler, noise, steps=8, guidance_scale=3.0), diffusers_loop(sampler, noise, steps=8, guidance=3.0, **kw))
     close(fused(sampler, noise, steps=8, image=IMAGE, strength=0.6, guidance_scale=2.0),
-          diffusers_loop(sampler, noise, steps=8, image=IMAGE, strength=0.6, guidance=2.0))
+          diffusers_loop(sampler, noise, steps=8, image=IMAGE, strength=0.6, guidance=2.0, **kw))
     mask = (torch.arange(SHAPE[-1]) < 2).to(torch.float32).expand(SHAPE[0], 1, SHAPE[2], SHAPE[3])
     close(fused(sampler, noise, steps=6, image=IMAGE, mask=mask, guidance_scale=2.0),
-          diffusers_loop(sampler, noise, steps=6, image=IMAGE, mask=mask, guidance=2.0))
+          diffusers_loop(sampler, noise, steps=6, image=IMAGE, mask=mask, guidance=2.0, **kw))
