@@ -34,7 +34,8 @@ from fastdiff.samplers import make_sampler  # noqa: E402
 from fastdiff.samplers.graph import CudaGraphRecorder, _GraphedSteps  # noqa: E402
 
 SAMPLERS = {"dpmpp_2m": "DPMSolverMultistepScheduler", "unipc": "UniPCMultistepScheduler", "euler": "EulerDiscreteScheduler",
-            "ddim": "DDIMScheduler", "pndm": "PNDMScheduler"}
+            "ddim": "DDIMScheduler", "pndm": "PNDMScheduler",
+            "lms": "LMSDiscreteScheduler"}
 #: what a plain run measures (--samplers picks others from SAMPLERS)
 DEFAULT_SAMPLERS = "dpmpp_2m,unipc,euler,ddim"
 
