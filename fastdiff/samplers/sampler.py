@@ -290,6 +290,19 @@ class LMS(Sampler):
         return (int(self.step_kwargs.get("order", 4)),)
 
 
+class EDMEuler(Sampler):
+    """Euler in Karras et al.'s EDM parameterisation (preconditioned networks, c_noise timesteps); churn via
+    ``s_churn``, ``s_tmin``, ``s_tmax``, ``s_noise``."""
+
+    scheduler_class = scheduling.EDMEulerScheduler
+    defaults: Mapping[str, Any] = {}
+    step_options = ("s_churn", "s_tmin", "s_tmax", "s_noise")
+
+    def _step_key(self) -> tuple:
+        k = self.step_kwargs
+        return (k.get("s_churn", 0.0), k.get("s_tmin", 0.0), k.get("s_tmax", math.inf), k.get("s_noise", 1.0))
+
+
 class FlowMatchEuler(Sampler):
     """Euler for rectified-flow models (SD3, FLUX): the model predicts v = noise - x0. ``shift`` is
     SD3's resolution shift; ``use_dynamic_shifting`` with ``mu`` is FLUX's."""
@@ -313,6 +326,7 @@ NAMED: dict[str, tuple[type, dict]] = {
     "lcm": (LCM, {}),
     "pndm": (PNDM, {}),
     "lms": (LMS, {}),
+    "edm_euler": (EDMEuler, {}),
     "flow_euler": (FlowMatchEuler, {}),
 }
 

@@ -10,6 +10,7 @@ from ._base import FusedStep, SchedulerOutput
 from .ddim import DDIMScheduler
 from .ddpm import DDPMScheduler
 from .dpm_solver import DPMSolverMultistepScheduler
+from .edm_euler import EDMEulerScheduler
 from .euler import EulerAncestralDiscreteScheduler, EulerDiscreteScheduler
 from .flow_match import FlowMatchEulerDiscreteScheduler
 from .heun import HeunDiscreteScheduler
@@ -23,6 +24,7 @@ __all__ = [
     "DDIMScheduler",
     "DDPMScheduler",
     "DPMSolverMultistepScheduler",
+    "EDMEulerScheduler",
     "EulerAncestralDiscreteScheduler",
     "EulerDiscreteScheduler",
     "FlowMatchEulerDiscreteScheduler",

@@ -94,6 +94,43 @@ def test_lms_weights_are_exact_lagrange_integrals_and_the_history_is_order_minus
 
 
 # ---------------------------------------------------------------------------------------------
+# EDM Euler
+# ---------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("prediction_type", ["epsilon", "v_prediction"])
+@pytest.mark.parametrize("sigma_schedule", ["karras", "exponential"])
+@pytest.mark.parametrize("final", ["zero", "sigma_min"])
+def test_edm_euler_prediction_schedule_final_sigma(prediction_type, sigma_schedule, final):
+    compare("EDMEulerScheduler", dict(prediction_type=prediction_type, sigma_schedule=sigma_schedule, final_sigmas_type=final),
+            steps=10)
+
+
+def test_edm_euler_churn_ramp_and_mid_schedule_start():
+    # with churn, diffusers' pred_original_sample also carries c_skip times the churn noise; ours omits it
+    compare("EDMEulerScheduler", dict(sigma_data=1.0, sigma_max=120.0, rho=5.0), steps=10,
+            step_kw={"s_churn": 3.0, "s_noise": 1.01, "s_tmin": 0.05}, check_extras=False)
+    compare("EDMEulerScheduler", dict(), steps=None, set_kw={"num_inference_steps": 6, "sigmas": torch.tensor([0.0, 0.1, 0.3, 0.5, 0.8, 1.0])})
+    compare("EDMEulerScheduler", dict(sigma_schedule="exponential"), steps=10, begin=3, x0=X0)
+
+
+def test_edm_euler_given_x0_and_preconditioning_match_diffusers():
+    import diffusers
+
+    import fastdiff.schedulers as fs
+
+    ref, ours = diffusers.EDMEulerScheduler(prediction_type="v_prediction"), fs.EDMEulerScheduler(prediction_type="v_prediction")
+    x, m, x0 = torch.randn(2, 4, 3, 3), torch.randn(2, 4, 3, 3), torch.randn(2, 4, 3, 3)
+    for s in (ref, ours):
+        s.set_timesteps(7)
+    for i in range(3):
+        t = ref.timesteps[i]
+        close(ours.scale_model_input(x, ours.timesteps[i]), ref.scale_model_input(x, t))
+        a, b = ours.step(m, ours.timesteps[i], x, pred_original_sample=x0 * (i + 1)), ref.step(m, t, x, pred_original_sample=x0 * (i + 1))
+        close(a.prev_sample, b.prev_sample)
+    close(ours.precondition_outputs(x, m, 3.5), ref.precondition_outputs(x, m, torch.tensor(3.5)))
+    close(ours.precondition_noise(torch.tensor([2.0])), ref.precondition_noise(torch.tensor([2.0])))
+
+
+# ---------------------------------------------------------------------------------------------
 # fastdiff.sample names
 # ---------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("name,opts", [
@@ -101,11 +138,13 @@ def test_lms_weights_are_exact_lagrange_integrals_and_the_history_is_order_minus
     ("pndm", {"skip_prk_steps": False, "prediction_type": "v_prediction", "timestep_spacing": "leading", "steps_offset": 1}),
     ("lms", {}),
     ("lms", {"order": 2, "use_karras_sigmas": True, "prediction_type": "v_prediction"}),
-], ids=["pndm", "pndm-prk-v", "lms", "lms-2-karras-v"])
+    ("edm_euler", {}),
+    ("edm_euler", {"prediction_type": "v_prediction", "sigma_schedule": "exponential", "final_sigmas_type": "sigma_min"}),
+], ids=["pndm", "pndm-prk-v", "lms", "lms-2-karras-v", "edm_euler", "edm_euler-v-exp"])
 def test_named_samplers_with_guidance_img2img_and_inpainting(name, opts):
     noise = noise_for(3)
     sampler = make_sampler(name, **opts)
-    kw = {"step_kw": sampler.step_kwargs and {k: int(v) for k, v in sampler.step_kwargs.items()}}
+    kw = {"step_kw": {k: int(v) if k == "order" else v for k, v in sampler.step_kwargs.items()}}
     close(fused(sampler, noise, steps=8, guidance_scale=3.0), diffusers_loop(sampler, noise, steps=8, guidance=3.0, **kw))
     close(fused(sampler, noise, steps=8, image=IMAGE, strength=0.6, guidance_scale=2.0),
           diffusers_loop(sampler, noise, steps=8, image=IMAGE, strength=0.6, guidance=2.0, **kw))

@@ -10,6 +10,7 @@ from ._base import Config, ScheduleCore
 from .ddim import DDIMScheduler
 from .ddpm import DDPMScheduler
 from .dpm_solver import DPMSolverMultistepScheduler
+from .edm_euler import EDMEulerScheduler
 from .euler import EulerAncestralDiscreteScheduler, EulerDiscreteScheduler
 from .flow_match import FlowMatchEulerDiscreteScheduler
 from .heun import HeunDiscreteScheduler
@@ -22,6 +23,6 @@ from .unipc import UniPCMultistepScheduler
 CORES: dict[str, type] = {c.__name__: c for c in (
     DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler, EulerAncestralDiscreteScheduler, EulerDiscreteScheduler,
     FlowMatchEulerDiscreteScheduler, HeunDiscreteScheduler, LCMScheduler, UniPCMultistepScheduler,
-    PNDMScheduler, LMSDiscreteScheduler)}
+    PNDMScheduler, LMSDiscreteScheduler, EDMEulerScheduler)}
 
 __all__ = ["CORES", "Config", "ScheduleCore", *CORES]

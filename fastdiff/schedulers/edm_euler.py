@@ -1,0 +1,41 @@
+"""EDMEulerScheduler (Karras et al. 2022), one fused launch per step."""
+
+from __future__ import annotations
+
+from typing import Optional, Union
+
+import torch
+from torch import Tensor
+
+from ..solvers.scheduling import edm_euler as core
+from ._base import FusedStep, SchedulerOutput
+
+
+class EDMEulerScheduler(FusedStep, core.EDMEulerScheduler):
+    """Drop-in for ``diffusers.EDMEulerScheduler``."""
+
+    def step(
+        self,
+        model_output: Tensor,
+        timestep: Union[float, Tensor],
+        sample: Tensor,
+        s_churn: float = 0.0,
+        s_tmin: float = 0.0,
+        s_tmax: float = float("inf"),
+        s_noise: float = 1.0,
+        generator: Optional[torch.Generator] = None,
+        return_dict: bool = True,
+        pred_original_sample: Optional[Tensor] = None,
+    ):
+        if isinstance(timestep, int) or (isinstance(timestep, Tensor) and not torch.is_floating_point(timestep)):
+            raise ValueError("Passing integer indices (e.g. from `enumerate(timesteps)`) as timesteps to `EDMEulerScheduler.step()` "
+                             "is not supported. Make sure to pass one of the `scheduler.timesteps` as a timestep.")
+        self._ensure_step_index(timestep)
+        key = (float(s_churn), float(s_tmin), float(s_tmax), float(s_noise))
+        if pred_original_sample is not None and s_churn > 0:
+            raise NotImplementedError("fastdiff: EDMEulerScheduler.step with both s_churn and a given pred_original_sample")
+        prev, x0 = self._fused_step(model_output, sample, key=key, generator=generator, noise_dtype=model_output.dtype,
+                                    model_override=pred_original_sample)
+        if pred_original_sample is not None:
+            x0 = pred_original_sample
+        return SchedulerOutput(prev, pred_original_sample=x0) if return_dict else (prev, x0)
