@@ -2,11 +2,22 @@
 
 ``pipe.scheduler = fastdiff.schedulers.X.from_config(pipe.scheduler.config)`` swaps one in. Each
 class is its core from fastdiff.solvers.scheduling (configuration, ``set_timesteps``, the
-coefficient table) plus the fused ``step`` (fastdiff/schedulers/_base.py).
+coefficient table) plus the fused ``step`` (fastdiff/schedulers/_base.py), under the same-named
+diffusers class: ``isinstance(s, diffusers.DDIMScheduler)``, ``save_pretrained`` / ``from_pretrained``,
+``compatibles`` and every other method are diffusers' own. Needs diffusers (``pip install
+"fastdiff[diffusers]"``); fastdiff.sample and fastdiff.samplers do not.
 """
 
-from ..solvers.scheduling import Config
-from ._base import FusedStep, SchedulerOutput
+try:
+    import diffusers  # noqa: F401
+except ImportError as e:  # pragma: no cover - exercised in a subprocess that hides diffusers
+    raise ImportError('fastdiff.schedulers needs diffusers: pip install "fastdiff[diffusers]" '
+                      "(fastdiff.sample and fastdiff.samplers work without it)") from e
+
+from diffusers.schedulers.scheduling_utils import SchedulerMixin, SchedulerOutput  # noqa: F401
+# (SchedulerMixin here: diffusers' pipeline loader looks it up in the module model_index.json names)
+
+from ._base import FusedStep
 from .ddim import DDIMScheduler
 from .ddpm import DDPMScheduler
 from .dpm_solver import DPMSolverMultistepScheduler
@@ -20,7 +31,6 @@ from .pndm import PNDMScheduler
 from .unipc import UniPCMultistepScheduler
 
 __all__ = [
-    "Config",
     "DDIMScheduler",
     "DDPMScheduler",
     "DPMSolverMultistepScheduler",

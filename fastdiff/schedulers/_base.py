@@ -1,10 +1,14 @@
-"""The fused step every fastdiff scheduler shares: one `fastdiff.ops.sampler_update` launch per
-``step()`` call, reading the step's row of the table its core (fastdiff.solvers.scheduling) built
-at ``set_timesteps``, as a device view (no host sync).
+"""What makes a fastdiff scheduler: the same-named diffusers class as a base (``conform``) and the
+fused step, one `fastdiff.ops.sampler_update` launch per ``step()`` call, reading the step's row of
+the table its core (fastdiff.solvers.scheduling) built at ``set_timesteps``, as a device view (no
+host sync).
 """
 
 from __future__ import annotations
 
+import functools
+import inspect
+import sys
 from typing import Any, Optional
 
 import torch
@@ -12,41 +16,20 @@ from torch import Tensor
 
 from ..ops.sampler_update import LoopUpdate
 from ..solvers.rows import A, B, check_prediction_type, x0_conversion
-
-
-class SchedulerOutput:
-    """``prev_sample`` plus optional extras (``pred_original_sample``, ``denoised``); indexable like
-    diffusers' BaseOutput (``out[0]``, ``out["prev_sample"]``, ``out.to_tuple()``).
-
-    Extras that live in the scheduler's history buffer are views, valid until the next ``step``.
-    """
-
-    def __init__(self, prev_sample: Tensor, **extras: Optional[Tensor]):
-        self.prev_sample = prev_sample
-        self._keys = ["prev_sample"] + [k for k, v in extras.items() if v is not None]
-        for k, v in extras.items():
-            setattr(self, k, v)
-
-    def to_tuple(self) -> tuple:
-        return tuple(getattr(self, k) for k in self._keys)
-
-    def keys(self):
-        return list(self._keys)
-
-    def __getitem__(self, key):
-        if isinstance(key, str):
-            return getattr(self, key)
-        return self.to_tuple()[key]
-
-    def __iter__(self):
-        return iter(self.to_tuple())
-
-    def __len__(self) -> int:
-        return len(self._keys)
+from ..solvers.scheduling import ScheduleCore
 
 
 class FusedStep:
     """The step machinery; mixed in before a core (fastdiff.solvers.scheduling)."""
+
+    _output_class: type  # set by conform: the BaseOutput diffusers' step returns
+
+    def _output(self, return_dict: bool, prev_sample: Tensor, **extras: Optional[Tensor]):
+        """diffusers' return value: its output class, or the tuple of (prev_sample, *extras)."""
+        if not return_dict:
+            return (prev_sample, *extras.values())
+        fields = self._output_class.__dataclass_fields__
+        return self._output_class(prev_sample=prev_sample, **{k: v for k, v in extras.items() if k in fields})
 
     # -- the fused step --------------------------------------------------------------------------
     def _fused_step(
@@ -106,6 +89,76 @@ class FusedStep:
         begin = self._start_run()
         _, table = self._table(sample.device, begin, key)
         return x0_from_row(table[self._step_index - begin], sample, model_output)
+
+
+# -- making a core + fused step a diffusers scheduler -------------------------------------------
+#: names every class keeps from fastdiff (its core or its own body); the rest of what diffusers' class
+#: defines is diffusers' own
+_FASTDIFF_NAMES = frozenset({"set_timesteps", "step", "set_begin_index"})
+#: the configuration machinery diffusers' ConfigMixin provides, in place of the core's standalone one
+_CONFIG_NAMES = ("config", "register_to_config", "from_config", "__repr__", "__len__")
+
+
+class _DefaultFromCore:
+    """A core property that the diffusers class sets as an instance attribute (``init_noise_sigma``):
+    the instance's value once set, the core's until then."""
+
+    def __init__(self, prop: property):
+        self.prop = prop
+
+    def __get__(self, obj, owner=None):
+        return self if obj is None else self.prop.__get__(obj, owner)
+
+
+def conform(cls: type) -> type:
+    """Class decorator: ``cls(FusedStep, <core>, <diffusers class>)`` becomes a diffusers scheduler.
+
+    diffusers' class supplies ``__init__`` (its signature, config registration, every attribute it
+    sets), the configuration and serialisation machinery and every public method or attribute the
+    core also defines; the core supplies ``set_timesteps`` (and what ``step`` reads), the class body
+    its ``step``. The class is recorded as ``fastdiff.schedulers.<name>``, so a pipeline saved with
+    it reloads it (model_index.json names the module; scheduler_config.json's ``_class_name`` is the
+    diffusers name, so diffusers alone loads that folder into its own class).
+    """
+    dcls = next(c for c in cls.__mro__[1:] if c.__module__.startswith("diffusers."))
+    core = next(c for c in cls.__mro__[1:] if issubclass(c, ScheduleCore))
+    own = set(cls.__dict__) | _FASTDIFF_NAMES | set(getattr(cls, "_fastdiff_keeps", ()))
+    names = {n for c in core.__mro__ if c is not object for n in vars(c)}
+    for name in sorted(names - own):
+        if name.startswith("_") and name not in _CONFIG_NAMES:
+            continue
+        try:
+            theirs = inspect.getattr_static(dcls, name)
+        except AttributeError:
+            mine = inspect.getattr_static(core, name)
+            if isinstance(mine, property):  # diffusers sets it per instance
+                setattr(cls, name, _DefaultFromCore(mine))
+            continue
+        setattr(cls, name, theirs)
+    init = dcls.__init__
+
+    @functools.wraps(init)
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        self._init_done = False  # diffusers' __init__ may call set_timesteps (Heun): no table for that one
+        init(self, *args, **kwargs)
+        self._init_done = True
+        self._post_init()
+
+    cls.__init__ = __init__
+    cls.__module__ = "fastdiff.schedulers"
+    cls._output_class = _output_class(dcls)
+    return cls
+
+
+def _output_class(dcls: type) -> type:
+    """The BaseOutput class diffusers' ``step`` returns for this scheduler (its module's own, if any)."""
+    from diffusers.schedulers.scheduling_utils import SchedulerOutput as Plain
+    from diffusers.utils import BaseOutput
+
+    mod = sys.modules[dcls.__module__]
+    found = [v for v in vars(mod).values() if isinstance(v, type) and issubclass(v, BaseOutput)
+             and v.__module__ == mod.__name__ and "prev_sample" in getattr(v, "__dataclass_fields__", {})]
+    return found[0] if len(found) == 1 else Plain
 
 
 def threshold_sample(x0: Tensor, ratio: float, max_value: float) -> Tensor:

@@ -5,21 +5,22 @@ from __future__ import annotations
 import math
 from typing import Optional, Union
 
+import diffusers
 import torch
 from torch import Tensor
 
 from ..solvers.scheduling import ddim as core
-from ._base import FusedStep, SchedulerOutput, clip_x0
+from ._base import FusedStep, conform, clip_x0
 
 
-class DDIMScheduler(FusedStep, core.DDIMScheduler):
+@conform
+class DDIMScheduler(FusedStep, core.DDIMScheduler, diffusers.DDIMScheduler):
     """Drop-in for ``diffusers.DDIMScheduler``.
 
     As in diffusers, step i goes from ``t`` to ``t - num_train_timesteps // num_inference_steps``
     (not to the next listed timestep) and ``eta`` is a step() argument; each eta value gets its own
     table, built once. ``pred_original_sample`` is a view valid until the next step.
     """
-
 
     def step(
         self,
@@ -42,7 +43,7 @@ class DDIMScheduler(FusedStep, core.DDIMScheduler):
             return self._clipped_step(model_output, sample, float(eta), use_clipped_model_output, generator, variance_noise, return_dict)
         prev, x0 = self._fused_step(model_output, sample, key=(float(eta),), generator=generator, noise=variance_noise,
                                     noise_dtype=model_output.dtype)
-        return (prev, x0) if not return_dict else SchedulerOutput(prev, pred_original_sample=x0)
+        return self._output(return_dict, prev, pred_original_sample=x0)
 
     def _clipped_step(self, model_output, sample, eta, use_clipped, generator, variance_noise, return_dict):
         """Clipping / thresholding x0 is not linear. With use_clipped_model_output the step is still
@@ -53,7 +54,7 @@ class DDIMScheduler(FusedStep, core.DDIMScheduler):
         if use_clipped:
             prev, _ = self._fused_step(model_output, sample, key=(eta,), generator=generator, noise=variance_noise,
                                        noise_dtype=model_output.dtype, model_override=x0)
-            return (prev, x0) if not return_dict else SchedulerOutput(prev, pred_original_sample=x0)
+            return self._output(return_dict, prev, pred_original_sample=x0)
         begin, i = self._run_begin, self._step_index
         abar, abar_prev = self._abar_pairs(begin)
         ab, abp = abar[i - begin], abar_prev[i - begin]
@@ -65,4 +66,4 @@ class DDIMScheduler(FusedStep, core.DDIMScheduler):
                 variance_noise = torch.randn(model_output.shape, generator=generator, device=model_output.device, dtype=model_output.dtype)
             prev = prev + std * variance_noise
         self._step_index += 1
-        return (prev, x0) if not return_dict else SchedulerOutput(prev, pred_original_sample=x0)
+        return self._output(return_dict, prev, pred_original_sample=x0)

@@ -4,23 +4,27 @@ from __future__ import annotations
 
 from typing import Optional, Union
 
+import diffusers
 import torch
 from torch import Tensor
 
 from ..solvers.scheduling import ddpm as core
-from ._base import FusedStep, SchedulerOutput, clip_x0
+from ._base import FusedStep, conform, clip_x0
 
 
-class DDPMScheduler(FusedStep, core.DDPMScheduler):
+@conform
+class DDPMScheduler(FusedStep, core.DDPMScheduler, diffusers.DDPMScheduler):
     """Drop-in for ``diffusers.DDPMScheduler`` (fixed variances; learned variances are refused).
 
     ``step`` returns ``prev_sample`` and ``pred_original_sample`` (a view of the history buffer,
     valid until the next step).
     """
 
-
     def step(self, model_output: Tensor, timestep: Union[int, Tensor], sample: Tensor,
              generator: Optional[torch.Generator] = None, return_dict: bool = True):
+        if self.config.variance_type in ("learned", "learned_range"):
+            raise NotImplementedError("fastdiff: DDPMScheduler with learned variances (variance_type "
+                                      f"{self.config.variance_type!r}) is not supported; use diffusers' class")
         self._ensure_step_index(timestep)
         override = None
         cfg = self.config
@@ -29,6 +33,4 @@ class DDPMScheduler(FusedStep, core.DDPMScheduler):
         prev, x0 = self._fused_step(model_output, sample, generator=generator, noise_dtype=model_output.dtype, model_override=override)
         if override is not None:
             x0 = override
-        if not return_dict:
-            return (prev, x0)
-        return SchedulerOutput(prev, pred_original_sample=x0)
+        return self._output(return_dict, prev, pred_original_sample=x0)

@@ -4,14 +4,16 @@ from __future__ import annotations
 
 from typing import Optional, Union
 
+import diffusers
 import torch
 from torch import Tensor
 
 from ..solvers.scheduling import dpm_solver as core
-from ._base import FusedStep, SchedulerOutput
+from ._base import FusedStep, conform
 
 
-class DPMSolverMultistepScheduler(FusedStep, core.DPMSolverMultistepScheduler):
+@conform
+class DPMSolverMultistepScheduler(FusedStep, core.DPMSolverMultistepScheduler, diffusers.DPMSolverMultistepScheduler):
     """Drop-in for ``diffusers.DPMSolverMultistepScheduler``: orders 1-3, midpoint / heun second-order
     forms, ODE and SDE variants, Karras / exponential / beta / Lu-lambda / flow sigmas.
 
@@ -27,7 +29,7 @@ class DPMSolverMultistepScheduler(FusedStep, core.DPMSolverMultistepScheduler):
         override = self._thresholded(model_output, sample) if cfg.thresholding else None
         prev, _ = self._fused_step(model_output, sample, generator=generator, noise=variance_noise, noise_dtype=torch.float32,
                                    model_override=override)
-        return (prev,) if not return_dict else SchedulerOutput(prev)
+        return self._output(return_dict, prev)
 
     def _thresholded(self, model_output: Tensor, sample: Tensor) -> Tensor:
         x0, alpha, sigma = self._thresholded_x0(model_output, sample)

@@ -4,14 +4,16 @@ from __future__ import annotations
 
 from typing import Optional, Union
 
+import diffusers
 import torch
 from torch import Tensor
 
 from ..solvers.scheduling import flow_match as core
-from ._base import FusedStep, SchedulerOutput
+from ._base import FusedStep, conform
 
 
-class FlowMatchEulerDiscreteScheduler(FusedStep, core.FlowMatchEulerDiscreteScheduler):
+@conform
+class FlowMatchEulerDiscreteScheduler(FusedStep, core.FlowMatchEulerDiscreteScheduler, diffusers.FlowMatchEulerDiscreteScheduler):
     """Drop-in for ``diffusers.FlowMatchEulerDiscreteScheduler`` (static or dynamic shift, terminal
     stretch, Karras / exponential / beta spacing, inverted sigmas, stochastic sampling).
     Per-token timesteps are not supported."""
@@ -34,4 +36,4 @@ class FlowMatchEulerDiscreteScheduler(FusedStep, core.FlowMatchEulerDiscreteSche
             raise NotImplementedError("fastdiff: per-token timesteps are not supported")
         self._ensure_step_index(timestep)
         prev, _ = self._fused_step(model_output, sample, generator=generator, noise_dtype=torch.float32)
-        return (prev,) if not return_dict else SchedulerOutput(prev)
+        return self._output(return_dict, prev)

@@ -4,19 +4,20 @@ from __future__ import annotations
 
 from typing import Union
 
+import diffusers
 import torch
 from torch import Tensor
 
 from ..solvers import methods
 from ..solvers.scheduling import heun as core
-from ._base import FusedStep, SchedulerOutput, x0_from_coeffs
+from ._base import FusedStep, conform, x0_from_coeffs
 
 
-class HeunDiscreteScheduler(FusedStep, core.HeunDiscreteScheduler):
+@conform
+class HeunDiscreteScheduler(FusedStep, core.HeunDiscreteScheduler, diffusers.HeunDiscreteScheduler):
     """Drop-in for ``diffusers.HeunDiscreteScheduler``: two model evaluations per step (order = 2),
     each followed by one fused update. The corrector's start state is not stored: it is recovered
     from the midpoint state and the first evaluation's x0 inside the coefficient row."""
-
 
     def step(self, model_output: Tensor, timestep: Union[float, Tensor], sample: Tensor, return_dict: bool = True):
         self._ensure_step_index(timestep)
@@ -33,4 +34,4 @@ class HeunDiscreteScheduler(FusedStep, core.HeunDiscreteScheduler):
         if override is not None:
             x0 = override
         self._first_order = not self._first_order
-        return (prev, x0) if not return_dict else SchedulerOutput(prev, pred_original_sample=x0)
+        return self._output(return_dict, prev, pred_original_sample=x0)

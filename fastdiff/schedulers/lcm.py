@@ -4,21 +4,22 @@ from __future__ import annotations
 
 from typing import Optional, Union
 
+import diffusers
 import torch
 from torch import Tensor
 
 from ..solvers.rows import x0_conversion
 from ..solvers.scheduling import lcm as core
-from ._base import FusedStep, SchedulerOutput, clip_x0, x0_from_coeffs
+from ._base import FusedStep, conform, clip_x0, x0_from_coeffs
 
 
-class LCMScheduler(FusedStep, core.LCMScheduler):
+@conform
+class LCMScheduler(FusedStep, core.LCMScheduler, diffusers.LCMScheduler):
     """Drop-in for ``diffusers.LCMScheduler``; ``step`` returns ``(prev_sample, denoised)``.
 
     The fused step writes ``denoised`` into its history slot on the way (D = c_skip x + c_out x0),
     so returning it costs no extra pass; it is a view valid until the next step.
     """
-
 
     def step(self, model_output: Tensor, timestep: Union[int, Tensor], sample: Tensor,
              generator: Optional[torch.Generator] = None, return_dict: bool = True):
@@ -35,6 +36,4 @@ class LCMScheduler(FusedStep, core.LCMScheduler):
         prev, denoised = self._fused_step(model_output, sample, generator=generator, noise_dtype=sample.dtype, model_override=override)
         if override is not None:
             denoised = override
-        if not return_dict:
-            return (prev, denoised)
-        return SchedulerOutput(prev, denoised=denoised)
+        return self._output(return_dict, prev, denoised=denoised)

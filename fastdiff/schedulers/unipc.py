@@ -4,13 +4,15 @@ from __future__ import annotations
 
 from typing import Union
 
+import diffusers
 from torch import Tensor
 
 from ..solvers.scheduling import unipc as core
-from ._base import FusedStep, SchedulerOutput
+from ._base import FusedStep, conform
 
 
-class UniPCMultistepScheduler(FusedStep, core.UniPCMultistepScheduler):
+@conform
+class UniPCMultistepScheduler(FusedStep, core.UniPCMultistepScheduler, diffusers.UniPCMultistepScheduler):
     """Drop-in for ``diffusers.UniPCMultistepScheduler`` (bh1 / bh2, any order, corrector on or off per step).
 
     The corrector needs the sample the previous predictor started from; it is rewritten in terms
@@ -20,10 +22,12 @@ class UniPCMultistepScheduler(FusedStep, core.UniPCMultistepScheduler):
     """
 
     def step(self, model_output: Tensor, timestep: Union[int, Tensor], sample: Tensor, return_dict: bool = True):
+        if self.solver_p is not None:
+            raise NotImplementedError("fastdiff: UniPCMultistepScheduler with an external solver_p is not supported")
         self._ensure_step_index(timestep)
         override = None
         cfg = self.config
         if cfg.thresholding and self.predict_x0:
             override, _, _ = self._thresholded_x0(model_output, sample)
         prev, _ = self._fused_step(model_output, sample, model_override=override)
-        return (prev,) if not return_dict else SchedulerOutput(prev)
+        return self._output(return_dict, prev)

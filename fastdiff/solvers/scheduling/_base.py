@@ -26,7 +26,7 @@ from torch import Tensor
 from ..._cache import LRU, cache_key
 from .. import rows as layout
 from ..program import Program, ProgramBuilder
-from ._common import check_timestep_spacing, expand_like, training_schedule
+from ._common import check_timestep_spacing, training_schedule
 
 
 #: each class's constructor parameters and defaults, read once
@@ -139,6 +139,15 @@ class ScheduleCore:
         body = ", ".join(f"{k}={v!r}" for k, v in self.config.items())
         return f"{type(self).__name__}({body})"
 
+    def _post_init(self) -> None:
+        """After another class's ``__init__`` (diffusers', in fastdiff.schedulers) set the attributes:
+        the step state, and host copies of the schedule it installed."""
+        self._reset()
+        ts = self.timesteps
+        self._ts_host = ts.cpu().numpy() if isinstance(ts, Tensor) else np.asarray(ts)
+        if isinstance(getattr(self, "sigmas", None), Tensor):
+            self._sig = self.sigmas.double().tolist()
+
     # -- step bookkeeping ------------------------------------------------------------------------
     def _reset(self) -> None:
         self._step_index: Optional[int] = None
@@ -195,13 +204,6 @@ class ScheduleCore:
     def _missing_timestep(self, v: float) -> int:
         raise ValueError(f"fastdiff: timestep {v} is not in this scheduler's timesteps")
 
-    def index_for_timestep(self, timestep: Any, schedule_timesteps: Optional[Tensor] = None) -> int:
-        if schedule_timesteps is not None and schedule_timesteps is not self.timesteps:
-            vals = schedule_timesteps.detach().cpu().numpy()
-            v = float(timestep.item() if isinstance(timestep, Tensor) else timestep)
-            return self._pick_match(np.nonzero(vals == v)[0], v)
-        return self._index_for_value(timestep)
-
     def _init_step_index(self, timestep: Any) -> None:
         self._step_index = self._begin_index if self._begin_index is not None else self._position(timestep)
         self._run_begin = None
@@ -230,17 +232,6 @@ class ScheduleCore:
             self._run_begin = self._step_index
         return self._run_begin
 
-    def _sigmas_at(self, timesteps: Tensor, like: Tensor) -> Tensor:
-        """self.sigmas at ``timesteps`` as diffusers looks them up for noising (by value before a
-        begin index is set, else at the current or begin position), shaped to broadcast on ``like``."""
-        sigmas = self.sigmas.to(device=like.device, dtype=like.dtype)
-        if self._begin_index is None:
-            idx = [self.index_for_timestep(t) for t in timesteps]
-        else:
-            idx = [self._step_index if self._step_index is not None else self._begin_index] * timesteps.shape[0]
-        return expand_like(sigmas[idx].flatten(), like)
-
-    # -- tables ----------------------------------------------------------------------------------
     def _builder(self, begin: int, key: tuple) -> ProgramBuilder:  # pragma: no cover - abstract
         raise NotImplementedError
 
@@ -285,7 +276,7 @@ class ScheduleCore:
 
     def _warm(self, begin: int, key: tuple = ()) -> None:
         """Build the default table (and move it to the timesteps' device) before sampling starts."""
-        if getattr(self, "num_inference_steps", None) is None:
+        if getattr(self, "num_inference_steps", None) is None or not getattr(self, "_init_done", True):
             return
         dev = self.timesteps.device if isinstance(self.timesteps, Tensor) else torch.device("cpu")
         try:

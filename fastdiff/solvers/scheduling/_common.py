@@ -56,13 +56,6 @@ def check_timestep_spacing(spacing: str) -> None:
         raise ValueError(f"fastdiff: timestep_spacing expected one of {schedules.TIMESTEP_SPACINGS}, got {spacing!r}")
 
 
-def expand_like(v: Tensor, like: Tensor) -> Tensor:
-    """``v`` (one value per sample) with trailing unit dimensions up to ``like``'s rank."""
-    while v.dim() < like.dim():
-        v = v.unsqueeze(-1)
-    return v
-
-
 def final_sigma(config: Any, alphas_cumprod: Tensor) -> float:
     """The level after the last step for ``final_sigmas_type``: 0, or the first training timestep's sigma."""
     if config.final_sigmas_type == "sigma_min":

@@ -1,6 +1,5 @@
 """What the multistep solvers share (DPM-Solver, UniPC): VP training tables, levels in VP or flow
-coordinates, integer timesteps with one sigma each plus a final one, no input scaling, and noising
-at a timestep's sigma, as diffusers does."""
+coordinates, integer timesteps with one sigma each plus a final one."""
 
 from __future__ import annotations
 
@@ -51,15 +50,3 @@ class MultistepScheduler(ScheduleCore):
     def _model_frame(self, begin: int):
         sig = self._sig[begin:]
         return [1.0] * len(sig), [self._alpha_sigma(s) for s in sig]
-
-    def scale_model_input(self, sample: Tensor, *args, **kwargs) -> Tensor:
-        return sample
-
-    def add_noise(self, original_samples: Tensor, noise: Tensor, timesteps: Tensor) -> Tensor:
-        sigma = self._sigmas_at(timesteps, original_samples)
-        if self.config.use_flow_sigmas:
-            alpha_t, sigma_t = 1 - sigma, sigma
-        else:
-            alpha_t = 1 / ((sigma**2 + 1) ** 0.5)
-            sigma_t = sigma * alpha_t
-        return alpha_t * original_samples + sigma_t * noise

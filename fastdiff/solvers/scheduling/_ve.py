@@ -1,10 +1,9 @@
 """What the Euler-family schedulers share: a VE state x = x0 + sigma eps, the model input
-x / sqrt(1 + sigma^2), the initial noise scale and noising by sigma."""
+x / sqrt(1 + sigma^2) and the initial noise scale."""
 
 from __future__ import annotations
 
 import math
-from typing import Any
 
 from torch import Tensor
 
@@ -20,16 +19,6 @@ class VEScheduler(ScheduleCore):
         if self.config.timestep_spacing in ("linspace", "trailing"):
             return max_sigma
         return (max_sigma**2 + 1) ** 0.5
-
-    def scale_model_input(self, sample: Tensor, timestep: Any) -> Tensor:
-        if self._step_index is None or self._step_index >= len(self.timesteps):
-            self._init_step_index(timestep)
-        sigma = self._sig[self._step_index]
-        self.is_scale_input_called = True
-        return sample / ((sigma**2 + 1) ** 0.5)
-
-    def add_noise(self, original_samples: Tensor, noise: Tensor, timesteps: Tensor) -> Tensor:
-        return original_samples + noise * self._sigmas_at(timesteps, original_samples)
 
     def _model_frame(self, begin: int):
         sig = self._sig[begin:]

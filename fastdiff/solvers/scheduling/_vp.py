@@ -1,6 +1,5 @@
 """What the schedulers indexed by training timestep share (DDPM, DDIM, LCM): the state is the VP
-sample itself (no input scaling, unit initial noise), the timesteps are integers, and noising and
-the v-prediction target read alphas_cumprod at the timestep, as diffusers defines them."""
+sample itself (no input scaling, unit initial noise), and the timesteps are integers."""
 
 from __future__ import annotations
 
@@ -10,15 +9,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from .. import schedules
 from ._base import ScheduleCore
-from ._common import expand_like
-
-
-def _abar_at(alphas_cumprod: Tensor, like: Tensor, timesteps: Any) -> Tensor:
-    """abar_t gathered on ``like``'s device (no host sync), shaped to broadcast on ``like``."""
-    ac = alphas_cumprod.to(device=like.device, dtype=like.dtype)
-    t = timesteps.to(like.device) if isinstance(timesteps, Tensor) else torch.as_tensor(timesteps, device=like.device)
-    return expand_like(ac[t.long()].flatten(), like)
 
 
 def vp_levels(abar: list[float]) -> list[tuple[float, float]]:
@@ -28,6 +20,14 @@ def vp_levels(abar: list[float]) -> list[tuple[float, float]]:
 
 class VPScheduler(ScheduleCore):
     alphas_cumprod: Tensor
+
+    def _post_init(self) -> None:
+        # Where another __init__ (diffusers') left a zero last cumulative alpha for an epsilon model,
+        # clamp it as this core's own __init__ does (see training_schedule), so the tables stay finite.
+        cfg = self.config
+        if cfg.get("rescale_betas_zero_snr", False) and cfg.prediction_type == "epsilon" and float(self.alphas_cumprod[-1]) == 0.0:
+            self.alphas_cumprod[-1] = schedules.ZERO_SNR_CLAMP
+        super()._post_init()
 
     def _init_timesteps(self) -> None:
         """The state before set_timesteps: the full training schedule, unit initial noise."""
@@ -52,16 +52,3 @@ class VPScheduler(ScheduleCore):
         n = self.config.num_train_timesteps
         if num_inference_steps > n:
             raise ValueError(f"`num_inference_steps`: {num_inference_steps} cannot be larger than `self.config.train_timesteps`: {n}")
-
-    def scale_model_input(self, sample: Tensor, timestep: Optional[int] = None) -> Tensor:
-        return sample
-
-    def add_noise(self, original_samples: Tensor, noise: Tensor, timesteps: Tensor) -> Tensor:
-        """sqrt(abar_t) x0 + sqrt(1 - abar_t) noise."""
-        ab = _abar_at(self.alphas_cumprod, original_samples, timesteps)
-        return ab**0.5 * original_samples + (1 - ab) ** 0.5 * noise
-
-    def get_velocity(self, sample: Tensor, noise: Tensor, timesteps: Tensor) -> Tensor:
-        """The v-prediction target sqrt(abar) noise - sqrt(1 - abar) x0 (diffusers' get_velocity)."""
-        ab = _abar_at(self.alphas_cumprod, sample, timesteps)
-        return ab**0.5 * noise - (1 - ab) ** 0.5 * sample

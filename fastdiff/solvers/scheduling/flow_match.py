@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal, Optional, Sequence
+from typing import Literal, Optional, Sequence
 
 import numpy as np
 import torch
-from torch import Tensor
 
-from .. import methods as solvers, schedules
+from .. import methods as solvers
 from ._base import ScheduleCore
 from ._common import shift_flow_levels, sigma_spacing, spaced_sigmas
 
@@ -67,12 +66,6 @@ class FlowMatchEulerDiscreteScheduler(ScheduleCore):
     def init_noise_sigma(self) -> float:
         return 1.0
 
-    def scale_model_input(self, sample: Tensor, *args: Any, **kwargs: Any) -> Tensor:
-        return sample
-
-    def time_shift(self, mu: float, sigma: float, t):
-        return schedules.time_shift(mu, np.asarray(t), self.config.time_shift_type, sigma)
-
     def set_timesteps(self, num_inference_steps: Optional[int] = None, device=None, sigmas: Optional[Sequence[float]] = None,
                       mu: Optional[float] = None, timesteps: Optional[Sequence[float]] = None) -> None:
         cfg = self.config
@@ -122,11 +115,3 @@ class FlowMatchEulerDiscreteScheduler(ScheduleCore):
 
     def _builder(self, begin: int, key: tuple):
         return solvers.flow_euler(self._sig, stochastic=bool(self.config.stochastic_sampling), begin=begin)
-
-    def scale_noise(self, sample: Tensor, timestep: Tensor, noise: Optional[Tensor] = None) -> Tensor:
-        """(1 - s) x0 + s noise at the timestep's level (the forward process of flow matching)."""
-        sigma = self._sigmas_at(timestep, sample)
-        return sigma * noise + (1.0 - sigma) * sample
-
-    def _sigma_to_t(self, sigma):
-        return sigma * self.config.num_train_timesteps

@@ -80,8 +80,7 @@ class HeunDiscreteScheduler(VEScheduler):
         self._sig = self.sigmas.double().tolist()
         self._ts_host = self.timesteps.cpu().numpy()
         self._first_order = True
-        if getattr(self, "_init_done", True):
-            self._warm(0)
+        self._warm(0)
 
     def _builder(self, begin: int, key: tuple):
         return solvers.heun(self._sig, prediction_type=self.config.prediction_type, begin=begin)
