@@ -4,15 +4,18 @@ from __future__ import annotations
 
 from typing import Optional, Union
 
+import diffusers
 import torch
 from torch import Tensor
 
 from ..solvers.scheduling import edm_euler as core
-from ._base import FusedStep, SchedulerOutput
+from ._base import FusedStep, conform
 
 
-class EDMEulerScheduler(FusedStep, core.EDMEulerScheduler):
-    """Drop-in for ``diffusers.EDMEulerScheduler``."""
+@conform
+class EDMEulerScheduler(FusedStep, core.EDMEulerScheduler, diffusers.EDMEulerScheduler):
+    """Drop-in for ``diffusers.EDMEulerScheduler``; ``pred_original_sample`` is a view valid until the
+    next step (with churn it omits the churn noise's c_skip share that diffusers' includes)."""
 
     def step(
         self,
@@ -30,12 +33,12 @@ class EDMEulerScheduler(FusedStep, core.EDMEulerScheduler):
         if isinstance(timestep, int) or (isinstance(timestep, Tensor) and not torch.is_floating_point(timestep)):
             raise ValueError("Passing integer indices (e.g. from `enumerate(timesteps)`) as timesteps to `EDMEulerScheduler.step()` "
                              "is not supported. Make sure to pass one of the `scheduler.timesteps` as a timestep.")
-        self._ensure_step_index(timestep)
-        key = (float(s_churn), float(s_tmin), float(s_tmax), float(s_noise))
         if pred_original_sample is not None and s_churn > 0:
             raise NotImplementedError("fastdiff: EDMEulerScheduler.step with both s_churn and a given pred_original_sample")
+        self._ensure_step_index(timestep)
+        key = (float(s_churn), float(s_tmin), float(s_tmax), float(s_noise))
         prev, x0 = self._fused_step(model_output, sample, key=key, generator=generator, noise_dtype=model_output.dtype,
                                     model_override=pred_original_sample)
         if pred_original_sample is not None:
             x0 = pred_original_sample
-        return SchedulerOutput(prev, pred_original_sample=x0) if return_dict else (prev, x0)
+        return self._output(return_dict, prev, pred_original_sample=x0)

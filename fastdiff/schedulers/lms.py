@@ -5,14 +5,16 @@ from __future__ import annotations
 import warnings
 from typing import Union
 
+import diffusers
 import torch
 from torch import Tensor
 
 from ..solvers.scheduling import lms as core
-from ._base import FusedStep, SchedulerOutput
+from ._base import FusedStep, conform
 
 
-class LMSDiscreteScheduler(FusedStep, core.LMSDiscreteScheduler):
+@conform
+class LMSDiscreteScheduler(FusedStep, core.LMSDiscreteScheduler, diffusers.LMSDiscreteScheduler):
     """Drop-in for ``diffusers.LMSDiscreteScheduler``: the derivative history lives in the fused
     update's history buffer, so a step of any order is one launch; ``pred_original_sample`` is
     formed from this step's derivative (x - sigma d, one more elementwise pass)."""
@@ -25,5 +27,4 @@ class LMSDiscreteScheduler(FusedStep, core.LMSDiscreteScheduler):
         self._ensure_step_index(timestep)
         sigma = self._sig[self._step_index]
         prev, derivative = self._fused_step(model_output, sample, key=(int(order),))
-        x0 = torch.add(sample, derivative, alpha=-sigma)
-        return SchedulerOutput(prev, pred_original_sample=x0) if return_dict else (prev, x0)
+        return self._output(return_dict, prev, pred_original_sample=torch.add(sample, derivative, alpha=-sigma))

@@ -66,13 +66,6 @@ class PNDMScheduler(VPScheduler):
         self._install_timesteps(np.concatenate([self.prk_timesteps, self.plms_timesteps]), device)
         self._warm(0)
 
-    @property
-    def counter(self) -> int:
-        """Evaluations taken in the current run (diffusers' counter)."""
-        if self._step_index is None or self._run_begin is None:
-            return 0
-        return self._step_index - self._run_begin
-
     def _transfers(self, begin: int) -> list[tuple[float, float]]:
         """(abar_from, abar_to) per evaluation from ``begin``, by diffusers' counter rules."""
         cfg = self.config
