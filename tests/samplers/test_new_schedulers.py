@@ -50,6 +50,9 @@ def test_pndm_keeps_four_outputs_at_most_and_refuses_sample_prediction_at_step()
     bad.set_timesteps(5)
     with pytest.raises(ValueError, match="must be one of `epsilon` or `v_prediction`"):
         bad.step(torch.ones(1, 2), bad.timesteps[0], torch.ones(1, 2))
+    s.set_timesteps(10)
+    with pytest.raises(NotImplementedError, match="fastdiff: PNDMScheduler steps through its own timesteps"):
+        s.step(torch.ones(1, 2), 5, torch.ones(1, 2))
     with pytest.raises(ValueError, match="at least 4 inference steps"):
         fs.PNDMScheduler().set_timesteps(3)
 

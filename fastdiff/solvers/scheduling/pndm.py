@@ -66,6 +66,12 @@ class PNDMScheduler(VPScheduler):
         self._install_timesteps(np.concatenate([self.prk_timesteps, self.plms_timesteps]), device)
         self._warm(0)
 
+    def _missing_timestep(self, v: float) -> int:
+        # diffusers' PNDM reads any timestep value at its step counter; the tables here are built for
+        # this schedule's own timesteps, so another value cannot be stepped without a new table
+        raise NotImplementedError(f"fastdiff: PNDMScheduler steps through its own timesteps (set_timesteps); "
+                                  f"timestep {v:g} is not one of them")
+
     def _transfers(self, begin: int) -> list[tuple[float, float]]:
         """(abar_from, abar_to) per evaluation from ``begin``, by diffusers' counter rules."""
         cfg = self.config
