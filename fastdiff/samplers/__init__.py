@@ -8,6 +8,7 @@ from .api import sample
 from .plan import Plan
 from .sampler import (
     DDIM,
+    DDIMInversion,
     DDPM,
     LCM,
     LMS,
@@ -26,6 +27,7 @@ from .sampler import (
 
 __all__ = [
     "DDIM",
+    "DDIMInversion",
     "DDPM",
     "DPMSolverPP",
     "EDMEuler",

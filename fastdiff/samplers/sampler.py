@@ -303,6 +303,13 @@ class EDMEuler(Sampler):
         return (k.get("s_churn", 0.0), k.get("s_tmin", 0.0), k.get("s_tmax", math.inf), k.get("s_noise", 1.0))
 
 
+class DDIMInversion(Sampler):
+    """DDIM inversion (Song et al. 2021; Mokady et al. 2022): runs a clean latent up to noise, for
+    editing; pass the latent as ``noise``. The timesteps ascend."""
+
+    scheduler_class = scheduling.DDIMInverseScheduler
+
+
 class FlowMatchEuler(Sampler):
     """Euler for rectified-flow models (SD3, FLUX): the model predicts v = noise - x0. ``shift`` is
     SD3's resolution shift; ``use_dynamic_shifting`` with ``mu`` is FLUX's."""
@@ -327,6 +334,7 @@ NAMED: dict[str, tuple[type, dict]] = {
     "pndm": (PNDM, {}),
     "lms": (LMS, {}),
     "edm_euler": (EDMEuler, {}),
+    "ddim_inversion": (DDIMInversion, {}),
     "flow_euler": (FlowMatchEuler, {}),
 }
 

@@ -19,6 +19,7 @@ from diffusers.schedulers.scheduling_utils import SchedulerMixin, SchedulerOutpu
 
 from ._base import FusedStep
 from .ddim import DDIMScheduler
+from .ddim_inverse import DDIMInverseScheduler
 from .ddpm import DDPMScheduler
 from .dpm_solver import DPMSolverMultistepScheduler
 from .edm_euler import EDMEulerScheduler
@@ -31,6 +32,7 @@ from .pndm import PNDMScheduler
 from .unipc import UniPCMultistepScheduler
 
 __all__ = [
+    "DDIMInverseScheduler",
     "DDIMScheduler",
     "DDPMScheduler",
     "DPMSolverMultistepScheduler",

@@ -134,6 +134,43 @@ def test_edm_euler_given_x0_and_preconditioning_match_diffusers():
 
 
 # ---------------------------------------------------------------------------------------------
+# DDIM inversion
+# ---------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("clip_sample", [False, True])
+@pytest.mark.parametrize("prediction_type", ["epsilon", "v_prediction", "sample"])
+@pytest.mark.parametrize("spacing", ["leading", "trailing"])
+@pytest.mark.parametrize("set_alpha_to_one", [True, False])
+def test_ddim_inverse(clip_sample, prediction_type, spacing, set_alpha_to_one):
+    if prediction_type == "sample" and set_alpha_to_one:
+        pytest.skip("no noise estimate at the noise-free first level (diffusers divides by zero): refused below")
+    compare("DDIMInverseScheduler", dict(SD, prediction_type=prediction_type, timestep_spacing=spacing, clip_sample=clip_sample,
+                                         set_alpha_to_one=set_alpha_to_one, steps_offset=1), steps=10)
+
+
+def test_ddim_inverse_refusals_name_the_problem():
+    import fastdiff.schedulers as fs
+
+    s = fs.DDIMInverseScheduler(prediction_type="sample", clip_sample=False)
+    s.set_timesteps(5)
+    with pytest.raises(ValueError, match="no noise estimate at a noise-free level"):
+        s.step(torch.ones(1, 2), s.timesteps[0], torch.ones(1, 2))
+    s = fs.DDIMInverseScheduler()
+    s.set_timesteps(5)
+    with pytest.raises(NotImplementedError, match="fastdiff: DDIMInverseScheduler steps through its own timesteps"):
+        s.step(torch.ones(1, 2), 3, torch.ones(1, 2))
+
+
+def test_ddim_inversion_then_ddim_returns_near_the_start():
+    """What inversion is for: DDIM run back down from the inverted latent lands near the image (a
+    smooth toy model; exact only as steps -> infinity)."""
+    latent = IMAGE * 0.5
+    inverted = fused("ddim_inversion", latent, steps=50)
+    back = fused("ddim", inverted, steps=50)
+    assert (back - latent).abs().max() < 0.05 * latent.abs().max()
+    assert (inverted - latent).abs().max() > 0.2  # and the latent did move (by ~half its size)
+
+
+# ---------------------------------------------------------------------------------------------
 # fastdiff.sample names
 # ---------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("name,opts", [
@@ -143,12 +180,15 @@ def test_edm_euler_given_x0_and_preconditioning_match_diffusers():
     ("lms", {"order": 2, "use_karras_sigmas": True, "prediction_type": "v_prediction"}),
     ("edm_euler", {}),
     ("edm_euler", {"prediction_type": "v_prediction", "sigma_schedule": "exponential", "final_sigmas_type": "sigma_min"}),
-], ids=["pndm", "pndm-prk-v", "lms", "lms-2-karras-v", "edm_euler", "edm_euler-v-exp"])
+    ("ddim_inversion", {}),
+], ids=["pndm", "pndm-prk-v", "lms", "lms-2-karras-v", "edm_euler", "edm_euler-v-exp", "ddim_inversion"])
 def test_named_samplers_with_guidance_img2img_and_inpainting(name, opts):
     noise = noise_for(3)
     sampler = make_sampler(name, **opts)
     kw = {"step_kw": {k: int(v) if k == "order" else v for k, v in sampler.step_kwargs.items()}}
     close(fused(sampler, noise, steps=8, guidance_scale=3.0), diffusers_loop(sampler, noise, steps=8, guidance=3.0, **kw))
+    if name == "ddim_inversion":
+        return  # img2img and inpainting have no meaning when running up the noise levels
     close(fused(sampler, noise, steps=8, image=IMAGE, strength=0.6, guidance_scale=2.0),
           diffusers_loop(sampler, noise, steps=8, image=IMAGE, strength=0.6, guidance=2.0, **kw))
     mask = (torch.arange(SHAPE[-1]) < 2).to(torch.float32).expand(SHAPE[0], 1, SHAPE[2], SHAPE[3])

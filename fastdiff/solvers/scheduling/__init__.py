@@ -8,6 +8,7 @@ class and adds the fused ``step``. A new scheduler is a core here (its schedule 
 
 from ._base import Config, ScheduleCore
 from .ddim import DDIMScheduler
+from .ddim_inverse import DDIMInverseScheduler
 from .ddpm import DDPMScheduler
 from .dpm_solver import DPMSolverMultistepScheduler
 from .edm_euler import EDMEulerScheduler
@@ -23,6 +24,6 @@ from .unipc import UniPCMultistepScheduler
 CORES: dict[str, type] = {c.__name__: c for c in (
     DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler, EulerAncestralDiscreteScheduler, EulerDiscreteScheduler,
     FlowMatchEulerDiscreteScheduler, HeunDiscreteScheduler, LCMScheduler, UniPCMultistepScheduler,
-    PNDMScheduler, LMSDiscreteScheduler, EDMEulerScheduler)}
+    PNDMScheduler, LMSDiscreteScheduler, EDMEulerScheduler, DDIMInverseScheduler)}
 
 __all__ = ["CORES", "Config", "ScheduleCore", *CORES]
