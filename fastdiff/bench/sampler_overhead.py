@@ -36,7 +36,7 @@ from fastdiff.samplers.graph import CudaGraphRecorder, _GraphedSteps  # noqa: E4
 SAMPLERS = {"dpmpp_2m": "DPMSolverMultistepScheduler", "unipc": "UniPCMultistepScheduler", "euler": "EulerDiscreteScheduler",
             "ddim": "DDIMScheduler", "pndm": "PNDMScheduler",
             "lms": "LMSDiscreteScheduler", "edm_euler": "EDMEulerScheduler",
-            "ddim_inversion": "DDIMInverseScheduler"}
+            "ddim_inversion": "DDIMInverseScheduler", "ipndm": "IPNDMScheduler"}
 #: what a plain run measures (--samplers picks others from SAMPLERS)
 DEFAULT_SAMPLERS = "dpmpp_2m,unipc,euler,ddim"
 

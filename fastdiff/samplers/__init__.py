@@ -35,6 +35,7 @@ __all__ = [
     "EulerAncestral",
     "FlowMatchEuler",
     "Heun",
+    "IPNDM",
     "LCM",
     "LMS",
     "NAMED",

@@ -310,6 +310,13 @@ class DDIMInversion(Sampler):
     scheduler_class = scheduling.DDIMInverseScheduler
 
 
+class IPNDM(Sampler):
+    """Improved PNDM (Zhang & Chen 2022): 4th-order Adams-Bashforth on the noise estimate of a
+    v-predicting model, over sin^2-spaced levels."""
+
+    scheduler_class = scheduling.IPNDMScheduler
+
+
 class FlowMatchEuler(Sampler):
     """Euler for rectified-flow models (SD3, FLUX): the model predicts v = noise - x0. ``shift`` is
     SD3's resolution shift; ``use_dynamic_shifting`` with ``mu`` is FLUX's."""
@@ -335,6 +342,7 @@ NAMED: dict[str, tuple[type, dict]] = {
     "lms": (LMS, {}),
     "edm_euler": (EDMEuler, {}),
     "ddim_inversion": (DDIMInversion, {}),
+    "ipndm": (IPNDM, {}),
     "flow_euler": (FlowMatchEuler, {}),
 }
 

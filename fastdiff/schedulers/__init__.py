@@ -26,6 +26,7 @@ from .edm_euler import EDMEulerScheduler
 from .euler import EulerAncestralDiscreteScheduler, EulerDiscreteScheduler
 from .flow_match import FlowMatchEulerDiscreteScheduler
 from .heun import HeunDiscreteScheduler
+from .ipndm import IPNDMScheduler
 from .lcm import LCMScheduler
 from .lms import LMSDiscreteScheduler
 from .pndm import PNDMScheduler
@@ -42,6 +43,7 @@ __all__ = [
     "FlowMatchEulerDiscreteScheduler",
     "FusedStep",
     "HeunDiscreteScheduler",
+    "IPNDMScheduler",
     "LCMScheduler",
     "LMSDiscreteScheduler",
     "PNDMScheduler",

@@ -126,3 +126,24 @@ def lms(sigmas: Sequence[float], *, prediction_type: str, order: int = 4, begin:
         coeffs = lms_coefficients(sigmas, i, min(i + 1, order))
         prog.advance(x + sum((c * dv for c, dv in zip(coeffs, reversed(derivs))), Lin()))
     return prog
+
+
+def ipndm(alphas: Sequence[float], sigmas: Sequence[float], *, begin: int = 0) -> ProgramBuilder:
+    """Improved PNDM (Zhang & Chen 2022, as k-diffusion and diffusers' IPNDMScheduler): Adams-Bashforth
+    on the noise estimate e = sigma x + alpha m of a v-predicting model, then x0 = (x - sigma e) / alpha
+    re-noised to the next level.
+
+    ``alphas[i]``, ``sigmas[i]``: the level before evaluation i (one more for the end). At alpha = 0
+    (the first, pure-noise level) e = x does not involve the model, and x0's division by
+    max(alpha, 1e-8) meets an exact zero, as in diffusers.
+    """
+    prog = ProgramBuilder()
+    ets: list[Lin] = []
+    for i in range(begin, len(alphas) - 1):
+        alpha, sigma = alphas[i], sigmas[i]
+        x, m, _, _ = prog.eval(sigma, alpha)
+        ets = ets[-3:] + [sigma * x + alpha * m]
+        e = sum((c * h for c, h in zip(ADAMS_BASHFORTH[len(ets)], reversed(ets))), Lin())
+        x0 = (x - sigma * e) / max(alpha, 1e-8)
+        prog.advance(alphas[i + 1] * x0 + sigmas[i + 1] * e)
+    return prog

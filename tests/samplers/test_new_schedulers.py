@@ -171,6 +171,20 @@ def test_ddim_inversion_then_ddim_returns_near_the_start():
 
 
 # ---------------------------------------------------------------------------------------------
+# IPNDM
+# ---------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("steps", [1, 2, 3, 4, 10, 25])
+def test_ipndm_every_warm_up_order_and_long_runs(steps):
+    compare("IPNDMScheduler", dict(), steps=steps)
+
+
+def test_ipndm_trained_levels_and_a_mid_schedule_start():
+    levels = (torch.linspace(0.98, 0.0, 9) ** 1.5).tolist()  # 8 steps; the first level is not pure noise
+    compare("IPNDMScheduler", dict(trained_betas=levels), steps=8)
+    compare("IPNDMScheduler", dict(), steps=10, begin=3)
+
+
+# ---------------------------------------------------------------------------------------------
 # fastdiff.sample names
 # ---------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("name,opts", [
@@ -181,14 +195,15 @@ def test_ddim_inversion_then_ddim_returns_near_the_start():
     ("edm_euler", {}),
     ("edm_euler", {"prediction_type": "v_prediction", "sigma_schedule": "exponential", "final_sigmas_type": "sigma_min"}),
     ("ddim_inversion", {}),
-], ids=["pndm", "pndm-prk-v", "lms", "lms-2-karras-v", "edm_euler", "edm_euler-v-exp", "ddim_inversion"])
+    ("ipndm", {}),
+], ids=["pndm", "pndm-prk-v", "lms", "lms-2-karras-v", "edm_euler", "edm_euler-v-exp", "ddim_inversion", "ipndm"])
 def test_named_samplers_with_guidance_img2img_and_inpainting(name, opts):
     noise = noise_for(3)
     sampler = make_sampler(name, **opts)
     kw = {"step_kw": {k: int(v) if k == "order" else v for k, v in sampler.step_kwargs.items()}}
     close(fused(sampler, noise, steps=8, guidance_scale=3.0), diffusers_loop(sampler, noise, steps=8, guidance=3.0, **kw))
-    if name == "ddim_inversion":
-        return  # img2img and inpainting have no meaning when running up the noise levels
+    if name in ("ddim_inversion", "ipndm"):
+        return  # inversion runs up the levels; diffusers' IPNDM has no add_noise for img2img
     close(fused(sampler, noise, steps=8, image=IMAGE, strength=0.6, guidance_scale=2.0),
           diffusers_loop(sampler, noise, steps=8, image=IMAGE, strength=0.6, guidance=2.0, **kw))
     mask = (torch.arange(SHAPE[-1]) < 2).to(torch.float32).expand(SHAPE[0], 1, SHAPE[2], SHAPE[3])

@@ -15,6 +15,7 @@ from .edm_euler import EDMEulerScheduler
 from .euler import EulerAncestralDiscreteScheduler, EulerDiscreteScheduler
 from .flow_match import FlowMatchEulerDiscreteScheduler
 from .heun import HeunDiscreteScheduler
+from .ipndm import IPNDMScheduler
 from .lcm import LCMScheduler
 from .lms import LMSDiscreteScheduler
 from .pndm import PNDMScheduler
@@ -24,6 +25,6 @@ from .unipc import UniPCMultistepScheduler
 CORES: dict[str, type] = {c.__name__: c for c in (
     DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler, EulerAncestralDiscreteScheduler, EulerDiscreteScheduler,
     FlowMatchEulerDiscreteScheduler, HeunDiscreteScheduler, LCMScheduler, UniPCMultistepScheduler,
-    PNDMScheduler, LMSDiscreteScheduler, EDMEulerScheduler, DDIMInverseScheduler)}
+    PNDMScheduler, LMSDiscreteScheduler, EDMEulerScheduler, DDIMInverseScheduler, IPNDMScheduler)}
 
 __all__ = ["CORES", "Config", "ScheduleCore", *CORES]
