@@ -30,9 +30,7 @@ class EDMEulerScheduler(FusedStep, core.EDMEulerScheduler, diffusers.EDMEulerSch
         return_dict: bool = True,
         pred_original_sample: Optional[Tensor] = None,
     ):
-        if isinstance(timestep, int) or (isinstance(timestep, Tensor) and not torch.is_floating_point(timestep)):
-            raise ValueError("Passing integer indices (e.g. from `enumerate(timesteps)`) as timesteps to `EDMEulerScheduler.step()` "
-                             "is not supported. Make sure to pass one of the `scheduler.timesteps` as a timestep.")
+        self._check_float_timestep(timestep)
         if pred_original_sample is not None and s_churn > 0:
             raise NotImplementedError("fastdiff: EDMEulerScheduler.step with both s_churn and a given pred_original_sample")
         self._ensure_step_index(timestep)
