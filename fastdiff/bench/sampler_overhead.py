@@ -52,16 +52,22 @@ MODELS = {
 }
 
 
-def scheduler_loop(sched, x0, model, guidance: float, steps: int, device) -> float:
-    """A pipeline's denoising loop, set_timesteps included."""
+def scheduler_loop(sched, x0, model, guidance: float, steps: int, device, combine: bool = False) -> float:
+    """A pipeline's denoising loop, set_timesteps included; ``combine``: guidance by
+    fastdiff.ops.guidance_combine (one fused pass) instead of ``u + s (c - u)``."""
     _sync(device)
     t0 = time.perf_counter()
     sched.set_timesteps(steps, device=device)
     x = x0 * float(getattr(sched, "init_noise_sigma", 1.0))
     for t in sched.timesteps:
         xi = sched.scale_model_input(x, t)
-        u, c = model(torch.cat([xi, xi]), t).chunk(2)  # a pipeline's doubled batch for classifier-free guidance
-        x = sched.step(u + guidance * (c - u), t, x).prev_sample
+        out = model(torch.cat([xi, xi]), t)  # a pipeline's doubled batch for classifier-free guidance
+        if combine:
+            guided = fastdiff.ops.guidance_combine(out, guidance)
+        else:
+            u, c = out.chunk(2)
+            guided = u + guidance * (c - u)
+        x = sched.step(guided, t, x).prev_sample
     _sync(device)
     return time.perf_counter() - t0
 
@@ -111,6 +117,7 @@ def bench(shape, device, steps: int, repeats: int, model_kind: str = "free", nam
         graphed = make_graphed(plan, model, x0 * plan.init_scale, 7.5)
         loops = {"diffusers": lambda: scheduler_loop(ref, x0, model, 7.5, steps, device),
                  "fastdiff.schedulers": lambda: scheduler_loop(ours, x0, model, 7.5, steps, device),
+                 "fastdiff.schedulers+combine": lambda: scheduler_loop(ours, x0, model, 7.5, steps, device, combine=True),
                  "fastdiff.sample": lambda: fused_loop(name, x0, model, 7.5, steps, device)}
         if graphed is not None:
             loops["fastdiff.sample+graph"] = lambda: graphed_loop(graphed, plan, x0, device)
@@ -130,6 +137,7 @@ def bench(shape, device, steps: int, repeats: int, model_kind: str = "free", nam
         rows.append(row)
         print(f"{name:9s} {tuple(shape)}  diffusers {row['diffusers_us_per_step']:8.0f} us/step   "
               f"fastdiff.schedulers {row['fastdiff.schedulers_us_per_step']:8.0f} ({row['fastdiff.schedulers_speedup']:.2f}x)   "
+              f"+combine {row['fastdiff.schedulers+combine_us_per_step']:8.0f} ({row['fastdiff.schedulers+combine_speedup']:.2f}x)   "
               f"fastdiff.sample {row['fastdiff.sample_us_per_step']:8.0f} ({row['fastdiff.sample_speedup']:.2f}x)"
               + (f"   +graph {row['fastdiff.sample+graph_us_per_step']:8.0f} ({row['fastdiff.sample+graph_speedup']:.2f}x)"
                  if "fastdiff.sample+graph_us_per_step" in row else ""), flush=True)
@@ -139,15 +147,16 @@ def bench(shape, device, steps: int, repeats: int, model_kind: str = "free", nam
 def markdown(rows: list[dict]) -> str:
     lines = ["Per-step time of a whole guided loop (cfg 7.5) around a trivial model, median; speed-up = median of per-pair "
              "ratios vs diffusers.", "",
-             "| sampler | shape | steps | model | diffusers (us) | fastdiff.schedulers (us, x) | fastdiff.sample (us, x) "
-             "| fastdiff.sample, CUDA graph replay (us, x) |", "|---|---|---|---|---|---|---|---|"]
+             "| sampler | shape | steps | model | diffusers (us) | fastdiff.schedulers (us, x) "
+             "| fastdiff.schedulers + guidance_combine (us, x) | fastdiff.sample (us, x) "
+             "| fastdiff.sample, CUDA graph replay (us, x) |", "|---|---|---|---|---|---|---|---|---|"]
 
     def cell(r, k):
         return f"{r[k + '_us_per_step']:.0f} ({r[k + '_speedup']:.2f}x)" if k + "_us_per_step" in r else "-"
 
     for r in rows:
         lines.append(f"| {r['sampler']} | {tuple(r['shape'])} | {r['steps']} | {r['model']} | {r['diffusers_us_per_step']:.0f} | "
-                     + " | ".join(cell(r, k) for k in ("fastdiff.schedulers", "fastdiff.sample", "fastdiff.sample+graph")) + " |")
+                     + " | ".join(cell(r, k) for k in ("fastdiff.schedulers", "fastdiff.schedulers+combine", "fastdiff.sample", "fastdiff.sample+graph")) + " |")
     return "\n".join(lines) + "\n"
 
 

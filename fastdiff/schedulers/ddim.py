@@ -9,8 +9,9 @@ import diffusers
 import torch
 from torch import Tensor
 
+from ..solvers.rows import x0_conversion
 from ..solvers.scheduling import ddim as core
-from ._base import FusedStep, conform, clip_x0
+from ._base import FusedStep, clip_x0, conform, x0_from_coeffs
 
 
 @conform
@@ -19,7 +20,9 @@ class DDIMScheduler(FusedStep, core.DDIMScheduler, diffusers.DDIMScheduler):
 
     As in diffusers, step i goes from ``t`` to ``t - num_train_timesteps // num_inference_steps``
     (not to the next listed timestep) and ``eta`` is a step() argument; each eta value gets its own
-    table, built once. ``pred_original_sample`` is a view valid until the next step.
+    table, built once. As there, a step depends on its timestep only: steps may come in any order,
+    and a timestep outside the schedule is stepped in plain PyTorch. ``pred_original_sample`` is a
+    view valid until the next step.
     """
 
     def step(
@@ -37,13 +40,51 @@ class DDIMScheduler(FusedStep, core.DDIMScheduler, diffusers.DDIMScheduler):
         if eta > 0 and variance_noise is not None and generator is not None:
             raise ValueError("Cannot pass both generator and variance_noise. Please make sure that either `generator` or"
                              " `variance_noise` stays `None`.")
-        self._ensure_step_index(timestep)
-        cfg = self.config
-        if cfg.thresholding or cfg.clip_sample:
-            return self._clipped_step(model_output, sample, float(eta), use_clipped_model_output, generator, variance_noise, return_dict)
-        prev, x0 = self._fused_step(model_output, sample, key=(float(eta),), generator=generator, noise=variance_noise,
+        eta = float(eta)
+        # DDIM's step depends on the timestep alone (diffusers keeps no position): find its row, and
+        # step a timestep outside the schedule in plain PyTorch
+        i = self._position(timestep)
+        if i is None:
+            t = int(timestep)
+            ab, abp = self._abar_at(t)
+            x0 = self._plain_x0(model_output, sample, ab)
+            return self._plain_step(x0, clip_x0(self.config, x0) if self._clips() else x0, sample, ab, abp, eta,
+                                    use_clipped_model_output, generator, variance_noise, model_output, return_dict)
+        self._step_index, self._run_begin = i, 0
+        if not self._tabulated(sample.device, eta):
+            # a schedule with an unusable level elsewhere (diffusers' tests step beta_end=2 at t = 0)
+            ab, abp = self._abar_at(int(self._ts_host[i]))
+            self._step_index += 1
+            x0 = self._plain_x0(model_output, sample, ab)
+            return self._plain_step(x0, clip_x0(self.config, x0) if self._clips() else x0, sample, ab, abp, eta,
+                                    use_clipped_model_output, generator, variance_noise, model_output, return_dict)
+        if self._clips():
+            return self._clipped_step(model_output, sample, eta, use_clipped_model_output, generator, variance_noise, return_dict)
+        prev, x0 = self._fused_step(model_output, sample, key=(eta,), generator=generator, noise=variance_noise,
                                     noise_dtype=model_output.dtype)
         return self._output(return_dict, prev, pred_original_sample=x0)
+
+    def _tabulated(self, device, eta: float) -> bool:
+        try:
+            self._table(device, 0, (eta,))
+        except ValueError:
+            return False
+        return True
+
+    def _clips(self) -> bool:
+        return bool(self.config.thresholding or self.config.clip_sample)
+
+    def _missing_timestep(self, v: float):
+        return None
+
+    def _abar_at(self, t: int) -> tuple[float, float]:
+        prev = t - self.config.num_train_timesteps // self.num_inference_steps
+        ac = self.alphas_cumprod
+        return float(ac[t]), float(ac[prev]) if prev >= 0 else float(self.final_alpha_cumprod)
+
+    def _plain_x0(self, model_output: Tensor, sample: Tensor, ab: float) -> Tensor:
+        a, b = x0_conversion(self.config.prediction_type, math.sqrt(ab), math.sqrt(1.0 - ab))
+        return x0_from_coeffs(a, b, sample, model_output)
 
     def _clipped_step(self, model_output, sample, eta, use_clipped, generator, variance_noise, return_dict):
         """Clipping / thresholding x0 is not linear. With use_clipped_model_output the step is still
@@ -55,15 +96,17 @@ class DDIMScheduler(FusedStep, core.DDIMScheduler, diffusers.DDIMScheduler):
             prev, _ = self._fused_step(model_output, sample, key=(eta,), generator=generator, noise=variance_noise,
                                        noise_dtype=model_output.dtype, model_override=x0)
             return self._output(return_dict, prev, pred_original_sample=x0)
-        begin, i = self._run_begin, self._step_index
-        abar, abar_prev = self._abar_pairs(begin)
-        ab, abp = abar[i - begin], abar_prev[i - begin]
-        eps = (sample - math.sqrt(ab) * x0_raw) / math.sqrt(1.0 - ab)
+        ab, abp = self._abar_at(int(self._ts_host[self._step_index]))
+        self._step_index += 1
+        return self._plain_step(x0_raw, x0, sample, ab, abp, eta, False, generator, variance_noise, model_output, return_dict)
+
+    def _plain_step(self, x0_raw, x0, sample, ab, abp, eta, use_clipped, generator, variance_noise, model_output, return_dict):
+        """diffusers' DDIM update in PyTorch (eq. 12), epsilon from the unclipped x0 unless use_clipped."""
+        eps = (sample - math.sqrt(ab) * (x0 if use_clipped else x0_raw)) / math.sqrt(1.0 - ab)
         std = eta * math.sqrt(max((1.0 - abp) / (1.0 - ab) * (1.0 - ab / abp), 0.0))
         prev = math.sqrt(abp) * x0 + math.sqrt(max(1.0 - abp - std * std, 0.0)) * eps
         if eta > 0:
             if variance_noise is None:
                 variance_noise = torch.randn(model_output.shape, generator=generator, device=model_output.device, dtype=model_output.dtype)
             prev = prev + std * variance_noise
-        self._step_index += 1
         return self._output(return_dict, prev, pred_original_sample=x0)

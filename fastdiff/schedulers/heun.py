@@ -16,22 +16,25 @@ from ._base import FusedStep, conform, x0_from_coeffs
 @conform
 class HeunDiscreteScheduler(FusedStep, core.HeunDiscreteScheduler, diffusers.HeunDiscreteScheduler):
     """Drop-in for ``diffusers.HeunDiscreteScheduler``: two model evaluations per step (order = 2),
-    each followed by one fused update. The corrector's start state is not stored: it is recovered
-    from the midpoint state and the first evaluation's x0 inside the coefficient row."""
+    each followed by one fused update. The predictor writes the corrector's base (its input plus half
+    its Euler step) to history, so the corrector reads that and the sample it is given, as diffusers
+    does. ``pred_original_sample`` is one extra elementwise pass."""
 
     def step(self, model_output: Tensor, timestep: Union[float, Tensor], sample: Tensor, return_dict: bool = True):
         self._ensure_step_index(timestep)
         if self._run_begin is None:
             self._first_order = True
-        override = None
         cfg = self.config
+        i, first = self._step_index, self._first_order
+        # both stages read the model at sigmas[i] (the corrector's level is the predictor's target)
+        a, b = methods.ve_conversion(cfg.prediction_type, self._sig[i])
+        x0 = x0_from_coeffs(a, b, sample, model_output)
+        override = None
         if cfg.clip_sample:
-            i = self._step_index
-            # both stages read the model at sigmas[i] (the second stage's level is the midpoint's)
-            a, b = methods.ve_conversion(cfg.prediction_type, self._sig[i])
-            override = x0_from_coeffs(a, b, sample, model_output).clamp(-cfg.clip_sample_range, cfg.clip_sample_range)
-        prev, x0 = self._fused_step(model_output, sample, model_override=override)
-        if override is not None:
-            x0 = override
-        self._first_order = not self._first_order
+            x0 = x0.clamp(-cfg.clip_sample_range, cfg.clip_sample_range)
+            # the row then reads its converted output directly: the predictor's is the corrector's base
+            k = (self._sig[i + 1] - self._sig[i]) / (2.0 * self._sig[i]) if first else 0.0
+            override = torch.lerp(x0, sample, 1.0 + k) if first else x0
+        prev, _ = self._fused_step(model_output, sample, model_override=override)
+        self._first_order = not first
         return self._output(return_dict, prev, pred_original_sample=x0)

@@ -39,22 +39,34 @@ def ddpm(
     variance_type: str = "fixed_small",
     draws: Sequence[bool],
 ) -> ProgramBuilder:
-    """DDPM ancestral sampling (Ho et al. 2020, eq. 6-7): the posterior mean plus its noise."""
-    if variance_type not in ("fixed_small", "fixed_small_log", "fixed_large"):
-        raise ValueError(f"fastdiff: DDPM variance_type {variance_type!r} is not supported "
-                         "(fixed_small, fixed_small_log, fixed_large; learned variances need the model's extra channels)")
+    """DDPM ancestral sampling (Ho et al. 2020, eq. 6-7): the posterior mean plus its noise.
+
+    ``fixed_large`` uses beta_t as the variance; other fixed types (as in diffusers, any name but
+    the learned ones) the posterior variance. Learned variances need the model's extra channels."""
+    if variance_type in ("learned", "learned_range"):
+        raise ValueError(f"fastdiff: DDPM variance_type {variance_type!r} (learned) is not supported")
     prog = ProgramBuilder()
     for ab, abp, draw in zip(abar, abar_prev, draws):
         a, b = x0_conversion(prediction_type, math.sqrt(ab), math.sqrt(1.0 - ab))
         x, _, z, d = prog.eval(a, b, draw=draw)
-        alpha_t = ab / abp
-        beta_t = 1.0 - alpha_t
-        c0 = math.sqrt(abp) * beta_t / (1.0 - ab)
-        c1 = math.sqrt(alpha_t) * (1.0 - abp) / (1.0 - ab)
-        var = max((1.0 - abp) / (1.0 - ab) * beta_t, 1e-20)
-        std = math.sqrt(beta_t) if variance_type == "fixed_large" else math.sqrt(var)
+        c0, c1, std = _ddpm_scalars(ab, abp, variance_type)
         prog.advance(c0 * d + c1 * x + (std * z if draw else Lin()))
     return prog
+
+
+def _ddpm_scalars(ab: float, abp: float, variance_type: str) -> tuple[float, float, float]:
+    """The posterior mean's coefficients (on x0 and x) and the noise scale, in float32 as diffusers
+    computes them: ``beta_t = 1 - abar_t / abar_prev`` loses ~1e-4 relative at small t there, and a
+    drop-in has to lose the same (the float64 values differ from diffusers' by ~1e-4 at t = 1)."""
+    f = np.float32
+    ab32, abp32 = f(ab), f(abp)
+    alpha_t = ab32 / abp32
+    beta_t = f(1.0) - alpha_t
+    c0 = abp32 ** f(0.5) * beta_t / (f(1.0) - ab32)
+    c1 = alpha_t ** f(0.5) * (f(1.0) - abp32) / (f(1.0) - ab32)
+    var = max((f(1.0) - abp32) / (f(1.0) - ab32) * beta_t, f(1e-20))
+    std = beta_t ** f(0.5) if variance_type == "fixed_large" else var ** f(0.5)
+    return float(c0), float(c1), float(std)
 
 
 def ddim(
@@ -172,29 +184,35 @@ def heun(sigmas: Sequence[float], *, prediction_type: str, begin: int = 0) -> Pr
     """Heun's second-order method (Karras et al. 2022, algorithm 1), diffusers' interleaved layout.
 
     ``sigmas`` is the interleaved list [s0, s1, s1, s2, s2, ..., s_{n-1}, s_{n-1}, 0]: evaluations
-    alternate between an Euler predictor and a trapezoidal corrector that reads the predictor's
-    start state, which program.py recovers from the midpoint state and the stored x0.
+    alternate between an Euler predictor and a trapezoidal corrector. The predictor's converted
+    output is not x0 but the corrector's base, ``x + dt/2 (x - x0) / sigma`` (see heun_base), kept
+    in history: the corrector reads it and the state it is given, as diffusers' corrector reads the
+    sample stored at the predictor and the sample passed to it (they differ when a caller passes
+    the scaled model input, as diffusers' own tests and DiTPipeline do).
     """
     prog = ProgramBuilder()
     first_order = True
-    start = d1 = dt = None
+    base = dt = None
     for i in range(begin, len(sigmas) - 1):
         if first_order:
             sigma, sigma_next = sigmas[i], sigmas[i + 1]
-            a, b = ve_conversion(prediction_type, sigma)
-            x, _, _, d = prog.eval(a, b)
-            d1 = (x - d) / sigma
             dt = sigma_next - sigma
-            start = x
-            prog.advance(x + dt * d1)
+            x, _, _, base = prog.eval(*heun_base(prediction_type, sigma, dt))
+            prog.advance(2.0 * base - x)  # x + dt (x - x0) / sigma
         else:
             sigma_next = sigmas[i]
             a, b = ve_conversion(prediction_type, sigma_next)
             x, _, _, d = prog.eval(a, b)
-            d2 = (x - d) / sigma_next
-            prog.advance(start + dt * ((d1 + d2) / 2))
+            prog.advance(base + (dt / (2.0 * sigma_next)) * (x - d))
         first_order = not first_order
     return prog
+
+
+def heun_base(prediction_type: str, sigma: float, dt: float) -> tuple[float, float]:
+    """(a, b) with ``x + dt/2 (x - x0) / sigma = a x + b m``: Heun's corrector base from the predictor's input."""
+    a, b = ve_conversion(prediction_type, sigma)
+    k = dt / (2.0 * sigma)
+    return 1.0 + k - k * a, -k * b
 
 
 # ---------------------------------------------------------------------------------------------

@@ -20,6 +20,8 @@ class DDPMScheduler(VPScheduler):
 
     _exposes = True
 
+    _untimed_ok = True  # like diffusers, step() works on the full training schedule
+
     def __init__(
         self,
         num_train_timesteps: int = 1000,
@@ -39,14 +41,12 @@ class DDPMScheduler(VPScheduler):
         rescale_betas_zero_snr: bool = False,
     ):
         self._register(locals())
-        if variance_type not in ("fixed_small", "fixed_small_log", "fixed_large"):
-            raise NotImplementedError(f"fastdiff: DDPMScheduler variance_type {variance_type!r} is not supported "
-                                      "(fixed_small, fixed_small_log, fixed_large)")
+        if variance_type in ("learned", "learned_range"):
+            raise NotImplementedError(f"fastdiff: DDPMScheduler with learned variances (variance_type {variance_type!r}) is not supported")
         self._init_training(("epsilon", "sample", "v_prediction"), clamp_zero_snr=prediction_type == "epsilon")
         self.one = torch.tensor(1.0)
         self.custom_timesteps = False
         self.variance_type = variance_type
-        self._untimed_ok = True  # like diffusers, step() works on the full training schedule
         self._init_timesteps()
 
     def set_timesteps(self, num_inference_steps: Optional[int] = None, device=None, timesteps: Optional[Sequence[int]] = None) -> None:

@@ -26,6 +26,8 @@ class EulerDiscreteScheduler(VEScheduler):
 
     _exposes = True
 
+    _untimed_ok = True  # like diffusers, step() works on the schedule __init__ sets
+
     def __init__(
         self,
         num_train_timesteps: int = 1000,
@@ -124,6 +126,8 @@ class EulerAncestralDiscreteScheduler(VEScheduler):
     """Drop-in for ``diffusers.EulerAncestralDiscreteScheduler`` (also takes prediction_type="sample")."""
 
     _exposes = True
+
+    _untimed_ok = True  # like diffusers, step() works on the schedule __init__ sets
 
     def __init__(
         self,

@@ -17,6 +17,8 @@ class FlowMatchEulerDiscreteScheduler(ScheduleCore):
     stretch, Karras / exponential / beta spacing, inverted sigmas, stochastic sampling).
     Per-token timesteps are not supported."""
 
+    _untimed_ok = True  # like diffusers, step() works on the schedule __init__ sets
+
     def __init__(
         self,
         num_train_timesteps: int = 1000,

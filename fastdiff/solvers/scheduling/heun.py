@@ -18,7 +18,8 @@ class HeunDiscreteScheduler(VEScheduler):
     from the midpoint state and the first evaluation's x0 inside the coefficient row."""
 
     order = 2
-    _exposes = True
+
+    _untimed_ok = True  # like diffusers, step() works on the schedule __init__ sets
 
     def __init__(
         self,
