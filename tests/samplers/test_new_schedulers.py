@@ -147,17 +147,28 @@ def test_ddim_inverse(clip_sample, prediction_type, spacing, set_alpha_to_one):
                                          set_alpha_to_one=set_alpha_to_one, steps_offset=1), steps=10)
 
 
-def test_ddim_inverse_refusals_name_the_problem():
+def test_ddim_inverse_refuses_sample_prediction_at_a_noise_free_level():
     import fastdiff.schedulers as fs
 
     s = fs.DDIMInverseScheduler(prediction_type="sample", clip_sample=False)
     s.set_timesteps(5)
     with pytest.raises(ValueError, match="no noise estimate at a noise-free level"):
         s.step(torch.ones(1, 2), s.timesteps[0], torch.ones(1, 2))
-    s = fs.DDIMInverseScheduler()
-    s.set_timesteps(5)
-    with pytest.raises(NotImplementedError, match="fastdiff: DDIMInverseScheduler steps through its own timesteps"):
-        s.step(torch.ones(1, 2), 3, torch.ones(1, 2))
+
+
+
+def test_ddim_inverse_steps_at_off_schedule_timesteps_as_diffusers():
+    import diffusers
+
+    import fastdiff.schedulers as fs
+
+    x, m = torch.randn(2, 3, 4, 4), torch.randn(2, 3, 4, 4)
+    for cfg in ({}, {"clip_sample": False, "prediction_type": "v_prediction"}):
+        ours, ref = fs.DDIMInverseScheduler(**cfg), diffusers.DDIMInverseScheduler(**cfg)
+        for s in (ours, ref):
+            s.set_timesteps(10)
+        for t in (3, 250, 999):
+            close(ours.step(m, t, x).prev_sample, ref.step(m, t, x).prev_sample)
 
 
 def test_ddim_inversion_then_ddim_returns_near_the_start():
