@@ -41,12 +41,15 @@ NFE = [5, 10, 15, 20, 50]
 #: samplers that inject fresh noise: no single ODE solution to compare with
 STOCHASTIC = {"ddpm", "euler_ancestral", "dpmpp_2m_sde", "dpmpp_3m_sde", "lcm"}
 _KARRAS = {"use_karras_sigmas": True}
+#: named samplers outside this benchmark: EDM's and IPNDM's networks are preconditioned on their own
+#: levels (not the mixture's noise prediction at SD's), and inversion runs up the levels, not down
+NOT_MEASURED = {"edm_euler", "ipndm", "ddim_inversion"}
 #: Two grids. "sd": each sampler's SD set-up (scaled_linear betas, trailing timesteps, final sigma 0),
 #: what a pipeline runs. "karras": the samplers that take Karras sigmas, all on the same rho = 7 grid
 #: from the schedule's sigma_max to sigma_min, then 0: the grid exponential integrators are built for.
 #: Euler and Heun need linspace spacing there, or diffusers takes sigma_min from the last trailing step.
 CONFIGS: dict[str, dict[str, dict]] = {
-    "sd": {name: ({"shift": 3.0} if name == "flow_euler" else {}) for name in NAMED},
+    "sd": {name: ({"shift": 3.0} if name == "flow_euler" else {}) for name in NAMED if name not in NOT_MEASURED},
     "karras": {
         "euler": {"timestep_spacing": "linspace", **_KARRAS},
         "heun": {"timestep_spacing": "linspace", **_KARRAS},

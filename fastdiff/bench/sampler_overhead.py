@@ -34,7 +34,11 @@ from fastdiff.samplers import make_sampler  # noqa: E402
 from fastdiff.samplers.graph import CudaGraphRecorder, GraphedSteps  # noqa: E402
 
 SAMPLERS = {"dpmpp_2m": "DPMSolverMultistepScheduler", "unipc": "UniPCMultistepScheduler", "euler": "EulerDiscreteScheduler",
-            "ddim": "DDIMScheduler"}
+            "ddim": "DDIMScheduler", "pndm": "PNDMScheduler",
+            "lms": "LMSDiscreteScheduler", "edm_euler": "EDMEulerScheduler",
+            "ddim_inversion": "DDIMInverseScheduler", "ipndm": "IPNDMScheduler"}
+#: what a plain run measures (--samplers picks others from SAMPLERS)
+DEFAULT_SAMPLERS = "dpmpp_2m,unipc,euler,ddim"
 
 
 def _sync(device: torch.device) -> None:
@@ -96,7 +100,7 @@ def graphed_loop(graphed, plan, x0, device) -> float:
     return time.perf_counter() - t0
 
 
-def bench(shape, device, steps: int, repeats: int, model_kind: str = "free") -> list[dict]:
+def bench(shape, device, steps: int, repeats: int, model_kind: str = "free", names: str = DEFAULT_SAMPLERS) -> list[dict]:
     import diffusers
 
     warnings.filterwarnings("ignore")
@@ -104,7 +108,8 @@ def bench(shape, device, steps: int, repeats: int, model_kind: str = "free") -> 
     x0 = torch.randn(shape, generator=gen, device=device)
     model = MODELS[model_kind](torch.randn((2 * shape[0], *shape[1:]), generator=gen, device=device))
     rows = []
-    for name, cls in SAMPLERS.items():
+    for name in names.split(","):
+        cls = SAMPLERS[name]
         sampler = make_sampler(name)
         ref = getattr(diffusers, cls).from_config(sampler.config)
         ours = getattr(fastdiff.schedulers, cls).from_config(sampler.config)
@@ -163,11 +168,12 @@ def main(argv: "list[str] | None" = None) -> int:
     ap.add_argument("--shapes", default="1x4x64x64,4x4x64x64,2x4x128x128", help="comma-separated latent shapes BxCxHxW (default: %(default)s)")
     ap.add_argument("--model", choices=sorted(MODELS), default="free", help="the trivial model (see the module docstring)")
     ap.add_argument("--out", type=Path, default=None, help="folder to write the JSON and markdown results into")
+    ap.add_argument("--samplers", default=DEFAULT_SAMPLERS, help=f"comma-separated, from {', '.join(SAMPLERS)}")
     args = ap.parse_args(argv)
     device = torch.device(args.device)
     rows = []
     for s in args.shapes.split(","):
-        rows += bench(tuple(int(v) for v in s.split("x")), device, args.steps, args.repeats, args.model)
+        rows += bench(tuple(int(v) for v in s.split("x")), device, args.steps, args.repeats, args.model, args.samplers)
     import diffusers
 
     md = markdown(rows) + (f"\nCommand: `fastdiff bench overhead {' '.join(argv if argv is not None else sys.argv[1:])}`; "

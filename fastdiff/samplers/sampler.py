@@ -271,6 +271,52 @@ class LCM(Sampler):
         return 0
 
 
+class PNDM(Sampler):
+    """PNDM (Liu et al. 2022): Stable Diffusion 1.x's default, PLMS (4th-order Adams-Bashforth with a
+    2nd-order start); ``skip_prk_steps=False`` warms up with pseudo Runge-Kutta instead."""
+
+    scheduler_class = scheduling.PNDMScheduler
+    defaults = dict(SD_SCHEDULE, skip_prk_steps=True)
+
+
+class LMS(Sampler):
+    """Linear multistep (k-diffusion's sample_lms): ``order`` (default 4) past derivatives, weights
+    integrated from Lagrange polynomials in sigma."""
+
+    scheduler_class = scheduling.LMSDiscreteScheduler
+    step_options = ("order",)
+
+    def _step_key(self) -> tuple:
+        return (int(self.step_kwargs.get("order", 4)),)
+
+
+class EDMEuler(Sampler):
+    """Euler in Karras et al.'s EDM parameterisation (preconditioned networks, c_noise timesteps); churn via
+    ``s_churn``, ``s_tmin``, ``s_tmax``, ``s_noise``."""
+
+    scheduler_class = scheduling.EDMEulerScheduler
+    defaults: Mapping[str, Any] = {}
+    step_options = ("s_churn", "s_tmin", "s_tmax", "s_noise")
+
+    def _step_key(self) -> tuple:
+        k = self.step_kwargs
+        return (k.get("s_churn", 0.0), k.get("s_tmin", 0.0), k.get("s_tmax", math.inf), k.get("s_noise", 1.0))
+
+
+class DDIMInversion(Sampler):
+    """DDIM inversion (Song et al. 2021; Mokady et al. 2022): runs a clean latent up to noise, for
+    editing; pass the latent as ``noise``. The timesteps ascend."""
+
+    scheduler_class = scheduling.DDIMInverseScheduler
+
+
+class IPNDM(Sampler):
+    """Improved PNDM (Zhang & Chen 2022): 4th-order Adams-Bashforth on the noise estimate of a
+    v-predicting model, over sin^2-spaced levels."""
+
+    scheduler_class = scheduling.IPNDMScheduler
+
+
 class FlowMatchEuler(Sampler):
     """Euler for rectified-flow models (SD3, FLUX): the model predicts v = noise - x0. ``shift`` is
     SD3's resolution shift; ``use_dynamic_shifting`` with ``mu`` is FLUX's."""
@@ -292,6 +338,11 @@ NAMED: dict[str, tuple[type, dict]] = {
     "dpmpp_3m_sde": (DPMSolverPP, {"order": 3, "sde": True}),
     "unipc": (UniPC, {}),
     "lcm": (LCM, {}),
+    "pndm": (PNDM, {}),
+    "lms": (LMS, {}),
+    "edm_euler": (EDMEuler, {}),
+    "ddim_inversion": (DDIMInversion, {}),
+    "ipndm": (IPNDM, {}),
     "flow_euler": (FlowMatchEuler, {}),
 }
 

@@ -19,24 +19,34 @@ from diffusers.schedulers.scheduling_utils import SchedulerMixin, SchedulerOutpu
 
 from ._base import FusedStep
 from .ddim import DDIMScheduler
+from .ddim_inverse import DDIMInverseScheduler
 from .ddpm import DDPMScheduler
 from .dpm_solver import DPMSolverMultistepScheduler
+from .edm_euler import EDMEulerScheduler
 from .euler import EulerAncestralDiscreteScheduler, EulerDiscreteScheduler
 from .flow_match import FlowMatchEulerDiscreteScheduler
 from .heun import HeunDiscreteScheduler
+from .ipndm import IPNDMScheduler
 from .lcm import LCMScheduler
+from .lms import LMSDiscreteScheduler
+from .pndm import PNDMScheduler
 from .unipc import UniPCMultistepScheduler
 
 __all__ = [
+    "DDIMInverseScheduler",
     "DDIMScheduler",
     "DDPMScheduler",
     "DPMSolverMultistepScheduler",
+    "EDMEulerScheduler",
     "EulerAncestralDiscreteScheduler",
     "EulerDiscreteScheduler",
     "FlowMatchEulerDiscreteScheduler",
     "FusedStep",
     "HeunDiscreteScheduler",
+    "IPNDMScheduler",
     "LCMScheduler",
+    "LMSDiscreteScheduler",
+    "PNDMScheduler",
     "SchedulerOutput",
     "UniPCMultistepScheduler",
 ]

@@ -8,17 +8,23 @@ class and adds the fused ``step``. A new scheduler is a core here (its schedule 
 
 from ._base import Config, ScheduleCore
 from .ddim import DDIMScheduler
+from .ddim_inverse import DDIMInverseScheduler
 from .ddpm import DDPMScheduler
 from .dpm_solver import DPMSolverMultistepScheduler
+from .edm_euler import EDMEulerScheduler
 from .euler import EulerAncestralDiscreteScheduler, EulerDiscreteScheduler
 from .flow_match import FlowMatchEulerDiscreteScheduler
 from .heun import HeunDiscreteScheduler
+from .ipndm import IPNDMScheduler
 from .lcm import LCMScheduler
+from .lms import LMSDiscreteScheduler
+from .pndm import PNDMScheduler
 from .unipc import UniPCMultistepScheduler
 
 #: every core, by the diffusers class name it reproduces
 CORES: dict[str, type] = {c.__name__: c for c in (
     DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler, EulerAncestralDiscreteScheduler, EulerDiscreteScheduler,
-    FlowMatchEulerDiscreteScheduler, HeunDiscreteScheduler, LCMScheduler, UniPCMultistepScheduler)}
+    FlowMatchEulerDiscreteScheduler, HeunDiscreteScheduler, LCMScheduler, UniPCMultistepScheduler,
+    PNDMScheduler, LMSDiscreteScheduler, EDMEulerScheduler, DDIMInverseScheduler, IPNDMScheduler)}
 
 __all__ = ["CORES", "Config", "ScheduleCore", *CORES]
