@@ -1,0 +1,3 @@
+"""placeholder until written"""
+def generate(pipe, **kw):
+    raise NotImplementedError
