@@ -17,4 +17,14 @@ from ._backend import BackendUnavailable, backend  # noqa: E402
 from ._info import info  # noqa: E402
 from .samplers import sample  # noqa: E402
 
-__all__ = ["__version__", "backend", "BackendUnavailable", "info", "nn", "ops", "sample", "samplers", "schedulers"]
+
+def __getattr__(name: str):
+    # patch / accelerate / generate import diffusers' classes lazily: `import fastdiff` stays light.
+    if name in ("patch", "unpatch", "accelerate", "unaccelerate", "generate", "PatchReport"):
+        from . import integrations
+
+        return getattr(integrations, name)
+    raise AttributeError(f"module 'fastdiff' has no attribute {name!r}")
+
+
+__all__ = ["__version__", "accelerate", "generate", "patch", "unaccelerate", "unpatch", "backend", "BackendUnavailable", "info", "nn", "ops", "sample", "samplers", "schedulers"]
