@@ -22,11 +22,17 @@ from .fused import modulate, refuse_norm, residual, residual_modulate
 from .patching import Rule, original_forward, swap_forward
 
 
+def _base(m: object) -> object:
+    """The layer under a PEFT adapter wrapper (peft's layers have get_base_layer), else m."""
+    get = getattr(m, "get_base_layer", None)
+    return get() if callable(get) else m
+
+
 def _modulation(m: nn.Module, chunks: int) -> bool:
     seq = getattr(m, "adaLN_modulation", None)
     if not isinstance(seq, nn.Sequential) or len(seq) != 2 or not isinstance(seq[0], nn.SiLU):
         return False
-    lin = seq[1]
+    lin = _base(seq[1])
     return isinstance(lin, nn.Linear) and lin.out_features == chunks * lin.in_features
 
 
@@ -64,14 +70,15 @@ def _final_forward(self, x: Tensor, c: Tensor) -> Tensor:
 
 # ---- timm's Attention --------------------------------------------------------------------------------------
 def _is_timm_attention(m: nn.Module) -> bool:
-    qkv, proj = getattr(m, "qkv", None), getattr(m, "proj", None)
+    qkv, proj = _base(getattr(m, "qkv", None)), _base(getattr(m, "proj", None))
     return (isinstance(qkv, nn.Linear) and isinstance(proj, nn.Linear) and isinstance(getattr(m, "num_heads", None), int)
             and qkv.out_features == 3 * proj.in_features and _takes(m, "x"))
 
 
 def _refuse_timm_attention(m: nn.Module) -> Optional[str]:
-    if m.proj.in_features % m.num_heads:
-        return f"qkv width {m.proj.in_features} is not a multiple of num_heads={m.num_heads}"
+    width = _base(m.proj).in_features
+    if width % m.num_heads:
+        return f"qkv width {width} is not a multiple of num_heads={m.num_heads}"
     if not isinstance(getattr(m, "scale", None), float):
         return "no float softmax scale attribute"
     return None
