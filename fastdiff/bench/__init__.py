@@ -35,6 +35,7 @@ FAMILY_BENCHES = {
     "overhead": ("sampler_overhead", "a whole guided sampling loop with a trivial model, fastdiff vs diffusers"),
     "adaln": ("adaln", "adaLN forward/backward against eager PyTorch and torch.compile"),
     "attention": ("attention", "attention forward/backward against every SDPA backend"),
+    "e2e": ("e2e", "whole diffusers models and sampling loops: eager vs patch/accelerate/generate (images/s, memory)"),
 }
 
 
