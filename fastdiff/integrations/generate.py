@@ -74,13 +74,13 @@ def _latents(pipe: Any, shape, dtype, device, generator, latents: Optional[Tenso
     return randn_tensor(shape, generator=generator, device=device, dtype=dtype)
 
 
-def _vae_decode(pipe: Any, latents: Tensor, generator=None) -> Tensor:
+def _vae_decode(pipe: Any, latents: Tensor) -> Tensor:
     """Undo the latent scaling (scaling_factor, shift_factor or latents_mean/std) and decode, as the pipelines do."""
     vae, cfg = pipe.vae, pipe.vae.config
     upcast = vae.dtype == torch.float16 and getattr(cfg, "force_upcast", False) and _family(pipe) == "sdxl"
-    if upcast:
+    if upcast:  # SDXL's fp16 VAE overflows: decoded in float32, as the SDXL pipeline does
         vae.to(torch.float32)
-    latents = latents.to(next(iter(vae.post_quant_conv.parameters()), latents).dtype if upcast else latents.dtype)
+        latents = latents.float()
     mean, std = getattr(cfg, "latents_mean", None), getattr(cfg, "latents_std", None)
     if mean is not None and std is not None:
         mean = torch.tensor(mean).view(1, -1, 1, 1).to(latents.device, latents.dtype)
@@ -331,4 +331,4 @@ def generate(
     result = job.finish(out, output_type)
     if hasattr(pipe, "maybe_free_model_hooks"):
         pipe.maybe_free_model_hooks()
-    return result if return_dict else tuple(result.values())
+    return result if return_dict else result.to_tuple()

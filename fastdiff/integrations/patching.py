@@ -26,7 +26,6 @@ from torch import nn
 from .report import ALREADY, FOLDED, LEFT, SWAPPED, WAITING, PatchReport
 
 MARK = "_fastdiff_patch"
-_NO_INSTANCE_FORWARD = object()
 
 
 @dataclass(frozen=True)
@@ -47,8 +46,9 @@ class Rule:
 
 
 def swap_forward(module: nn.Module, forward: Callable[..., Any]) -> dict:
-    """Bind ``forward(module, ...)`` as this instance's forward; returns what unpatch restores."""
-    saved = {"forward": module.__dict__.get("forward", _NO_INSTANCE_FORWARD)}
+    """Bind ``forward(module, ...)`` as this instance's forward; returns what unpatch restores (None:
+    no instance forward, the class's; None survives copy.deepcopy of the model, a sentinel would not)."""
+    saved = {"forward": module.__dict__.get("forward")}
     module.forward = types.MethodType(forward, module)
     return saved
 
@@ -132,7 +132,7 @@ def unpatch(model: nn.Module) -> int:
         if "processor" in mark:
             module.set_processor(mark["processor"])
         if "forward" in mark:
-            if mark["forward"] is _NO_INSTANCE_FORWARD:
+            if mark["forward"] is None:
                 module.__dict__.pop("forward", None)
             else:
                 module.forward = mark["forward"]

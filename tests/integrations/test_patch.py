@@ -110,6 +110,16 @@ def test_patch_is_idempotent_and_unpatch_restores_everything(pair):
     fastdiff.patch(fast)  # patched again for the other tests of this module
 
 
+def test_a_deep_copy_of_a_patched_model_is_patched_and_unpatches(pair):
+    name, base, fast, _ = pair
+    twin = copy.deepcopy(fast)
+    with torch.no_grad():
+        close(run(twin, name), run(base, name), 1e-4)
+        fastdiff.unpatch(twin)
+        assert not any("forward" in m.__dict__ for m in twin.modules())
+        assert torch.equal(run(twin, name), run(base, name))
+
+
 def test_float64_runs_through_the_references(pair):
     name, base, fast, _ = pair
     b64, f64 = copy.deepcopy(base).double(), copy.deepcopy(fast).double()
