@@ -123,4 +123,29 @@ TORCH_LIBRARY(fastdiff, m) {
   m.def("attention_fwd_triton(Tensor q, Tensor k, Tensor v, Tensor? key_mask, Tensor? bias, float scale) -> (Tensor out, Tensor lse)");
   m.def("attention_bwd_triton(Tensor grad_out, Tensor q, Tensor k, Tensor v, Tensor out, Tensor lse, Tensor? key_mask, "
         "Tensor? bias, float scale) -> (Tensor grad_q, Tensor grad_k, Tensor grad_v)");
+
+  // ---- group_norm: GroupNorm (+ SiLU) of U-Net / VAE ResNet blocks ---------------------------------
+  // x: (N, C, *) (4-D NCHW, 5-D video, any rank >= 2), contiguous or channels-last (4-D ChannelsLast,
+  //   5-D ChannelsLast3d); float32, float16 or bfloat16. C % num_groups == 0; group g of sample n is the
+  //   channels [g*C/G, (g+1)*C/G) at every position (M = C/G * S elements, S = product of the dims after C).
+  // weight, bias: (C,) in x's dtype, contiguous, or absent (1, 0). Statistics and arithmetic in float32;
+  //   mean/rstd come from fp32-exact partial sums about a centre, combined in double (no cancellation
+  //   when |mean| >> std): mean = sum(x)/M, var = sum((x-mean)^2)/M, rstd = 1/sqrt(var + eps).
+  // out = act(y), y = (x - mean) * rstd * weight + bias, act = silu (y * sigmoid(y)) when silu, else the
+  //   identity; out has x's shape, dtype and layout. mean, rstd: float32 (N, G), saved for the backward
+  //   (an empty group has mean 0, rstd 1/sqrt(eps)).
+  m.def("group_norm(Tensor x, int num_groups, Tensor? weight, Tensor? bias, float eps, bool silu) "
+        "-> (Tensor out, Tensor mean, Tensor rstd)");
+  // Backward by recomputation of xhat = (x - mean) * rstd and y from x and the saved statistics; with
+  //   dy = grad_out * act'(y) (silu'(y) = s (1 + y (1 - s)), s = sigmoid(y)) and, per (n, c),
+  //   A = sum_s dy, B = sum_s dy * xhat; per group m1 = sum_c w_c A / M, m2 = sum_c w_c B / M:
+  //   grad_x = rstd * (dy * w - m1 - xhat * m2)  (x's layout), grad_weight = sum_n B, grad_bias = sum_n A
+  //   ((C,) in x's dtype; shape (0,) when the parameter is absent). grad_out has x's shape and layout.
+  //   Deterministic: every sum in a fixed order of shape-determined blocks (no float atomics).
+  m.def("group_norm_backward(Tensor grad_out, Tensor x, Tensor? weight, Tensor? bias, Tensor mean, Tensor rstd, "
+        "int num_groups, bool silu) -> (Tensor grad_x, Tensor grad_weight, Tensor grad_bias)");
+  m.def("group_norm_triton(Tensor x, int num_groups, Tensor? weight, Tensor? bias, float eps, bool silu) "
+        "-> (Tensor out, Tensor mean, Tensor rstd)");
+  m.def("group_norm_backward_triton(Tensor grad_out, Tensor x, Tensor? weight, Tensor? bias, Tensor mean, "
+        "Tensor rstd, int num_groups, bool silu) -> (Tensor grad_x, Tensor grad_weight, Tensor grad_bias)");
 }

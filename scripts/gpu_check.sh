@@ -110,6 +110,7 @@ if "$py" -c "import importlib.util, sys; sys.exit(importlib.util.find_spec('fast
   done
   run_step bench-adaln "$py" -m fastdiff.cli bench adaln --device cuda --save "$out"
   run_step bench-attention "$py" -m fastdiff.cli bench attention --out "$out"
+  run_step bench-group_norm "$py" -m fastdiff.cli bench group_norm --device cuda --save "$out"
 else
   echo "bench                skipped (fastdiff.bench does not exist in this checkout)" | tee -a "$out/summary.txt"
 fi

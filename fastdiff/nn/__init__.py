@@ -3,5 +3,6 @@
 from .adaln import AdaLNZero, TimestepLabelEmbedding
 from .attention import Attention
 from .dit import DiTBlock
+from .group_norm import GroupNormSiLU
 
-__all__ = ["AdaLNZero", "Attention", "DiTBlock", "TimestepLabelEmbedding"]
+__all__ = ["AdaLNZero", "Attention", "DiTBlock", "GroupNormSiLU", "TimestepLabelEmbedding"]

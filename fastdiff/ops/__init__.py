@@ -14,6 +14,7 @@ from .adaln import (
     gated_residual_reference,
 )
 from .attention import attention, attention_reference
+from .group_norm import group_norm, group_norm_reference
 from .guidance import guidance_combine, guidance_combine_reference
 from .sampler_update import sampler_update, sampler_update_reference
 
@@ -27,6 +28,8 @@ __all__ = [
     "gated_residual_reference",
     "attention",
     "attention_reference",
+    "group_norm",
+    "group_norm_reference",
     "guidance_combine",
     "guidance_combine_reference",
     "sampler_update",

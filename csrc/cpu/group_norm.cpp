@@ -1,0 +1,146 @@
+// CPU implementations of group_norm and group_norm_backward (schemas and semantics: csrc/ops.cpp).
+// Checks and allocation in group_norm_checks.h (shared with the CUDA binding), threading here, the loops in
+// cpu/kernels/group_norm.cpp.
+//
+// Deterministic at any thread count: every sum is cut into the blocks of group_norm_args.h (a function
+// of the shape), each block is summed by one task, and blocks are combined in a fixed order. Small
+// NCHW groups run whole in one task (statistics, then the output while the group is still in cache);
+// larger groups and channels-last inputs run in three phases over tasks of about kGrain elements.
+#include <torch/library.h>
+
+#include <tuple>
+#include <vector>
+
+#include "cpu/common.h"
+#include "cpu/kernels/group_norm.h"
+#include "group_norm_checks.h"
+
+namespace fastdiff::cpu {
+namespace {
+
+#define FASTDIFF_GN_CALL(fn, ...) \
+  (best_isa() == Isa::avx2 ? ::fastdiff::cpu::avx2::fn(__VA_ARGS__) : ::fastdiff::cpu::base::fn(__VA_ARGS__))
+
+using Opt = std::optional<at::Tensor>;
+namespace checks = group_norm_checks;
+
+// Elements of an NCHW group that one task handles whole (1 MiB of float32: an L2 on the machines we use).
+constexpr int64_t kLocalGroup = 1 << 18;
+
+bool group_local(const GroupNormArgs& a) {
+  return !a.channels_last && (a.channels / a.groups) * a.spatial <= kLocalGroup;
+}
+
+// Runs fn(n, c0, c1, b) over every task of the partition, in parallel: channels-last tasks are the
+// blocks of rows (all channels); NCHW tasks are one block of a run of channels of one sample.
+template <typename Fn>
+void for_tasks(const GroupNormArgs& a, const Fn& fn) {
+  if (a.channels_last) {
+    at::parallel_for(0, a.batch * a.blocks, 1, [&](int64_t lo, int64_t hi) {
+      for (int64_t i = lo; i < hi; ++i) fn(i / a.blocks, 0, a.channels, i % a.blocks);
+    });
+    return;
+  }
+  // Channels per task when a channel is one block; else one channel per task.
+  const int64_t run = a.blocks == 1 ? std::max<int64_t>(1, kGrain / std::max<int64_t>(a.spatial, 1)) : 1;
+  const int64_t runs = (a.channels + run - 1) / run;
+  at::parallel_for(0, a.batch * runs * a.blocks, 1, [&](int64_t lo, int64_t hi) {
+    for (int64_t i = lo; i < hi; ++i) {
+      const int64_t b = i % a.blocks, r = (i / a.blocks) % runs, n = i / (a.blocks * runs);
+      fn(n, r * run, std::min(a.channels, (r + 1) * run), b);
+    }
+  });
+}
+
+template <typename Fn>
+void for_groups(const GroupNormArgs& a, const Fn& fn) {
+  at::parallel_for(0, a.batch * a.groups, 1, [&](int64_t lo, int64_t hi) {
+    for (int64_t i = lo; i < hi; ++i) fn(i / a.groups, i % a.groups);
+  });
+}
+
+// The blocks of group g of sample n, as tasks, in order.
+template <typename Fn>
+void group_blocks(const GroupNormArgs& a, int64_t n, int64_t g, const Fn& fn) {
+  const int64_t cg = a.channels / a.groups;
+  for (int64_t b = 0; b < a.blocks; ++b) fn(n, g * cg, (g + 1) * cg, b);
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> group_norm(const at::Tensor& x, int64_t num_groups, const Opt& weight,
+                                                          const Opt& bias, double eps, bool silu) {
+  constexpr const char* op = "group_norm";
+  GroupNormArgs a = checks::inputs(x, num_groups, weight, bias, silu, c10::DeviceType::CPU, op);
+  a.eps = static_cast<float>(eps);
+  checks::Buffers f = checks::forward_buffers(a, x);
+  advise_huge_pages(f.out.data_ptr(), f.out.nbytes());
+  auto stats = [&](int64_t n, int64_t c0, int64_t c1, int64_t b) { FASTDIFF_GN_CALL(group_norm_stats, a, n, c0, c1, b); };
+  auto apply = [&](int64_t n, int64_t c0, int64_t c1, int64_t b) { FASTDIFF_GN_CALL(group_norm_apply, a, n, c0, c1, b); };
+  auto finalize = [&](int64_t n, int64_t g) { FASTDIFF_GN_CALL(group_norm_finalize, a, n, g); };
+  if (group_local(a)) {
+    for_groups(a, [&](int64_t n, int64_t g) {
+      group_blocks(a, n, g, stats);
+      finalize(n, g);
+      group_blocks(a, n, g, apply);
+    });
+  } else {
+    for_tasks(a, stats);
+    for_groups(a, finalize);
+    for_tasks(a, apply);
+  }
+  return {f.out, f.mean, f.rstd};
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> group_norm_backward(const at::Tensor& grad_out, const at::Tensor& x,
+                                                                   const Opt& weight, const Opt& bias,
+                                                                   const at::Tensor& mean, const at::Tensor& rstd,
+                                                                   int64_t num_groups, bool silu) {
+  constexpr const char* op = "group_norm_backward";
+  GroupNormArgs a = checks::inputs(x, num_groups, weight, bias, silu, c10::DeviceType::CPU, op);
+  a.grad_out = checks::grad_out(grad_out, x, a, op);
+  a.mean = checks::stats(mean, x, a, op, "mean");
+  a.rstd = checks::stats(rstd, x, a, op, "rstd");
+  checks::Buffers f = checks::backward_buffers(a, x, weight, bias);
+  advise_huge_pages(f.grad_x.data_ptr(), f.grad_x.nbytes());
+  auto coef = [&](int64_t n, int64_t g) { FASTDIFF_GN_CALL(group_norm_grad_group, a, n, g); };
+  if (group_local(a)) {
+    // SiLU's derivative costs an exp per element: each task keeps its group's dy from the sums pass for
+    // grad_x (the same values the recomputation would give), one buffer per thread.
+    const int64_t group_elems = (a.channels / a.groups) * a.spatial;
+    at::parallel_for(0, a.batch * a.groups, 1, [&](int64_t lo, int64_t hi) {
+      std::vector<float> cache(a.silu ? static_cast<size_t>(group_elems) : 0);
+      float* dy = a.silu ? cache.data() : nullptr;
+      for (int64_t i = lo; i < hi; ++i) {
+        const int64_t n = i / a.groups, g = i % a.groups;
+        group_blocks(a, n, g, [&](int64_t n_, int64_t c0, int64_t c1, int64_t b) {
+          FASTDIFF_GN_CALL(group_norm_grad_sums, a, n_, c0, c1, b, dy);
+        });
+        coef(n, g);
+        group_blocks(a, n, g, [&](int64_t n_, int64_t c0, int64_t c1, int64_t b) {
+          FASTDIFF_GN_CALL(group_norm_grad_x, a, n_, c0, c1, b, dy);
+        });
+      }
+    });
+  } else {
+    for_tasks(a, [&](int64_t n, int64_t c0, int64_t c1, int64_t b) {
+      FASTDIFF_GN_CALL(group_norm_grad_sums, a, n, c0, c1, b, nullptr);
+    });
+    for_groups(a, coef);
+    for_tasks(a, [&](int64_t n, int64_t c0, int64_t c1, int64_t b) {
+      FASTDIFF_GN_CALL(group_norm_grad_x, a, n, c0, c1, b, nullptr);
+    });
+  }
+  if (a.grad_weight || a.grad_bias) {
+    at::parallel_for(0, a.channels, 64, [&](int64_t lo, int64_t hi) { FASTDIFF_GN_CALL(group_norm_grad_params, a, lo, hi); });
+  }
+  return {f.grad_x, f.grad_weight, f.grad_bias};
+}
+
+#undef FASTDIFF_GN_CALL
+
+}  // namespace
+}  // namespace fastdiff::cpu
+
+TORCH_LIBRARY_IMPL(fastdiff, CPU, m) {
+  m.impl("group_norm", &fastdiff::cpu::group_norm);
+  m.impl("group_norm_backward", &fastdiff::cpu::group_norm_backward);
+}
