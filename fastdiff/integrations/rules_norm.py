@@ -1,8 +1,8 @@
 """Rules for GroupNorm + SiLU (``ResnetBlock2D``, in U-Nets and VAEs) and GEGLU feed-forwards.
 
-They need ``fastdiff.ops.group_norm(x, num_groups, weight, bias, *, eps, activation="silu")`` and
-``fastdiff.ops.geglu(x, approximate=...)`` (issue 11); until those ops are part of this fastdiff the
-rules report the modules as waiting and leave them alone.
+They use ``fastdiff.ops.group_norm(x, num_groups, weight, bias, *, eps, activation="silu")`` and
+``fastdiff.ops.geglu(x, approximate=...)`` (issue 11); in a fastdiff without one of those ops its rule
+reports the modules as waiting and leaves them alone.
 """
 
 from __future__ import annotations
@@ -46,7 +46,9 @@ def _resnet_forward(self, input_tensor: Tensor, temb: Optional[Tensor], *args, *
 
 
 def _refuse_resnet(m: nn.Module) -> Optional[str]:
-    if m.time_embedding_norm != "default":
+    # "default" adds the time embedding before norm2; any other mode without a time projection (the VAE
+    # decoder's "group") is plain norm2 too. scale_shift modulates after norm2: not this fusion.
+    if m.time_embedding_norm != "default" and (m.time_embedding_norm == "scale_shift" or m.time_emb_proj is not None):
         return f"time_embedding_norm {m.time_embedding_norm!r}: not handled"
     if not isinstance(m.nonlinearity, nn.SiLU):
         return f"nonlinearity {type(m.nonlinearity).__name__}, not SiLU"
