@@ -265,3 +265,16 @@ def test_group_norm_and_geglu_rules_compute_the_block(name, monkeypatch):
     assert "ResnetBlock2D" in kinds and (name == "vae" or "GEGLU" in kinds), str(report)
     with torch.no_grad():
         close(run(fast, name), run(base, name), 1e-4)
+
+
+@pytest.mark.parametrize("norm_type,affine", [("rms_norm", True), ("layer_norm", True), ("rms_norm", False)])
+def test_ada_layer_norm_continuous_with_rms_or_layer_norm(norm_type, affine):
+    from diffusers.models.normalization import AdaLayerNormContinuous
+
+    base = tiny.randomise(AdaLayerNormContinuous(16, 12, elementwise_affine=affine, eps=1e-5, norm_type=norm_type))
+    fast = copy.deepcopy(base)
+    assert fastdiff.patch(fast).swapped == [""]
+    g = torch.Generator().manual_seed(0)
+    x, cond = torch.randn(2, 5, 16, generator=g), torch.randn(2, 12, generator=g)
+    with torch.no_grad():
+        close(fast(x, cond), base(x, cond), 1e-5)
