@@ -18,13 +18,19 @@ from ._info import info  # noqa: E402
 from .samplers import sample  # noqa: E402
 from . import models  # noqa: E402
 
-__all__ = ["__version__", "backend", "BackendUnavailable", "info", "nn", "ops", "sample", "samplers", "schedulers"]
+__all__ = ["__version__", "accelerate", "generate", "patch", "unaccelerate", "unpatch", "backend", "BackendUnavailable",
+           "info", "models", "nn", "ops", "sample", "samplers", "schedulers"]
 
 
 def __getattr__(name: str):
-    # fastdiff.schedulers needs diffusers, so it is imported on first use rather than with fastdiff
+    # fastdiff.schedulers and the integrations (patch / accelerate / generate) need diffusers, so they
+    # are imported on first use: `import fastdiff` stays light and works without diffusers.
     if name == "schedulers":
         import importlib
 
         return importlib.import_module(".schedulers", __name__)
+    if name in ("patch", "unpatch", "accelerate", "unaccelerate", "generate", "PatchReport"):
+        from . import integrations
+
+        return getattr(integrations, name)
     raise AttributeError(f"module 'fastdiff' has no attribute {name!r}")

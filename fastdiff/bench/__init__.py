@@ -36,6 +36,7 @@ FAMILY_BENCHES = {
     "adaln": ("adaln", "adaLN forward/backward against eager PyTorch and torch.compile"),
     "attention": ("attention", "attention forward/backward against every SDPA backend"),
     "geglu": ("geglu", "GEGLU forward/backward against eager GEGLU and torch.compile"),
+    "e2e": ("e2e", "whole diffusers models and sampling loops: eager vs patch/accelerate/generate (images/s, memory)"),
     "group_norm": ("group_norm", "GroupNorm + SiLU forward/backward against eager PyTorch and torch.compile"),
     "digits": ("digits", "the trained digits DiT: classifier accuracy and Fréchet distance per sampler and NFE, beside diffusers"),
 }

@@ -18,6 +18,11 @@ The softmax scale is ``attn.scale`` (``dim_head ** -0.5`` unless the module was 
 ``scale_qk=False``, where ``AttnProcessor2_0`` ignores the module's scale and diffusers' classic
 ``AttnProcessor`` does not). Modules with extra key/value projections (``added_kv_proj_dim``) or
 other attention classes are not handled: set this processor on plain ``Attention`` modules only.
+
+`FastDiffJointAttnProcessor` does what ``JointAttnProcessor2_0`` does for SD3's MMDiT blocks: the
+image tokens and the text tokens (``add_q_proj`` / ``add_k_proj`` / ``add_v_proj``, their own q/k
+norms) attend jointly, concatenated along the tokens, and are split again after the kernel.
+`fastdiff.patch` sets these processors where diffusers' default ones are set.
 """
 
 from __future__ import annotations
@@ -110,3 +115,46 @@ class FastDiffAttnProcessor:
         if attn.residual_connection:
             out = out + residual
         return out / attn.rescale_output_factor
+
+
+def _heads(t: Tensor, heads: int) -> Tensor:
+    """(B, N, heads * head_dim) -> (B, N, heads, head_dim), a view."""
+    return t.unflatten(-1, (heads, t.shape[-1] // heads))
+
+
+class FastDiffJointAttnProcessor:
+    """diffusers' joint (MMDiT) attention processor on fastdiff's attention kernels (see the module docstring)."""
+
+    def __call__(
+        self,
+        attn: Any,
+        hidden_states: Tensor,
+        encoder_hidden_states: Optional[Tensor] = None,
+        attention_mask: Optional[Tensor] = None,  # ignored, as JointAttnProcessor2_0 ignores it
+        *args: Any,
+        **kwargs: Any,
+    ) -> Any:
+        heads = attn.heads
+        query, key, value = (_heads(p(hidden_states), heads) for p in (attn.to_q, attn.to_k, attn.to_v))
+        if attn.norm_q is not None:
+            query = attn.norm_q(query)
+        if attn.norm_k is not None:
+            key = attn.norm_k(key)
+        n_image = query.shape[1]
+        if encoder_hidden_states is not None:
+            cq, ck, cv = (_heads(p(encoder_hidden_states), heads) for p in (attn.add_q_proj, attn.add_k_proj, attn.add_v_proj))
+            if attn.norm_added_q is not None:
+                cq = attn.norm_added_q(cq)
+            if attn.norm_added_k is not None:
+                ck = attn.norm_added_k(ck)
+            # (B, N, H, D) layout: the joint sequence is a concatenation along the tokens (dim 1).
+            query, key, value = torch.cat([query, cq], 1), torch.cat([key, ck], 1), torch.cat([value, cv], 1)
+
+        out = attention(query, key, value, scale=attn.scale).flatten(2).to(query.dtype)
+        context_out = None
+        if encoder_hidden_states is not None:
+            out, context_out = out[:, :n_image], out[:, n_image:]
+            if not attn.context_pre_only:
+                context_out = attn.to_add_out(context_out)
+        out = attn.to_out[1](attn.to_out[0](out))
+        return out if context_out is None else (out, context_out)
