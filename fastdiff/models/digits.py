@@ -35,7 +35,12 @@ IMAGE_SIZE = 8
 PIXEL_MAX = 16.0
 
 #: samplers of fastdiff.sample that do not fit a plain DDPM or flow checkpoint, and why
-UNFIT = {"lcm": "LCM's step assumes a consistency-distilled model; these checkpoints are plain diffusion models"}
+UNFIT = {
+    "lcm": "LCM's step assumes a consistency-distilled model; these checkpoints are plain diffusion models",
+    "ddim_inversion": "it runs an image back to noise (for editing), it does not generate",
+    "edm_euler": "it feeds the model EDM's noise input (log(sigma) / 4) where these checkpoints take DDPM timesteps",
+    "ipndm": "it steps its own fixed noise schedule, not the one these checkpoints were trained on",
+}
 
 
 class DigitsDiT(nn.Module):
@@ -179,7 +184,11 @@ def fitting_samplers(kind: str = "ddpm") -> list[str]:
             sampler = make_sampler(name, cfg)
         except (ValueError, TypeError):
             continue
-        if sampler.prediction_type == cfg["prediction_type"]:
+        # A flow checkpoint needs the scheduler to place its levels on the flow path (use_flow_sigmas
+        # or a flow-matching scheduler); taking the prediction type alone would run it on a VP schedule.
+        flow_ok = "use_flow_sigmas" not in cfg or sampler.prediction_type == "flow_prediction" and (
+            "use_flow_sigmas" in sampler.scheduler_class._init_params() or "shift" in sampler.scheduler_class._init_params())
+        if sampler.prediction_type == cfg["prediction_type"] and flow_ok:
             out.append(name)
     return out
 
