@@ -230,7 +230,8 @@ def markdown(results: dict[str, Any]) -> str:
 
 def main(argv: Optional[list[str]] = None) -> int:
     p = argparse.ArgumentParser(prog="fastdiff bench e2e", description=__doc__.split("\n\n")[0])
-    p.add_argument("--device", choices=("cpu", "cuda"), default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--device", choices=("cpu", "cuda"), default="cuda" if torch.cuda.is_available() else "cpu",
+                   help="device to time on (default: cuda when available, else cpu at reduced sizes)")
     p.add_argument("--cases", help="comma-separated case names (default: every case of the device)")
     p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
                    help="add torch.compile columns (default: on for cuda, off for cpu, where compiling takes minutes)")
