@@ -15,6 +15,7 @@
 #include <vector>
 
 #include "cuda/geglu_kernels.cuh"
+#include "emu_check.h"
 #include "emulator.h"
 
 using fastdiff::DType;
@@ -152,15 +153,6 @@ bool run_case(const Case& c, std::mt19937& rng) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  // run.sh's interface: an optional case-name filter and --shard=I/N (every N-th case from the I-th).
-  std::string filter;
-  int shard = 0, shards = 1;
-  for (int i = 1; i < argc; ++i)
-    if (std::sscanf(argv[i], "--shard=%d/%d", &shard, &shards) != 2) filter = argv[i];
-  if (shards < 1 || shard < 0 || shard >= shards) {
-    std::fprintf(stderr, "bad --shard=%d/%d\n", shard, shards);
-    return 2;
-  }
   std::vector<Case> cases;
   for (DType t : {DType::f32, DType::f16, DType::bf16}) {
     const int64_t per = 16 / elem_size(t);
@@ -173,19 +165,20 @@ int main(int argc, char** argv) {
       cases.push_back({t, 300, 1000 / per * per + 3, tanh, 0, 0, false});  // several blocks, scalar
     }
   }
-  int passed = 0, failed = 0, matched = 0;
-  for (const Case& c : cases) {
+  // run.sh's interface (name filter, --shard=I/N) through emu::run_cases.
+  std::vector<emu::Case> runs;
+  for (size_t k = 0; k < cases.size(); ++k) {
+    const Case c = cases[k];
     char name[160];
     std::snprintf(name, sizeof name, "%s %s R=%lld H=%lld shift=%zu blocks=%lld", fastdiff::dtype_name(c.dtype),
                   c.tanh ? "tanh" : "exact", static_cast<long long>(c.rows), static_cast<long long>(c.half), c.shift,
                   static_cast<long long>(c.blocks));
-    if (std::string(name).find(filter) == std::string::npos) continue;
-    if (matched++ % shards != shard) continue;
-    std::mt19937 rng(1234u + static_cast<unsigned>(matched));  // per case: the same values in any shard
-    const bool ok = run_case(c, rng);
-    std::printf("%-4s %s\n", ok ? "ok" : "FAIL", name);
-    (ok ? passed : failed)++;
+    runs.push_back({name, [c, k] {
+                      std::mt19937 rng(1234u + static_cast<unsigned>(k));  // per case: the same values in any shard
+                      emu::Result r;
+                      if (!run_case(c, rng)) r.fail("see the lines above");
+                      return r;
+                    }});
   }
-  std::printf("%d cases, %d failed;\n", passed + failed, failed);
-  return failed == 0 && (passed > 0 || shards > 1) ? 0 : 1;
+  return emu::run_cases(argc, argv, runs);
 }

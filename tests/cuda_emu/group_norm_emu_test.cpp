@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "cuda/group_norm.cuh"
+#include "emu_check.h"
 #include "emulator.h"
 
 namespace gn = fastdiff::cuda::gn;
@@ -138,15 +139,6 @@ bool run_case(const char* name, int64_t N, int64_t C, int64_t S, int64_t G, bool
 }  // namespace
 
 int main(int argc, char** argv) {
-  // run.sh's interface: an optional case-name filter and --shard=I/N (every N-th case from the I-th).
-  std::string filter;
-  int shard = 0, shards = 1;
-  for (int i = 1; i < argc; ++i)
-    if (std::sscanf(argv[i], "--shard=%d/%d", &shard, &shards) != 2) filter = argv[i];
-  if (shards < 1 || shard < 0 || shard >= shards) {
-    std::fprintf(stderr, "bad --shard=%d/%d\n", shard, shards);
-    return 2;
-  }
   struct Named {
     const char* name;
     bool (*run)(const char*);
@@ -159,13 +151,13 @@ int main(int argc, char** argv) {
       {"f16 nchw silu", [](const char* n) { return run_case<__half>(n, 2, 6, 60, 3, false, true, 4e-3); }},
       {"f16 channels-last", [](const char* n) { return run_case<__half>(n, 2, 6, 60, 2, true, false, 4e-3); }},
   };
-  int ran = 0, failed = 0, matched = 0;
-  for (const Named& c : cases) {
-    if (std::string(c.name).find(filter) == std::string::npos) continue;
-    if (matched++ % shards != shard) continue;
-    ++ran;
-    failed += !c.run(c.name);
-  }
-  std::printf("%d cases, %d failed;\n", ran, failed);
-  return failed == 0 && (ran > 0 || shards > 1) ? 0 : 1;
+  // run.sh's interface (name filter, --shard=I/N) through emu::run_cases.
+  std::vector<emu::Case> runs;
+  for (const Named& c : cases)
+    runs.push_back({c.name, [c] {
+                      emu::Result r;
+                      if (!c.run(c.name)) r.fail("see the line above");
+                      return r;
+                    }});
+  return emu::run_cases(argc, argv, runs);
 }
