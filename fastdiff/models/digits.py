@@ -186,8 +186,8 @@ def fitting_samplers(kind: str = "ddpm") -> list[str]:
             continue
         # A flow checkpoint needs the scheduler to place its levels on the flow path (use_flow_sigmas
         # or a flow-matching scheduler); taking the prediction type alone would run it on a VP schedule.
-        flow_ok = "use_flow_sigmas" not in cfg or sampler.prediction_type == "flow_prediction" and (
-            "use_flow_sigmas" in sampler.scheduler_class._init_params() or "shift" in sampler.scheduler_class._init_params())
+        params = sampler.scheduler_class._init_params()
+        flow_ok = "use_flow_sigmas" not in cfg or "use_flow_sigmas" in params or "shift" in params
         if sampler.prediction_type == cfg["prediction_type"] and flow_ok:
             out.append(name)
     return out
