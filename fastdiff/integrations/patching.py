@@ -23,7 +23,7 @@ from typing import Any, Callable, Optional
 
 from torch import nn
 
-from .report import ALREADY, FOLDED, LEFT, SWAPPED, WAITING, PatchReport
+from .report import ALREADY, FOLDED, LEFT, SWAPPED, PatchReport
 
 MARK = "_fastdiff_patch"
 
@@ -32,16 +32,14 @@ MARK = "_fastdiff_patch"
 class Rule:
     """One swap. ``matches``: is this module this rule's kind; ``refuse``: why this instance cannot be
     patched (None: it can); ``install``: do the swap through `swap_forward` / `swap_processor`;
-    ``folds``: children whose work the new forward does itself (reported, not patched);
-    ``waiting``: why the op this rule needs is not available yet (None: it is); ``swaps``: "forward"
-    or "processor" (a diffusers attention processor)."""
+    ``folds``: children whose work the new forward does itself (reported, not patched); ``swaps``:
+    "forward" or "processor" (a diffusers attention processor)."""
 
     name: str
     matches: Callable[[nn.Module], bool]
     install: Callable[[nn.Module], dict]
     refuse: Callable[[nn.Module], Optional[str]] = lambda m: None
     folds: tuple[str, ...] = ()
-    waiting: Callable[[], Optional[str]] = lambda: None
     swaps: str = "forward"
 
 
@@ -102,14 +100,11 @@ def patch(model: nn.Module) -> PatchReport:
                 report.add(path, kind, LEFT, f"no fastdiff rule for {kind}")
             continue
         else:
-            why = rule.waiting()
-            status = WAITING
-            if why is None:
-                why, status = rule.refuse(module), LEFT
-                if why is None and rule.swaps == "forward" and _hooked(module):
-                    why = "the instance already has its own forward (a hook, e.g. accelerate's offloading)"
+            why = rule.refuse(module)
+            if why is None and rule.swaps == "forward" and _hooked(module):
+                why = "the instance already has its own forward (a hook, e.g. accelerate's offloading)"
             if why is not None:
-                report.add(path, kind, status, why)
+                report.add(path, kind, LEFT, why)
                 continue
             saved = rule.install(module)
             module.__dict__[MARK] = {"rule": rule.name, "folds": rule.folds, **saved}

@@ -6,14 +6,14 @@ from dataclasses import dataclass, field
 from typing import Iterator
 
 #: Entry.status values
-SWAPPED, ALREADY, FOLDED, LEFT, WAITING = "swapped", "already patched", "folded", "left alone", "waiting"
+SWAPPED, ALREADY, FOLDED, LEFT = "swapped", "already patched", "folded", "left alone"
 
 
 @dataclass(frozen=True)
 class Entry:
     path: str  #: the module's name in model.named_modules() ("" is the model itself)
     kind: str  #: the module's class name
-    status: str  #: one of SWAPPED, ALREADY, FOLDED, LEFT, WAITING
+    status: str  #: one of SWAPPED, ALREADY, FOLDED, LEFT
     detail: str  #: what was swapped in, or the reason not
 
 
@@ -42,13 +42,13 @@ class PatchReport:
 
     @property
     def left_alone(self) -> dict[str, str]:
-        return {e.path: e.detail for e in self.entries if e.status in (LEFT, WAITING)}
+        return {e.path: e.detail for e in self.entries if e.status == LEFT}
 
     def count(self, status: str) -> int:
         return sum(e.status == status for e in self.entries)
 
     def summary(self) -> str:
-        parts = [f"{self.count(s)} {s}" for s in (SWAPPED, ALREADY, FOLDED, WAITING, LEFT) if self.count(s)]
+        parts = [f"{self.count(s)} {s}" for s in (SWAPPED, ALREADY, FOLDED, LEFT) if self.count(s)]
         return "fastdiff.patch: " + (", ".join(parts) if parts else "nothing recognised")
 
     def __str__(self) -> str:

@@ -1,8 +1,7 @@
 """Rules for GroupNorm + SiLU (``ResnetBlock2D``, in U-Nets and VAEs) and GEGLU feed-forwards.
 
 They use ``fastdiff.ops.group_norm(x, num_groups, weight, bias, *, eps, activation="silu")`` and
-``fastdiff.ops.geglu(x, approximate=...)`` (issue 11); in a fastdiff without one of those ops its rule
-reports the modules as waiting and leaves them alone.
+``fastdiff.ops.geglu(x, approximate=...)``.
 """
 
 from __future__ import annotations
@@ -17,10 +16,6 @@ from .patching import Rule, original_forward, swap_forward
 
 def _is(m: nn.Module, name: str) -> bool:
     return any(c.__name__ == name and c.__module__.startswith("diffusers.") for c in type(m).__mro__)
-
-
-def _waiting(op: str) -> Optional[str]:
-    return None if hasattr(ops, op) else f"needs fastdiff.ops.{op} (issue 11), not in this fastdiff yet"
 
 
 def _gn_silu(norm: nn.GroupNorm, x: Tensor) -> Tensor:
@@ -63,8 +58,7 @@ def _geglu_forward(self, hidden_states: Tensor, *args, **kwargs) -> Tensor:
 
 RULES = [
     Rule("group_norm + SiLU (fastdiff.ops.group_norm)", matches=lambda m: _is(m, "ResnetBlock2D"),
-         refuse=_refuse_resnet, install=lambda m: swap_forward(m, _resnet_forward), folds=("norm1", "norm2"),
-         waiting=lambda: _waiting("group_norm")),
+         refuse=_refuse_resnet, install=lambda m: swap_forward(m, _resnet_forward), folds=("norm1", "norm2")),
     Rule("fastdiff.ops.geglu", matches=lambda m: _is(m, "GEGLU") and type(m).__name__ == "GEGLU",
-         install=lambda m: swap_forward(m, _geglu_forward), waiting=lambda: _waiting("geglu")),
+         install=lambda m: swap_forward(m, _geglu_forward)),
 ]

@@ -5,12 +5,11 @@ import copy
 
 import pytest
 import torch
-from torch.nn import functional as F
 
 diffusers = pytest.importorskip("diffusers")
 
 import fastdiff  # noqa: E402
-from fastdiff.integrations.report import ALREADY, FOLDED, SWAPPED, WAITING  # noqa: E402
+from fastdiff.integrations.report import ALREADY, FOLDED, SWAPPED  # noqa: E402
 from tests.integrations import timm_dit, tiny  # noqa: E402
 
 
@@ -199,8 +198,6 @@ def test_report_table_and_what_is_left_alone():
     assert "AttnAddedKVProcessor is not one fastdiff reproduces" in left["decoder.mid_block.attentions.0"]
     assert "encoder.mid_block.attentions.0" in report.swapped
     assert type(model.encoder.mid_block.attentions[0].processor).__name__ == "FastDiffAttnProcessor"
-    if not hasattr(fastdiff.ops, "group_norm"):
-        assert report.count(WAITING) == sum(type(m).__name__ == "ResnetBlock2D" for m in model.modules())
 
 
 def test_a_hooked_forward_is_left_alone():
@@ -240,24 +237,9 @@ def test_accelerate_and_unaccelerate(tmp_path):
         fastdiff.accelerate(torch.nn.Linear(2, 2))
 
 
-def _group_norm_standin(x, num_groups, weight, bias, *, eps, activation=None):
-    y = F.group_norm(x, num_groups, weight, bias, eps)
-    return F.silu(y) if activation == "silu" else y
-
-
-def _geglu_standin(x, approximate="none"):
-    h, gate = x.chunk(2, dim=-1)
-    return h * F.gelu(gate, approximate=approximate)
-
-
 @pytest.mark.parametrize("name", ["sd_unet", "vae"])
-def test_group_norm_and_geglu_rules_compute_the_block(name, monkeypatch):
-    """The rules waiting for issue 11's ops, run with stand-ins of the documented semantics: the
-    ResnetBlock2D and GEGLU forwards they install compute what diffusers' do."""
-    if not hasattr(fastdiff.ops, "group_norm"):
-        monkeypatch.setattr(fastdiff.ops, "group_norm", _group_norm_standin, raising=False)
-    if not hasattr(fastdiff.ops, "geglu"):
-        monkeypatch.setattr(fastdiff.ops, "geglu", _geglu_standin, raising=False)
+def test_group_norm_and_geglu_rules_compute_the_block(name):
+    """The ResnetBlock2D and GEGLU forwards the rules install compute what diffusers' do."""
     base = MODELS[name]()
     fast = copy.deepcopy(base)
     report = fastdiff.patch(fast)
