@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 from typing import Sequence
 
+from .methods import churn
 from .program import Lin, ProgramBuilder
 
 
@@ -50,8 +51,7 @@ def edm_euler(
     n = len(sigmas) - 1
     for i in range(begin, n):
         sigma, sigma_next = sigmas[i], sigmas[i + 1]
-        gamma = min(s_churn / n, 2**0.5 - 1) if s_tmin <= sigma <= s_tmax else 0.0
-        sigma_hat = sigma * (gamma + 1)
+        gamma, sigma_hat = churn(sigma, n, s_churn, s_tmin, s_tmax)
         c_skip, c_out = edm_conversion(prediction_type, sigma_hat, sigma_data)
         x, _, z, d = prog.eval(c_skip, c_out, draw=gamma > 0)
         lift = (s_noise * math.sqrt(sigma_hat**2 - sigma**2)) * z if gamma > 0 else Lin()

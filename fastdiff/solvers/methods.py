@@ -138,6 +138,12 @@ def ve_conversion(prediction_type: str, sigma: float) -> tuple[float, float]:
     return e.coef(("x", 0)), e.coef(("m", 0))
 
 
+def churn(sigma: float, n: int, s_churn: float, s_tmin: float, s_tmax: float) -> tuple[float, float]:
+    """(gamma, sigma_hat): Karras et al.'s churn (algorithm 2) lifts level sigma to sigma (1 + gamma)."""
+    gamma = min(s_churn / n, 2**0.5 - 1) if s_tmin <= sigma <= s_tmax else 0.0
+    return gamma, sigma * (gamma + 1)
+
+
 def euler(
     sigmas: Sequence[float],
     *,
@@ -157,8 +163,7 @@ def euler(
     n = len(sigmas) - 1
     for i in range(begin, n):
         sigma, sigma_next = sigmas[i], sigmas[i + 1]
-        gamma = min(s_churn / n, 2**0.5 - 1) if s_tmin <= sigma <= s_tmax else 0.0
-        sigma_hat = sigma * (gamma + 1)
+        gamma, sigma_hat = churn(sigma, n, s_churn, s_tmin, s_tmax)
         a, b = ve_conversion(prediction_type, sigma)
         x, m, z, _ = prog.eval(a, b, draw=gamma > 0)
         x_hat = x + (s_noise * math.sqrt(sigma_hat**2 - sigma**2)) * z if gamma > 0 else x
