@@ -118,6 +118,18 @@ def test_interleaved_timing_recovers_a_known_ratio():
     assert 1.6 < _timing.speedup_summary(times["slow"], times["fast"])["median"] < 2.4
 
 
+def _work(n: int) -> int:
+    return sum(i * i for i in range(n))  # fixed work, unlike _spin's fixed wall time
+
+
+def test_the_cpu_clock_counts_work_not_waiting():
+    plan = _timing.TimingPlan(rounds=9, warmup=1, min_sample_s=0.0, clock="cpu")
+    times = _timing.time_cpu({"slow": lambda: _work(40_000), "fast": lambda: _work(20_000),
+                              "sleep": lambda: time.sleep(5e-3)}, plan)
+    assert 1.6 < _timing.speedup_summary(times["slow"], times["fast"])["median"] < 2.4
+    assert _timing.median(times["sleep"]) < 1e-3  # 5 ms asleep is (almost) no CPU time
+
+
 def test_targets_report_misses_as_well_as_hits():
     def row(speedup, elements=5_000_000):
         return {"bench": "guidance", "variant": None, "case": "video720-b1", "dtype": "float32", "device": "cpu",

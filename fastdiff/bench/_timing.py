@@ -27,6 +27,14 @@ class TimingPlan:
     rounds: int  # samples per candidate; ratios are taken per round
     warmup: int  # untimed calls per candidate before calibration
     min_sample_s: float  # a CPU sample repeats the call until it lasts at least this long
+    clock: str = "wall"  # CPU only: "wall" (perf_counter) or "cpu" (this process's CPU time, see CLOCKS)
+
+
+#: CPU clocks. "cpu" counts the CPU time of every thread of this process, so time spent descheduled by
+#: other jobs is not counted: on a shared, oversubscribed machine it resolves differences of a few
+#: percent that wall time buries in noise. Meaningful with one torch thread (idle OpenMP workers spin,
+#: and their spinning is CPU time too); it still counts cache and memory-bandwidth contention.
+CLOCKS = {"wall": time.perf_counter_ns, "cpu": time.process_time_ns}
 
 
 FULL = TimingPlan(rounds=41, warmup=3, min_sample_s=5e-3)
@@ -35,17 +43,18 @@ GPU_FULL = TimingPlan(rounds=5, warmup=1, min_sample_s=0.0)
 GPU_QUICK = TimingPlan(rounds=3, warmup=1, min_sample_s=0.0)
 
 
-def _time_calls(fn: Callable[[], object], calls: int) -> float:
+def _time_calls(fn: Callable[[], object], calls: int, clock: str = "wall") -> float:
     """Seconds per call of `calls` back-to-back calls."""
-    t0 = time.perf_counter_ns()
+    now = CLOCKS[clock]
+    t0 = now()
     for _ in range(calls):
         fn()
-    return (time.perf_counter_ns() - t0) * 1e-9 / calls
+    return (now() - t0) * 1e-9 / calls
 
 
-def _calls_per_sample(fn: Callable[[], object], min_sample_s: float) -> int:
+def _calls_per_sample(fn: Callable[[], object], min_sample_s: float, clock: str = "wall") -> int:
     # Median of three single calls, so one preempted call does not set the count.
-    single = sorted(_time_calls(fn, 1) for _ in range(3))[1]
+    single = sorted(_time_calls(fn, 1, clock) for _ in range(3))[1]
     return max(1, min(10_000, math.ceil(min_sample_s / max(single, 1e-7))))
 
 
@@ -60,14 +69,14 @@ def time_cpu(fns: Mapping[str, Callable[[], object]], plan: TimingPlan) -> dict[
     for _ in range(plan.warmup):
         for n in names:
             fns[n]()
-    calls = {n: _calls_per_sample(fns[n], plan.min_sample_s) for n in names}
+    calls = {n: _calls_per_sample(fns[n], plan.min_sample_s, plan.clock) for n in names}
     times: dict[str, list[float]] = {n: [] for n in names}
     gc_was_enabled = gc.isenabled()
     gc.disable()  # a collection inside one sample would land on one candidate only
     try:
         for r in range(plan.rounds):
             for n in _rotated(names, r):
-                times[n].append(_time_calls(fns[n], calls[n]))
+                times[n].append(_time_calls(fns[n], calls[n], plan.clock))
     finally:
         if gc_was_enabled:
             gc.enable()

@@ -216,7 +216,8 @@ def run_case(case: Case, device, dtype, plan, use_compile: bool) -> dict[str, An
 
 def markdown(results: dict[str, Any]) -> str:
     lines = [f"# fastdiff bench e2e ({results['device']}, {results['dtype']})", "", f"`{results['command']}`",
-             f"commit {results['host'].get('commit')}, {results['host'].get('cpu')}, torch {torch.__version__}", "",
+             f"commit {results['host'].get('commit')}, {results['host'].get('cpu')}, torch {torch.__version__}, "
+             f"{results.get('threads')} threads, {results.get('clock', 'wall')} clock", "",
              "| case | column | s / call | images/s | speedup vs eager (median [p25, p75]) | rel. err vs eager | peak MiB |",
              "|---|---|---|---|---|---|---|"]
     for row in results["rows"]:
@@ -238,6 +239,9 @@ def main(argv: Optional[list[str]] = None) -> int:
     p.add_argument("--rounds", type=int, help="timing rounds (default: 5 on cpu, 3 on cuda)")
     p.add_argument("--threads", type=int, help="torch.set_num_threads on cpu (on a shared, oversubscribed machine "
                    "use 1: OpenMP barriers waiting for descheduled threads then dominate small ops)")
+    p.add_argument("--clock", choices=sorted(_timing.CLOCKS), default="wall",
+                   help="cpu only: wall time, or this process's CPU time (with --threads 1 it leaves out the time other "
+                   "jobs on a shared machine take from it; default: wall)")
     p.add_argument("--save", metavar="DIR", help="write <date>-<commit>-e2e.json and .md there")
     args = p.parse_args(argv)
     device = torch.device(args.device)
@@ -254,7 +258,10 @@ def main(argv: Optional[list[str]] = None) -> int:
         cases = [c for c in GPU_CASES + CPU_CASES if c.name in wanted]
     use_compile = device.type == "cuda" if args.compile is None else args.compile
     rounds = args.rounds or (3 if device.type == "cuda" else 5)
-    plan = _timing.TimingPlan(rounds=rounds, warmup=1, min_sample_s=0.0)
+    if args.clock != "wall" and device.type == "cuda":
+        print("fastdiff bench e2e: --clock: only wall time is measured on cuda", file=sys.stderr)
+        return 2
+    plan = _timing.TimingPlan(rounds=rounds, warmup=1, min_sample_s=0.0, clock=args.clock)
     from . import _report
 
     host = _report.machine(device)
@@ -263,7 +270,8 @@ def main(argv: Optional[list[str]] = None) -> int:
         print(f"fastdiff bench e2e: {case.name} ...", file=sys.stderr, flush=True)
         rows.append(run_case(case, device, dtype, plan, use_compile))
     results = {"command": "fastdiff bench e2e " + shlex.join(argv or sys.argv[1:]), "device": str(device),
-               "dtype": str(dtype).replace("torch.", ""), "host": host, "rounds": rounds, "rows": rows}
+               "dtype": str(dtype).replace("torch.", ""), "host": host, "rounds": rounds, "clock": args.clock,
+               "threads": torch.get_num_threads(), "rows": rows}
     text = markdown(results)
     print(text)
     if args.save:

@@ -20,9 +20,12 @@ def test_registered_and_covers_the_named_models():
 
 
 def test_cpu_smoke_run_writes_checked_results(tmp_path):
-    assert e2e.main(["--device", "cpu", "--cases", "tiny-vae-decode", "--rounds", "1", "--save", str(tmp_path)]) == 0
+    assert e2e.main(["--device", "cpu", "--cases", "tiny-vae-decode", "--rounds", "1", "--clock", "cpu",
+                     "--save", str(tmp_path)]) == 0
     (path,) = tmp_path.glob("*-e2e.json")
     row = json.loads(path.read_text())["rows"][0]
     assert set(row["columns"]) == {"eager", "patched"}
     assert row["columns"]["patched"]["rel_err_vs_eager"] < 1e-4
-    assert (tmp_path / path.name.replace(".json", ".md")).read_text().startswith("# fastdiff bench e2e")
+    assert json.loads(path.read_text())["clock"] == "cpu"
+    md = (tmp_path / path.name.replace(".json", ".md")).read_text()
+    assert md.startswith("# fastdiff bench e2e") and "cpu clock" in md
