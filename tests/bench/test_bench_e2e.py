@@ -29,3 +29,19 @@ def test_cpu_smoke_run_writes_checked_results(tmp_path):
     assert json.loads(path.read_text())["clock"] == "cpu"
     md = (tmp_path / path.name.replace(".json", ".md")).read_text()
     assert md.startswith("# fastdiff bench e2e") and "cpu clock" in md
+
+
+def test_sampling_cases_time_the_loops_alone_against_diffusers_loop():
+    import torch
+
+    from fastdiff.bench import _timing
+
+    tiny = e2e.Case("tiny-dit", "sample", "dit", dict(num_attention_heads=2, attention_head_dim=8, num_layers=1,
+                                                      sample_size=8), 1, 8, 3, "dpmpp_2m")
+    row = e2e.run_case(tiny, torch.device("cpu"), torch.float32, _timing.TimingPlan(1, 0, 0.0), use_compile=False)
+    cols = row["columns"]
+    assert row["verified"]
+    assert {"eager", "generate", "loop:eager", "loop:accelerate", "loop:generate"} <= set(cols)
+    assert cols["loop:generate"]["baseline"] == "loop:eager" and cols["generate"]["baseline"] == "eager"
+    # around one recorded output, the loops agree with diffusers' loop
+    assert cols["loop:generate"]["rel_err_vs_eager"] < 1e-5 and cols["loop:accelerate"]["rel_err_vs_eager"] < 1e-5
