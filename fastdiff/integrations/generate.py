@@ -7,7 +7,8 @@ host sync, ``cuda_graph=True`` possible. Families (by pipeline class): Stable Di
 SDXL (added time ids and pooled text embeddings), DiT (class labels), PixArt-alpha/sigma and SD3
 (flow matching). The sampler defaults to the pipeline's scheduler (same class, same config), so
 the images are the pipeline's own; ``sampler="dpmpp_2m"`` etc. picks another with the pipeline's
-schedule. Stochastic samplers draw their per-step noise in fastdiff's order, not diffusers'.
+schedule. Stochastic samplers draw their noise from ``generator`` in the order diffusers'
+schedulers do, so they too give the pipeline's images.
 """
 
 from __future__ import annotations
@@ -43,11 +44,22 @@ def _family(pipe: Any) -> str:
                     "SDXL, DiT, PixArt-alpha/sigma, SD3 text-to-image)")
 
 
-def _sampler(pipe: Any, sampler: Union[str, Sampler, None], options: dict) -> Sampler:
+def _with_eta(cls: type, options: dict, eta: Optional[float]) -> dict:
+    # The pipelines hand `eta` to scheduler.step only where step takes it (DDIM); elsewhere it is ignored.
+    if eta is None or "eta" not in cls.step_options:
+        return options
+    if "eta" in options and options["eta"] != eta:
+        raise TypeError(f"fastdiff.generate: eta given twice: eta={eta} and sampler_options eta={options['eta']}")
+    return {**options, "eta": eta}
+
+
+def _sampler(pipe: Any, sampler: Union[str, Sampler, None], options: dict, eta: Optional[float] = None) -> Sampler:
     config = pipe.scheduler.config
     if isinstance(sampler, Sampler):
         if options:
             raise TypeError("fastdiff.generate: options configure a named sampler; a Sampler instance carries its own")
+        if eta is not None and "eta" in sampler.step_options:
+            raise TypeError("fastdiff.generate: eta configures a named sampler; a Sampler instance carries its own")
         return sampler
     if sampler is None:
         name = type(pipe.scheduler).__name__
@@ -55,7 +67,7 @@ def _sampler(pipe: Any, sampler: Union[str, Sampler, None], options: dict) -> Sa
         if cls is None:
             raise ValueError(f"fastdiff.generate: no fastdiff sampler runs {name}; pass sampler= "
                              f"({', '.join(NAMED)})")
-        return cls(config, **options)
+        return cls(config, **_with_eta(cls, options, eta))
     # The configuration `pipe.scheduler = diffusers.<that class>.from_config(pipe.scheduler.config)` would
     # hold: diffusers drops the keys the old config left at its class's defaults, so the new class's apply.
     import diffusers
@@ -63,7 +75,7 @@ def _sampler(pipe: Any, sampler: Union[str, Sampler, None], options: dict) -> Sa
     if sampler not in NAMED:
         raise ValueError(f"fastdiff.generate: sampler expected None, a Sampler or one of {', '.join(NAMED)}, got {sampler!r}")
     cls = getattr(diffusers, NAMED[sampler][0].scheduler_class.__name__)
-    return make_sampler(sampler, dict(cls.from_config(config).config), **options)
+    return make_sampler(sampler, dict(cls.from_config(config).config), **_with_eta(NAMED[sampler][0], options, eta))
 
 
 def _latents(pipe: Any, shape, dtype, device, generator, latents: Optional[Tensor]) -> Tensor:
@@ -255,11 +267,11 @@ def _sd3(pipe, guided, device, kw) -> _Job:
 
 #: the pipeline __call__ arguments each family takes beyond generate's own
 _EXTRA = {
-    "sd": {"clip_skip", "cross_attention_kwargs", "guidance_rescale"},
+    "sd": {"clip_skip", "cross_attention_kwargs", "guidance_rescale", "eta"},
     "sdxl": {"prompt_2", "negative_prompt_2", "pooled_prompt_embeds", "negative_pooled_prompt_embeds", "original_size",
-             "crops_coords_top_left", "target_size", "clip_skip", "cross_attention_kwargs", "guidance_rescale"},
+             "crops_coords_top_left", "target_size", "clip_skip", "cross_attention_kwargs", "guidance_rescale", "eta"},
     "dit": {"class_labels"},
-    "pixart": {"prompt_attention_mask", "negative_prompt_attention_mask", "clean_caption", "max_sequence_length"},
+    "pixart": {"prompt_attention_mask", "negative_prompt_attention_mask", "clean_caption", "max_sequence_length", "eta"},
     "sd3": {"prompt_2", "prompt_3", "negative_prompt_2", "negative_prompt_3", "pooled_prompt_embeds",
             "negative_pooled_prompt_embeds", "clip_skip", "max_sequence_length", "joint_attention_kwargs"},
 }
@@ -313,6 +325,7 @@ def generate(
     if unknown:
         raise TypeError(f"fastdiff.generate: {type(pipe).__name__} arguments not handled here: {', '.join(unknown)} "
                         f"(taken: {', '.join(sorted(_EXTRA[family]))})")
+    eta = pipeline_kwargs.pop("eta", None)
     device = getattr(pipe, "_execution_device", None) or pipe.device
     guidance = _DEFAULT_GUIDANCE[family] if guidance_scale is None else float(guidance_scale)
     guided = guidance > 1.0
@@ -324,7 +337,7 @@ def generate(
               num_images_per_prompt=num_images_per_prompt, batch=batch)
     job = _FAMILIES[family](pipe, guided, device, kw)
     noise = _latents(pipe, job.shape, job.dtype, device, generator, latents)
-    chosen = _sampler(pipe, sampler, dict(sampler_options or {}))
+    chosen = _sampler(pipe, sampler, dict(sampler_options or {}), eta)
     progress = not getattr(pipe, "_progress_bar_config", {}).get("disable", False)
     out = sample(job.model_fn, noise, sampler=chosen, steps=steps, guidance_scale=guidance if guided else None,
                  generator=generator, cuda_graph=cuda_graph, progress=progress, **job.sample_kwargs)

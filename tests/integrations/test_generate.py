@@ -47,6 +47,41 @@ def test_sd_prompt_matches_the_pipeline(sd, scheduler):
     close(got, want)
 
 
+@pytest.mark.parametrize("scheduler, config, call", [
+    ("EulerAncestralDiscreteScheduler", {}, {}),
+    ("DPMSolverMultistepScheduler", dict(algorithm_type="sde-dpmsolver++", solver_order=3), {}),
+    ("DDPMScheduler", {}, {}),
+    ("DDIMScheduler", {}, dict(eta=1.0)),
+    ("LCMScheduler", {}, {}),
+])
+def test_stochastic_samplers_draw_the_pipelines_noise(sd, scheduler, config, call):
+    """Same generator, same noise, in the same order as diffusers' schedulers draw it: same images."""
+    original = sd.scheduler
+    sd.scheduler = getattr(diffusers, scheduler).from_config(original.config, **config)
+    try:
+        kw = dict(height=16, width=16, guidance_scale=5.0, num_images_per_prompt=2, output_type="latent", **call)
+        want = sd(["a cat"], num_inference_steps=5, generator=seeded(), **kw).images
+        got = fastdiff.generate(sd, ["a cat"], steps=5, generator=seeded(), **kw).images
+        close(got, want)
+        other = fastdiff.generate(sd, ["a cat"], steps=5, generator=torch.Generator().manual_seed(1), **kw).images
+        assert (other - want).abs().max() > 1e-2 * want.abs().max()  # the noise matters
+    finally:
+        sd.scheduler = original
+
+
+def test_eta_goes_where_the_pipeline_sends_it(sd):
+    original = sd.scheduler
+    sd.scheduler = diffusers.EulerDiscreteScheduler.from_config(original.config)
+    try:
+        kw = dict(height=16, width=16, output_type="latent")
+        plain = fastdiff.generate(sd, "a cat", steps=3, generator=seeded(), **kw).images
+        close(fastdiff.generate(sd, "a cat", steps=3, generator=seeded(), eta=1.0, **kw).images, plain, rtol=0)  # Euler: no eta
+        with pytest.raises(TypeError, match="eta given twice"):
+            fastdiff.generate(sd, "a cat", sampler="ddim", sampler_options={"eta": 0.5}, eta=1.0, steps=3, **kw)
+    finally:
+        sd.scheduler = original
+
+
 def test_sd_images_and_output_class(sd):
     sd.scheduler = diffusers.DDIMScheduler.from_config(sd.scheduler.config)
     want = sd("a dog", num_inference_steps=4, height=16, width=16, generator=seeded(), output_type="np")
