@@ -325,6 +325,14 @@ class FlowMatchEuler(Sampler):
     defaults: Mapping[str, Any] = {}
 
 
+class SASolver(Sampler):
+    """SA-Solver (Xue et al. 2023): stochastic Adams predictor-corrector; ``predictor_order`` and
+    ``corrector_order`` 1-4, ``tau_func`` (timestep -> stochasticity; default 1 on 200..800, else 0),
+    ``algorithm_type`` data_prediction / noise_prediction."""
+
+    scheduler_class = scheduling.SASolverScheduler
+
+
 #: fastdiff.sample(sampler=...) names
 NAMED: dict[str, tuple[type, dict]] = {
     "ddpm": (DDPM, {}),
@@ -344,6 +352,7 @@ NAMED: dict[str, tuple[type, dict]] = {
     "ddim_inversion": (DDIMInversion, {}),
     "ipndm": (IPNDM, {}),
     "flow_euler": (FlowMatchEuler, {}),
+    "sa_solver": (SASolver, {}),
 }
 
 
