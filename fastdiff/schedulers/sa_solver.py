@@ -10,7 +10,7 @@ from diffusers.utils.torch_utils import randn_tensor
 from torch import Tensor
 
 from ..solvers.scheduling import sa_solver as core
-from ._base import FusedStep, conform, threshold_sample
+from ._base import FusedStep, conform
 
 
 @conform
@@ -33,17 +33,13 @@ class SASolverScheduler(FusedStep, core.SASolverScheduler, diffusers.SASolverSch
         noise = randn_tensor(model_output.shape, generator=generator, device=model_output.device, dtype=model_output.dtype)
         if cfg.variance_type in ("learned", "learned_range") and cfg.prediction_type == "epsilon":
             model_output = model_output[:, :3]
-        override = self._thresholded(model_output, sample, timestep) if cfg.thresholding else None
+        override = self._thresholded(model_output, sample) if cfg.thresholding else None
         prev, _ = self._fused_step(model_output, sample, noise=noise, model_override=override)
         return self._output(return_dict, prev)
 
-    def _thresholded(self, model_output: Tensor, sample: Tensor, timestep: Union[int, Tensor]) -> Tensor:
-        """The converted output after dynamic thresholding, computed as diffusers' convert_model_output does
-        (noise prediction reads the training tables at ``timestep`` there)."""
-        cfg = self.config
-        if self.predict_x0:
-            return self._thresholded_x0(model_output, sample)[0]
-        eps = self._x0_from_table(sample, model_output)  # the table's D is eps in noise-prediction mode
-        alpha, sigma = self.alpha_t[timestep], self.sigma_t[timestep]
-        x0 = threshold_sample((sample - sigma * eps) / alpha, cfg.dynamic_thresholding_ratio, cfg.sample_max_value)
-        return (sample - alpha * x0) / sigma
+    def _thresholded(self, model_output: Tensor, sample: Tensor) -> Tensor:
+        """The converted output after dynamic thresholding of x0. In noise-prediction mode diffusers
+        indexes its training tables with a timestep it does not have there (and fails); this thresholds
+        x0 at the step's own level, as DPMSolverMultistepScheduler does."""
+        x0, alpha, sigma = self._thresholded_x0(model_output, sample)
+        return x0 if self.predict_x0 else (sample - alpha * x0) / sigma
