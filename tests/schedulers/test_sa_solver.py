@@ -1,7 +1,7 @@
 """SASolverScheduler reproduces diffusers' class step for step (predictor / corrector orders, tau,
 data and noise prediction, every sigma spacing), each step is one fused sampler_update launch, it
 saves and loads as diffusers' does, and ``fastdiff.sample(sampler="sa_solver")`` matches a diffusers
-loop. IPNDM keeps its history across passes without set_timesteps, as diffusers' does."""
+loop."""
 
 import math
 
