@@ -106,12 +106,3 @@ class SASolverScheduler(MultistepScheduler):
         taus = solver.step_taus(self.tau_func, self.timesteps.cpu())
         return solver.sa_solver(levels, convert, taus, predictor_order=cfg.predictor_order, corrector_order=cfg.corrector_order,
                                 data_prediction=data, lower_order_final=cfg.lower_order_final, begin=begin)
-
-    def _model_frame(self, begin: int):
-        # Images are noised (img2img, inpainting) with diffusers' add_noise for this class: DDPM's, at the
-        # integer timestep's alphas_cumprod, which differs from the step's own level under Karras, exponential,
-        # beta or flow sigmas.
-        scale, levels = super()._model_frame(begin)
-        abar = self.alphas_cumprod.double()
-        noised = [(float(abar[int(t)]) ** 0.5, float(1.0 - abar[int(t)]) ** 0.5) for t in self._ts_host[begin:]]
-        return scale, noised + levels[-1:]
