@@ -29,10 +29,11 @@ class SASolverScheduler(FusedStep, core.SASolverScheduler, diffusers.SASolverSch
              generator: Optional[torch.Generator] = None, return_dict: bool = True):
         self._ensure_step_index(timestep)
         cfg = self.config
+        if cfg.variance_type in ("learned", "learned_range") and cfg.prediction_type == "epsilon":
+            # the mean channels; diffusers draws its noise at the full output's shape here, and fails
+            model_output = model_output[:, :3]
         # drawn as diffusers draws it (shape, device and dtype of the model output, every step)
         noise = randn_tensor(model_output.shape, generator=generator, device=model_output.device, dtype=model_output.dtype)
-        if cfg.variance_type in ("learned", "learned_range") and cfg.prediction_type == "epsilon":
-            model_output = model_output[:, :3]
         override = self._thresholded(model_output, sample) if cfg.thresholding else None
         prev, _ = self._fused_step(model_output, sample, noise=noise, model_override=override)
         return self._output(return_dict, prev)

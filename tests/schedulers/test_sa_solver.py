@@ -106,6 +106,22 @@ def test_thresholding():
     assert not torch.allclose(plain.step(x0, plain.timesteps[1], x).prev_sample, s.step(x0, s.timesteps[1], x).prev_sample)
 
 
+def test_learned_variance_outputs_step_on_their_mean_channels():
+    """diffusers slices the mean channels but draws noise at the full output's shape (and fails to add it)."""
+    s, plain = fs.SASolverScheduler(variance_type="learned_range"), fs.SASolverScheduler()
+    x = torch.randn(2, 3, 4, 4, generator=torch.Generator().manual_seed(0))
+    extra = torch.randn(2, 3, 4, 4)
+    for sch in (s, plain):
+        sch.set_timesteps(6)
+    g, g2 = torch.Generator().manual_seed(1), torch.Generator().manual_seed(1)
+    for t in s.timesteps:
+        m = toy_model(x, t)
+        a = s.step(torch.cat([m, extra], 1), t, x, generator=g).prev_sample
+        b = plain.step(m, t, x, generator=g2).prev_sample
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+        x = a
+
+
 def test_started_mid_schedule_warms_up_from_its_first_step():
     compare("SASolverScheduler", dict(SD, predictor_order=3, corrector_order=3), steps=10, begin=4, x0=X0)
 
