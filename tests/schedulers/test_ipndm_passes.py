@@ -12,8 +12,9 @@ diffusers = pytest.importorskip("diffusers")
 import fastdiff.schedulers as fs  # noqa: E402
 
 
-def passes(s, lengths, *, steps=10, reset_between=True):
-    """Run ``len(lengths)`` passes over the first ``lengths[k]`` timesteps; every prev_sample."""
+def passes(s, lengths, *, steps=10):
+    """Run ``len(lengths)`` passes over the first ``lengths[k]`` timesteps, starting each again as
+    diffusers' test does (``_step_index = None``, no set_timesteps); every prev_sample."""
     s.set_timesteps(steps)
     x = torch.randn(SHAPE, generator=torch.Generator().manual_seed(0))
     out = []
@@ -21,8 +22,7 @@ def passes(s, lengths, *, steps=10, reset_between=True):
         for t in s.timesteps[:n]:
             x = s.step(toy_model(x, t), t, x).prev_sample
             out.append(x)
-        if reset_between:
-            s._step_index = None
+        s._step_index = None
     return out
 
 
