@@ -38,18 +38,20 @@ from fastdiff.samplers import NAMED, Sampler, make_sampler
 from ._report import finish_study, pyplot
 
 NFE = [5, 10, 15, 20, 50]
-#: samplers that inject fresh noise: no single ODE solution to compare with
-STOCHASTIC = {"ddpm", "euler_ancestral", "dpmpp_2m_sde", "dpmpp_3m_sde", "lcm"}
+#: samplers that inject fresh noise: no single ODE solution to compare with (SA-Solver: tau = 1 on
+#: timesteps 200..800, its default)
+STOCHASTIC = {"ddpm", "euler_ancestral", "dpmpp_2m_sde", "dpmpp_3m_sde", "lcm", "sa_solver"}
+#: runs up the levels, from data to noise: it starts at exact data samples noised to its first level, and
+#: its target is the exact marginal at its last level
+INVERSION = {"ddim_inversion"}
 _KARRAS = {"use_karras_sigmas": True}
-#: named samplers outside this benchmark: EDM's and IPNDM's networks are preconditioned on their own
-#: levels (not the mixture's noise prediction at SD's), and inversion runs up the levels, not down
-NOT_MEASURED = {"edm_euler", "ipndm", "ddim_inversion"}
 #: Two grids. "sd": each sampler's SD set-up (scaled_linear betas, trailing timesteps, final sigma 0),
-#: what a pipeline runs. "karras": the samplers that take Karras sigmas, all on the same rho = 7 grid
+#: what a pipeline runs; EDM-Euler and IPNDM run on their own schedules (EDM's Karras sigmas 80 ..
+#: 0.002 with preconditioning, IPNDM's sin^2 levels), which have no SD form. "karras": the samplers that take Karras sigmas, all on the same rho = 7 grid
 #: from the schedule's sigma_max to sigma_min, then 0: the grid exponential integrators are built for.
 #: Euler and Heun need linspace spacing there, or diffusers takes sigma_min from the last trailing step.
 CONFIGS: dict[str, dict[str, dict]] = {
-    "sd": {name: ({"shift": 3.0} if name == "flow_euler" else {}) for name in NAMED if name not in NOT_MEASURED},
+    "sd": {name: ({"shift": 3.0} if name == "flow_euler" else {}) for name in NAMED},
     "karras": {
         "euler": {"timestep_spacing": "linspace", **_KARRAS},
         "heun": {"timestep_spacing": "linspace", **_KARRAS},
@@ -79,14 +81,27 @@ def steps_for(name: str, nfe: int) -> int:
 # ---------------------------------------------------------------------------------------------
 # The two implementations, driven by the same exact model
 # ---------------------------------------------------------------------------------------------
+def exact_output(mix: GaussianMixture, sampler: Sampler, x: Tensor, level: Level) -> Tensor:
+    """The exact model output for a model input x at level (p, q): the mixture's prediction of the
+    sampler's type, or for EDM the network F of its preconditioning (Karras et al. 2022, table 1:
+    denoised = c_skip x_ve + c_out F at sigma = q / p, x_ve = x / p)."""
+    p, q = level
+    if sampler.scheduler_name != "EDMEulerScheduler":
+        return mix.predict(x, p, q, sampler.prediction_type)
+    sd, sigma = sampler.config.get("sigma_data", sampler.scheduler_class._init_params()["sigma_data"]), q / p
+    c_skip = sd**2 / (sigma**2 + sd**2)
+    c_out = sigma * sd / math.sqrt(sigma**2 + sd**2) * (-1.0 if sampler.prediction_type == "v_prediction" else 1.0)
+    return (mix.predict(x, p, q, "sample") - c_skip * (x / p)) / c_out
+
+
 def run_fastdiff(mix: GaussianMixture, sampler: Sampler, steps: int, noise: Tensor, seed: int) -> tuple[Tensor, int]:
     plan = sampler.plan(steps, noise.device)
     calls = []
 
     def model(x, t):  # the state before evaluation j sits at plan.levels[j]
-        p, q = plan.levels[len(calls)]
+        level = plan.levels[len(calls)]
         calls.append(t)
-        return mix.predict(x, p, q, sampler.prediction_type)
+        return exact_output(mix, sampler, x, level)
 
     out = fastdiff.sample(model, noise, sampler=sampler, steps=steps, generator=torch.Generator().manual_seed(seed), progress=False)
     return out, len(calls)
@@ -94,6 +109,17 @@ def run_fastdiff(mix: GaussianMixture, sampler: Sampler, steps: int, noise: Tens
 
 def diffusers_level(sched, i: int, t) -> Level:
     """(alpha, sigma) of the model input at diffusers' evaluation i, read from diffusers' own schedule."""
+    name = type(sched).__name__
+    if name == "IPNDMScheduler":  # its betas are the levels' sigmas
+        return float(sched.alphas[i]), float(sched.betas[i])
+    if name == "DDIMInverseScheduler":  # the state sits one step below the timestep the model is given
+        src = min(int(t) - sched.config.num_train_timesteps // sched.num_inference_steps, sched.config.num_train_timesteps - 1)
+        ac = float(sched.alphas_cumprod[src] if src >= 0 else sched.initial_alpha_cumprod)
+        return math.sqrt(ac), math.sqrt(1 - ac)
+    if name == "EDMEulerScheduler":  # the model input is c_in x = x / sqrt(sigma^2 + sigma_data^2)
+        sigma = float(sched.sigmas[i])
+        c_in = 1 / math.sqrt(sigma**2 + sched.config.sigma_data**2)
+        return c_in, sigma * c_in
     if not hasattr(sched, "sigmas"):  # DDPM, DDIM, LCM: the VP schedule at timestep t
         ac = float(sched.alphas_cumprod[int(t)])
         return math.sqrt(ac), math.sqrt(1 - ac)
@@ -114,8 +140,7 @@ def run_diffusers(mix: GaussianMixture, sampler: Sampler, steps: int, noise: Ten
     x = noise * float(getattr(sched, "init_noise_sigma", 1.0))  # flow matching starts at pure noise
     scale_input = getattr(sched, "scale_model_input", lambda x, t: x)  # flow matching feeds the state as is
     for i, t in enumerate(sched.timesteps):
-        p, q = diffusers_level(sched, i, t)
-        out = mix.predict(scale_input(x, t), p, q, sampler.prediction_type)
+        out = exact_output(mix, sampler, scale_input(x, t), diffusers_level(sched, i, t))
         x = sched.step(out, t, x, **({"generator": gen} if takes_generator else {})).prev_sample
     return x, len(sched.timesteps)
 
@@ -157,6 +182,10 @@ def run(n: int, seed: int, configs: list[str], samplers: list[str], nfes: list[i
     floor = sliced_wasserstein(exact, mix.sample(n, gen), generator=torch.Generator().manual_seed(0))
     noise = torch.randn(n, mix.dim, generator=torch.Generator().manual_seed(seed + 1), dtype=torch.float32)
     mix32 = mix.to(dtype=torch.float32)
+    # inversion: exact data to start from, and exact data plus noise for its target (independent draws)
+    inv_gen = torch.Generator().manual_seed(seed + 3)
+    inv_data, inv_target = mix.sample(n, inv_gen), mix.sample(n, inv_gen)
+    inv_noise = torch.randn(n, mix.dim, generator=inv_gen, dtype=torch.float64)
     reference = Reference(mix, reference_steps)
     rows = []
     for config in configs:
@@ -165,14 +194,19 @@ def run(n: int, seed: int, configs: list[str], samplers: list[str], nfes: list[i
             for nfe in nfes:
                 steps = steps_for(name, nfe)
                 plan = sampler.plan(steps, noise.device)
-                truth = None if name in STOCHASTIC else reference(noise * plan.init_scale, plan.levels[0], plan.levels[-1])
+                start, target = noise, exact
+                if name in INVERSION:
+                    (p0, q0), (p1, q1) = plan.levels[0], plan.levels[-1]
+                    start = (p0 * inv_data + q0 * noise.double()).float()
+                    target = p1 * inv_target + q1 * inv_noise
+                truth = None if name in STOCHASTIC else reference(start * plan.init_scale, plan.levels[0], plan.levels[-1])
                 for impl in implementations:
                     t0 = time.perf_counter()
-                    out, used = IMPLEMENTATIONS[impl](mix32, sampler, steps, noise, seed + 2)
+                    out, used = IMPLEMENTATIONS[impl](mix32, sampler, steps, start, seed + 2)
                     row = {"config": config, "sampler": name, "implementation": impl, "steps": steps, "nfe": used,
                            "target_nfe": nfe, "finite": bool(torch.isfinite(out).all()), "seconds": time.perf_counter() - t0,
                            "ode_error": None if truth is None else rms(out, truth),
-                           "sliced_w1": sliced_wasserstein(out, exact, generator=torch.Generator().manual_seed(0))}
+                           "sliced_w1": sliced_wasserstein(out, target, generator=torch.Generator().manual_seed(0))}
                     rows.append(row)
                     err = "        -" if row["ode_error"] is None else f"{row['ode_error']:.3e}"
                     print(f"{config:6s} {name:16s} {impl:9s} nfe={used:3d}  ODE error {err}  SW1 {row['sliced_w1']:.4f} "
@@ -240,7 +274,9 @@ def markdown(result: dict) -> str:
             lines += [f"| {name} | {impl} | " + " | ".join(cell(config, name, impl, n, key, fmt) for n in nfes) + " |" for impl in impls]
         return lines
 
-    about = {"sd": "each sampler's SD set-up: scaled_linear betas, trailing timesteps, final sigma 0 (flow_euler: shift 3)",
+    about = {"sd": "each sampler's SD set-up: scaled_linear betas, trailing timesteps, final sigma 0 (flow_euler: shift 3; "
+                   "edm_euler and ipndm: their own schedules; ddim_inversion: from exact data up to its last level, "
+                   "SW1 to the exact marginal there)",
              "karras": "Karras rho = 7 sigmas from sigma_max to sigma_min of the same betas, then 0; Euler's step here is "
                        "DDIM's (eta 0) on these sigmas"}
     lines = [f"Exact mixture denoiser, 8-component ring in 2-D, N = {result['n']}, float32; fastdiff = fastdiff.sample, "

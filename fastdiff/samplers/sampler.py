@@ -316,6 +316,10 @@ class IPNDM(Sampler):
 
     scheduler_class = scheduling.IPNDMScheduler
 
+    @property
+    def prediction_type(self) -> str:
+        return "v_prediction"  # the only output IPNDM reads (its config has no prediction_type)
+
 
 class FlowMatchEuler(Sampler):
     """Euler for rectified-flow models (SD3, FLUX): the model predicts v = noise - x0. ``shift`` is
@@ -323,6 +327,16 @@ class FlowMatchEuler(Sampler):
 
     scheduler_class = scheduling.FlowMatchEulerDiscreteScheduler
     defaults: Mapping[str, Any] = {}
+
+
+class SASolver(Sampler):
+    """SA-Solver (Xue et al. 2023): stochastic Adams predictor-corrector; ``predictor_order`` and
+    ``corrector_order`` 1-4, ``tau_func`` (timestep -> stochasticity; default 1 on 200..800, else 0),
+    ``algorithm_type`` data_prediction / noise_prediction. img2img noises the image at the first step's
+    level; diffusers' pipelines (its add_noise is DDPM's) at the integer timestep's alphas_cumprod,
+    which differs from that level under Karras, exponential, beta or flow sigmas."""
+
+    scheduler_class = scheduling.SASolverScheduler
 
 
 #: fastdiff.sample(sampler=...) names
@@ -344,6 +358,7 @@ NAMED: dict[str, tuple[type, dict]] = {
     "ddim_inversion": (DDIMInversion, {}),
     "ipndm": (IPNDM, {}),
     "flow_euler": (FlowMatchEuler, {}),
+    "sa_solver": (SASolver, {}),
 }
 
 

@@ -30,6 +30,7 @@ from .ipndm import IPNDMScheduler
 from .lcm import LCMScheduler
 from .lms import LMSDiscreteScheduler
 from .pndm import PNDMScheduler
+from .sa_solver import SASolverScheduler
 from .unipc import UniPCMultistepScheduler
 
 __all__ = [
@@ -47,6 +48,7 @@ __all__ = [
     "LCMScheduler",
     "LMSDiscreteScheduler",
     "PNDMScheduler",
+    "SASolverScheduler",
     "SchedulerOutput",
     "UniPCMultistepScheduler",
 ]

@@ -128,7 +128,8 @@ def lms(sigmas: Sequence[float], *, prediction_type: str, order: int = 4, begin:
     return prog
 
 
-def ipndm(alphas: Sequence[float], sigmas: Sequence[float], *, begin: int = 0) -> ProgramBuilder:
+def ipndm(alphas: Sequence[float], sigmas: Sequence[float], *, begin: int = 0, carried: int = 0,
+          trailing: int = 0) -> ProgramBuilder:
     """Improved PNDM (Zhang & Chen 2022, as k-diffusion and diffusers' IPNDMScheduler): Adams-Bashforth
     on the noise estimate e = sigma x + alpha m of a v-predicting model, then x0 = (x - sigma e) / alpha
     re-noised to the next level.
@@ -136,14 +137,35 @@ def ipndm(alphas: Sequence[float], sigmas: Sequence[float], *, begin: int = 0) -
     ``alphas[i]``, ``sigmas[i]``: the level before evaluation i (one more for the end). At alpha = 0
     (the first, pure-noise level) e = x does not involve the model, and x0's division by
     max(alpha, 1e-8) meets an exact zero, as in diffusers.
+
+    diffusers keeps its noise estimates until set_timesteps, so a second pass over the timesteps
+    starts at full order from the first pass's estimates. ``carried`` placeholder evaluations
+    before ``begin`` stand for estimates already in the history, ``trailing`` ones after the end
+    read the last three (so every estimate is written to history); a caller drops their rows.
     """
     prog = ProgramBuilder()
-    ets: list[Lin] = []
-    for i in range(begin, len(alphas) - 1):
-        alpha, sigma = alphas[i], sigmas[i]
-        x, m, _, _ = prog.eval(sigma, alpha)
-        ets = ets[-3:] + [sigma * x + alpha * m]
-        e = sum((c * h for c, h in zip(ADAMS_BASHFORTH[len(ets)], reversed(ets))), Lin())
+    ets: list[Lin] = []  # the last three estimates, as D (read from history)
+
+    def evaluate(level: tuple[float, float], nxt: tuple[float, float]) -> None:
+        nonlocal ets
+        (alpha, sigma), (alpha_next, sigma_next) = level, nxt
+        x, m, _, d = prog.eval(sigma, alpha)
+        w = ADAMS_BASHFORTH[len(ets) + 1]
+        # this step's own estimate on x and m: at alpha = 0 it is x, and x0's division cancels exactly
+        e = w[0] * (sigma * x + alpha * m) + sum((c * h for c, h in zip(w[1:], reversed(ets))), Lin())
+        ets = (ets + [d])[-3:]
         x0 = (x - sigma * e) / max(alpha, 1e-8)
-        prog.advance(alphas[i + 1] * x0 + sigmas[i + 1] * e)
+        prog.advance(alpha_next * x0 + sigma_next * e)
+
+    levels = list(zip(alphas, sigmas))
+    for _ in range(carried):
+        evaluate(*_PLACEHOLDER)
+    for i in range(begin, len(levels) - 1):
+        evaluate(levels[i], levels[i + 1])
+    for _ in range(trailing):
+        evaluate(*_PLACEHOLDER)
     return prog
+
+
+#: levels of IPNDM's placeholder steps: any move between two levels where every estimate is read
+_PLACEHOLDER = ((0.6, 0.8), (0.8, 0.6))

@@ -33,7 +33,7 @@ def test_the_diffusers_loop_feeds_the_model_the_noise_levels_of_fastdiffs_plan(c
 
 
 def test_every_named_sampler_is_measured_on_the_sd_grid():
-    assert set(bench.CONFIGS["sd"]) == set(NAMED) - bench.NOT_MEASURED
+    assert set(bench.CONFIGS["sd"]) == set(NAMED)
     assert bench.steps_for("heun", 10) == 5 and bench.steps_for("dpmpp_2m", 10) == 10
 
 
@@ -109,3 +109,24 @@ def test_bad_arguments_name_the_option(argv, match, capsys):
     with pytest.raises(SystemExit) as exc:
         bench.main(argv)
     assert exc.value.code == 2 and match in capsys.readouterr().err
+
+
+def test_edm_ipndm_inversion_and_sa_solver_are_measured_as_diffusers_runs_them():
+    """EDM-Euler's model is the exact network of its preconditioning, IPNDM's the exact v-prediction on
+    its own levels, inversion starts from exact data noised to its first level; each agrees with
+    diffusers run for run, and the deterministic ones' ODE error falls with NFE."""
+    names = ["edm_euler", "ipndm", "ddim_inversion", "sa_solver"]
+    result = bench.run(n=256, seed=0, configs=["sd"], samplers=names, nfes=[5, 10], reference_steps=60,
+                       implementations=["fastdiff", "diffusers"])
+    for name in names:
+        f5, f10 = (bench._row(result, "sd", name, "fastdiff", n) for n in (5, 10))
+        for f in (f5, f10):
+            d = bench._row(result, "sd", name, "diffusers", f["target_nfe"])
+            assert f["finite"] and d["finite"] and f["nfe"] == d["nfe"]
+            if name == "sa_solver":
+                assert f["ode_error"] is None  # stochastic by default (tau = 1 on timesteps 200..800)
+                assert f["sliced_w1"] == pytest.approx(d["sliced_w1"], rel=1e-3)  # the same noise draws
+            else:
+                assert f["ode_error"] == pytest.approx(d["ode_error"], rel=1e-3)
+        if name != "sa_solver":
+            assert f10["ode_error"] < f5["ode_error"] * 0.8

@@ -19,12 +19,14 @@ from .ipndm import IPNDMScheduler
 from .lcm import LCMScheduler
 from .lms import LMSDiscreteScheduler
 from .pndm import PNDMScheduler
+from .sa_solver import SASolverScheduler
 from .unipc import UniPCMultistepScheduler
 
 #: every core, by the diffusers class name it reproduces
 CORES: dict[str, type] = {c.__name__: c for c in (
     DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler, EulerAncestralDiscreteScheduler, EulerDiscreteScheduler,
     FlowMatchEulerDiscreteScheduler, HeunDiscreteScheduler, LCMScheduler, UniPCMultistepScheduler,
-    PNDMScheduler, LMSDiscreteScheduler, EDMEulerScheduler, DDIMInverseScheduler, IPNDMScheduler)}
+    PNDMScheduler, LMSDiscreteScheduler, EDMEulerScheduler, DDIMInverseScheduler, IPNDMScheduler,
+    SASolverScheduler)}
 
 __all__ = ["CORES", "Config", "ScheduleCore", *CORES]

@@ -9,7 +9,11 @@ import numpy as np
 import torch
 
 from .. import linear_multistep
+from ..program import Program
 from ._base import ScheduleCore
+
+#: noise estimates an IPNDM step reads besides its own (fourth-order Adams-Bashforth)
+_RING = 3
 
 
 class IPNDMScheduler(ScheduleCore):
@@ -39,8 +43,46 @@ class IPNDMScheduler(ScheduleCore):
     def scale_model_input(self, sample, *args, **kwargs):
         return sample
 
+    # -- passes that continue diffusers' history -------------------------------------------------
+    # diffusers' IPNDMScheduler keeps every noise estimate (``ets``) until set_timesteps: a pass that
+    # starts again without it (``scheduler._step_index = None``, as diffusers' own tests do) steps at
+    # the order its list allows, reading the previous pass's last estimates. Here the estimates live
+    # in the history ring, estimate g (counted from set_timesteps) in slot g mod 3; a pass's table is
+    # cut out of a program that starts with placeholders for the estimates carried in and ends with
+    # placeholders that read the last three (so those are written too).
+    def _reset(self) -> None:
+        super()._reset()
+        self._estimates = 0  # noise estimates made since set_timesteps (diffusers' len(self.ets))
+        self._pass_key: tuple = ()
+
+    def _begin_pass(self) -> tuple:
+        """The table key of a pass starting now: how many placeholder estimates precede it (as many
+        as it reads, rounded up so that placeholder j sits in the slot its estimate occupies)."""
+        k = self._estimates
+        return (k if k < _RING else _RING + k % _RING,)
+
+    def _warm(self, begin: int, key: tuple = ()) -> None:
+        super()._warm(begin, key or self._begin_pass())
+
+    def _program(self, begin: int, key: tuple = ()) -> Program:
+        if not key or key[0] == "chain":
+            return super()._program(begin, key)
+        ck = (begin, key)
+        if ck not in self._programs:
+            carried = key[0]
+            full = super()._program(begin, ("chain", carried))
+            n = len(self._ts_host) - begin
+            cut = slice(carried, carried + n)
+            slots = full.slots[cut]
+            if full.history != _RING or any(s != (carried + j) % _RING for j, s in enumerate(slots)):  # pragma: no cover
+                raise RuntimeError("fastdiff: IPNDM history slots are not a ring in estimate order")
+            self._programs[ck] = Program(rows=full.rows[cut], draws=full.draws[cut], history=full.history, slots=slots)
+        return self._programs[ck]
+
     def _builder(self, begin: int, key: tuple):
-        return linear_multistep.ipndm(self.alphas.double().tolist(), self.betas.double().tolist(), begin=begin)
+        carried, trailing = (key[1], _RING) if key else (0, 0)
+        return linear_multistep.ipndm(self.alphas.double().tolist(), self.betas.double().tolist(), begin=begin,
+                                      carried=carried, trailing=trailing)
 
     def _model_frame(self, begin: int):
         al, si = self.alphas.double().tolist()[begin:], self.betas.double().tolist()[begin:]
