@@ -332,6 +332,14 @@ class DPMSolverPPInversion(DPMSolverPP):
     scheduler_class = scheduling.DPMSolverMultistepInverseScheduler
 
 
+class EDMDPMSolverPP(DPMSolverPP):
+    """DPM-Solver++ multistep in Karras et al.'s EDM parameterisation (Playground v2.5): ``order`` 1-3,
+    ``sde``, ``solver_type``; preconditioned networks, c_noise timesteps."""
+
+    scheduler_class = scheduling.EDMDPMSolverMultistepScheduler
+    defaults: Mapping[str, Any] = {}
+
+
 #: fastdiff.sample(sampler=...) names
 NAMED: dict[str, tuple[type, dict]] = {
     "ddpm": (DDPM, {}),
@@ -352,6 +360,7 @@ NAMED: dict[str, tuple[type, dict]] = {
     "ipndm": (IPNDM, {}),
     "flow_euler": (FlowMatchEuler, {}),
     "dpmpp_2m_inversion": (DPMSolverPPInversion, {"order": 2}),
+    "edm_dpmpp_2m": (EDMDPMSolverPP, {"order": 2}),
 }
 
 

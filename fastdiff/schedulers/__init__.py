@@ -23,6 +23,7 @@ from .ddim_inverse import DDIMInverseScheduler
 from .ddpm import DDPMScheduler
 from .dpm_solver import DPMSolverMultistepScheduler
 from .dpm_solver_inverse import DPMSolverMultistepInverseScheduler
+from .edm_dpm_solver import EDMDPMSolverMultistepScheduler
 from .edm_euler import EDMEulerScheduler
 from .euler import EulerAncestralDiscreteScheduler, EulerDiscreteScheduler
 from .flow_match import FlowMatchEulerDiscreteScheduler
@@ -39,6 +40,7 @@ __all__ = [
     "DDPMScheduler",
     "DPMSolverMultistepScheduler",
     "DPMSolverMultistepInverseScheduler",
+    "EDMDPMSolverMultistepScheduler",
     "EDMEulerScheduler",
     "EulerAncestralDiscreteScheduler",
     "EulerDiscreteScheduler",

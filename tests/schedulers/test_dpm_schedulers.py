@@ -80,6 +80,43 @@ def test_dpm_inversion_then_dpm_solver_returns_near_the_start():
 
 
 # ---------------------------------------------------------------------------------------------
+# EDM DPM-Solver++ (Playground v2.5)
+# ---------------------------------------------------------------------------------------------
+#: diffusers' EDM class has no third-order SDE step (it fails there); ours is DPMSolverMultistep's
+EDM_SOLVERS = [(o, a, st) for o in (1, 2, 3) for a in ("dpmsolver++", "sde-dpmsolver++") for st in ("midpoint", "heun")
+               if not (o == 3 and a.startswith("sde"))]
+
+
+@pytest.mark.parametrize("prediction_type", ["epsilon", "v_prediction"])
+@pytest.mark.parametrize("order,algorithm_type,solver_type", EDM_SOLVERS)
+def test_edm_dpm_orders_algorithms_solver_and_prediction_types(order, algorithm_type, solver_type, prediction_type):
+    compare("EDMDPMSolverMultistepScheduler", dict(solver_order=order, algorithm_type=algorithm_type, solver_type=solver_type,
+                                                   prediction_type=prediction_type), steps=10)
+
+
+@pytest.mark.parametrize("final", ["zero", "sigma_min"])
+@pytest.mark.parametrize("sigma_schedule", ["karras", "exponential"])
+def test_edm_dpm_schedules_final_sigma_and_final_order(sigma_schedule, final):
+    compare("EDMDPMSolverMultistepScheduler", dict(sigma_schedule=sigma_schedule, final_sigmas_type=final, solver_order=3), steps=12)
+    compare("EDMDPMSolverMultistepScheduler", dict(sigma_schedule=sigma_schedule, final_sigmas_type=final, lower_order_final=False),
+            steps=20)
+
+
+def test_edm_dpm_thresholding_sigma_data_short_runs_and_a_mid_schedule_start():
+    compare("EDMDPMSolverMultistepScheduler", dict(thresholding=True, sample_max_value=0.5, dynamic_thresholding_ratio=0.87), steps=10)
+    compare("EDMDPMSolverMultistepScheduler", dict(solver_order=3, euler_at_final=True), steps=20)
+    compare("EDMDPMSolverMultistepScheduler", dict(sigma_data=1.0, sigma_max=120.0, rho=5.0), steps=10)
+    compare("EDMDPMSolverMultistepScheduler", dict(), steps=1)
+    compare("EDMDPMSolverMultistepScheduler", dict(solver_order=3, sigma_schedule="exponential"), steps=10, begin=3, x0=X0)
+
+
+def test_edm_dpm_final_sigma_min_is_the_configured_one():
+    s = fs.EDMDPMSolverMultistepScheduler(final_sigmas_type="sigma_min", sigma_min=0.003)
+    s.set_timesteps(9)
+    assert s.sigmas[-1] == torch.tensor(0.003) and len(s.sigmas) == 10
+
+
+# ---------------------------------------------------------------------------------------------
 # What every class shares: one launch per step, serialisation, the sampler names
 # ---------------------------------------------------------------------------------------------
 class _Ops(TorchDispatchMode):
@@ -95,6 +132,8 @@ class _Ops(TorchDispatchMode):
 #: (class, config, set_timesteps steps): one configuration per class that uses its longest history
 LAUNCH_CASES = [
     ("DPMSolverMultistepInverseScheduler", dict(SD, solver_order=3)),
+    ("EDMDPMSolverMultistepScheduler", dict(solver_order=3, thresholding=False)),
+    ("EDMDPMSolverMultistepScheduler", dict(algorithm_type="sde-dpmsolver++")),
 ]
 
 
@@ -133,6 +172,8 @@ def test_save_and_load_gives_the_same_class_and_the_same_run(tmp_path, name, cfg
 NAMES = [
     ("dpmpp_2m_inversion", {}),
     ("dpmpp_2m_inversion", {"order": 3, "prediction_type": "v_prediction", "use_karras_sigmas": True}),
+    ("edm_dpmpp_2m", {}),
+    ("edm_dpmpp_2m", {"order": 3, "prediction_type": "v_prediction", "sigma_schedule": "exponential"}),
 ]
 
 

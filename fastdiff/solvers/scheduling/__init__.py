@@ -12,6 +12,7 @@ from .ddim_inverse import DDIMInverseScheduler
 from .ddpm import DDPMScheduler
 from .dpm_solver import DPMSolverMultistepScheduler
 from .dpm_solver_inverse import DPMSolverMultistepInverseScheduler
+from .edm_dpm_solver import EDMDPMSolverMultistepScheduler
 from .edm_euler import EDMEulerScheduler
 from .euler import EulerAncestralDiscreteScheduler, EulerDiscreteScheduler
 from .flow_match import FlowMatchEulerDiscreteScheduler
@@ -27,6 +28,6 @@ CORES: dict[str, type] = {c.__name__: c for c in (
     DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler, EulerAncestralDiscreteScheduler, EulerDiscreteScheduler,
     FlowMatchEulerDiscreteScheduler, HeunDiscreteScheduler, LCMScheduler, UniPCMultistepScheduler,
     PNDMScheduler, LMSDiscreteScheduler, EDMEulerScheduler, DDIMInverseScheduler, IPNDMScheduler,
-    DPMSolverMultistepInverseScheduler)}
+    DPMSolverMultistepInverseScheduler, EDMDPMSolverMultistepScheduler)}
 
 __all__ = ["CORES", "Config", "ScheduleCore", *CORES]
