@@ -340,6 +340,21 @@ class EDMDPMSolverPP(DPMSolverPP):
     defaults: Mapping[str, Any] = {}
 
 
+class DEIS(Sampler):
+    """DEIS (Zhang & Chen 2023): multistep exponential integrator of the noise prediction, Lagrange
+    interpolation in log rho; ``order`` 1-3 (default 2)."""
+
+    scheduler_class = scheduling.DEISMultistepScheduler
+
+    def _friendly(self) -> tuple:
+        return ("order",)
+
+    def _translate(self, options: dict) -> dict:
+        if "order" in options:
+            options["solver_order"] = options.pop("order")
+        return options
+
+
 #: fastdiff.sample(sampler=...) names
 NAMED: dict[str, tuple[type, dict]] = {
     "ddpm": (DDPM, {}),
@@ -361,6 +376,7 @@ NAMED: dict[str, tuple[type, dict]] = {
     "flow_euler": (FlowMatchEuler, {}),
     "dpmpp_2m_inversion": (DPMSolverPPInversion, {"order": 2}),
     "edm_dpmpp_2m": (EDMDPMSolverPP, {"order": 2}),
+    "deis": (DEIS, {}),
 }
 
 

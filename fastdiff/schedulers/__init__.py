@@ -21,6 +21,7 @@ from ._base import FusedStep
 from .ddim import DDIMScheduler
 from .ddim_inverse import DDIMInverseScheduler
 from .ddpm import DDPMScheduler
+from .deis import DEISMultistepScheduler
 from .dpm_solver import DPMSolverMultistepScheduler
 from .dpm_solver_inverse import DPMSolverMultistepInverseScheduler
 from .edm_dpm_solver import EDMDPMSolverMultistepScheduler
@@ -38,6 +39,7 @@ __all__ = [
     "DDIMInverseScheduler",
     "DDIMScheduler",
     "DDPMScheduler",
+    "DEISMultistepScheduler",
     "DPMSolverMultistepScheduler",
     "DPMSolverMultistepInverseScheduler",
     "EDMDPMSolverMultistepScheduler",

@@ -3,11 +3,13 @@ reproduces diffusers' class of the same name step for step (float32, 1e-5 relati
 that change its math, each step is one fused sampler_update launch with no host sync, a saved
 scheduler loads back as itself, and fastdiff.sample's names for them match a diffusers loop."""
 
+import math
+
 import pytest
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from tests.samplers.harness import SD, compare, quiet_diffusers
+from tests.samplers.harness import SD, compare, quiet_diffusers, toy_model
 from tests.samplers.test_sample import IMAGE, SHAPE, close, diffusers_loop, fused, noise_for
 
 diffusers = pytest.importorskip("diffusers")
@@ -117,6 +119,69 @@ def test_edm_dpm_final_sigma_min_is_the_configured_one():
 
 
 # ---------------------------------------------------------------------------------------------
+# DEIS
+# ---------------------------------------------------------------------------------------------
+def compare_to_float64(name, cfg, *, steps, rtol=1e-5):
+    """fastdiff (float32) against diffusers run in float64 (its levels and sample cast up): where
+    diffusers' own float32 run loses digits (DEIS's basis integrals cancel between close levels:
+    7.5e-4 relative over 25 beta-spaced steps), ours keeps them (2.5e-7 there)."""
+    from tests.samplers.harness import trajectory
+
+    ref = getattr(quiet_diffusers(), name)(**cfg)
+    ours = getattr(fs, name).from_config(ref.config)
+    ref.set_timesteps(steps)
+    ref.sigmas = ref.sigmas.double()
+    xs, _ = trajectory(ours, steps=steps)
+    x = xs[0].double()
+    for i, t in enumerate(ref.timesteps):
+        x = ref.step(toy_model(x, t), t, x).prev_sample
+        torch.testing.assert_close(xs[i + 1].double(), x, rtol=rtol, atol=rtol * x.abs().max().item(), msg=lambda m: f"step {i}: {m}")
+
+
+@pytest.mark.parametrize("prediction_type", ["epsilon", "v_prediction", "sample"])
+@pytest.mark.parametrize("lower_order_final", [True, False])
+@pytest.mark.parametrize("order", [1, 2, 3])
+def test_deis_orders_prediction_types_and_final_order(order, lower_order_final, prediction_type):
+    compare("DEISMultistepScheduler", dict(SD, solver_order=order, prediction_type=prediction_type,
+                                           lower_order_final=lower_order_final), steps=10 if lower_order_final else 20)
+
+
+@pytest.mark.parametrize("spacing", ["linspace", "leading", "trailing"])
+def test_deis_timestep_spacings(spacing):
+    compare("DEISMultistepScheduler", dict(SD, timestep_spacing=spacing, steps_offset=1, solver_order=3), steps=12)
+
+
+@pytest.mark.parametrize("steps", [10, 25])
+@pytest.mark.parametrize("sig", SIGMA_SPACINGS, ids=SPACING_IDS)
+def test_deis_sigma_spacings_against_float64(sig, steps):
+    compare_to_float64("DEISMultistepScheduler", dict(SD, **sig, solver_order=3), steps=steps)
+
+
+def test_deis_flow_prediction_long_runs_thresholding_and_a_mid_schedule_start():
+    for order in (1, 2, 3):
+        compare_to_float64("DEISMultistepScheduler", dict(SD, solver_order=order, prediction_type="flow_prediction",
+                                                          use_flow_sigmas=True, flow_shift=3.0), steps=10)
+    compare_to_float64("DEISMultistepScheduler", dict(SD), steps=999)
+    compare("DEISMultistepScheduler", dict(beta_schedule="squaredcos_cap_v2"), steps=10)
+    compare("DEISMultistepScheduler", dict(SD, thresholding=True, prediction_type="sample", sample_max_value=0.5), steps=10)
+    compare("DEISMultistepScheduler", dict(SD, thresholding=True, sample_max_value=0.5, solver_order=3), steps=10)
+    compare("DEISMultistepScheduler", dict(SD), steps=1)
+    compare("DEISMultistepScheduler", dict(SD, solver_order=3), steps=10, begin=3, x0=X0)
+
+
+def test_deis_weights_integrate_the_interpolating_polynomial_exactly():
+    from fastdiff.solvers.deis import deis_weights
+
+    rhos = [14.6, 6.0, 2.5, 1.1, 0.4]
+    for order in (1, 2, 3):
+        w = deis_weights(rhos, 3, order)  # nodes rho_3, rho_2, rho_1 (newest first), interval [rho_3, rho_4]
+        assert sum(w) == pytest.approx(rhos[4] - rhos[3], rel=1e-13)  # a constant integrates to the step
+        if order >= 2:  # so does log rho, a polynomial of degree 1 in log rho: int log rho drho = rho (log rho - 1)
+            exact = rhos[4] * (math.log(rhos[4]) - 1) - rhos[3] * (math.log(rhos[3]) - 1)
+            assert sum(wk * math.log(r) for wk, r in zip(w, rhos[3::-1])) == pytest.approx(exact, rel=1e-12)
+
+
+# ---------------------------------------------------------------------------------------------
 # What every class shares: one launch per step, serialisation, the sampler names
 # ---------------------------------------------------------------------------------------------
 class _Ops(TorchDispatchMode):
@@ -134,6 +199,7 @@ LAUNCH_CASES = [
     ("DPMSolverMultistepInverseScheduler", dict(SD, solver_order=3)),
     ("EDMDPMSolverMultistepScheduler", dict(solver_order=3, thresholding=False)),
     ("EDMDPMSolverMultistepScheduler", dict(algorithm_type="sde-dpmsolver++")),
+    ("DEISMultistepScheduler", dict(SD, solver_order=3, thresholding=False)),
 ]
 
 
@@ -174,6 +240,8 @@ NAMES = [
     ("dpmpp_2m_inversion", {"order": 3, "prediction_type": "v_prediction", "use_karras_sigmas": True}),
     ("edm_dpmpp_2m", {}),
     ("edm_dpmpp_2m", {"order": 3, "prediction_type": "v_prediction", "sigma_schedule": "exponential"}),
+    ("deis", {}),
+    ("deis", {"order": 3, "prediction_type": "v_prediction", "use_karras_sigmas": True}),
 ]
 
 

@@ -10,6 +10,7 @@ from ._base import Config, ScheduleCore
 from .ddim import DDIMScheduler
 from .ddim_inverse import DDIMInverseScheduler
 from .ddpm import DDPMScheduler
+from .deis import DEISMultistepScheduler
 from .dpm_solver import DPMSolverMultistepScheduler
 from .dpm_solver_inverse import DPMSolverMultistepInverseScheduler
 from .edm_dpm_solver import EDMDPMSolverMultistepScheduler
@@ -28,6 +29,6 @@ CORES: dict[str, type] = {c.__name__: c for c in (
     DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler, EulerAncestralDiscreteScheduler, EulerDiscreteScheduler,
     FlowMatchEulerDiscreteScheduler, HeunDiscreteScheduler, LCMScheduler, UniPCMultistepScheduler,
     PNDMScheduler, LMSDiscreteScheduler, EDMEulerScheduler, DDIMInverseScheduler, IPNDMScheduler,
-    DPMSolverMultistepInverseScheduler, EDMDPMSolverMultistepScheduler)}
+    DPMSolverMultistepInverseScheduler, EDMDPMSolverMultistepScheduler, DEISMultistepScheduler)}
 
 __all__ = ["CORES", "Config", "ScheduleCore", *CORES]
