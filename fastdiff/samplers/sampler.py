@@ -355,6 +355,15 @@ class DEIS(Sampler):
         return options
 
 
+class DPMSolverSinglestep(DPMSolverPP):
+    """Singlestep DPM-Solver++ (Lu et al. 2022): groups of ``order`` (1-3) evaluations, each step
+    restarting from the group's first sample; ``sde`` (orders 1-2), ``solver_type`` midpoint / heun.
+    An uneven last group is shortened (lower_order_final)."""
+
+    scheduler_class = scheduling.DPMSolverSinglestepScheduler
+    defaults = dict(SD_SCHEDULE, lower_order_final=True)
+
+
 #: fastdiff.sample(sampler=...) names
 NAMED: dict[str, tuple[type, dict]] = {
     "ddpm": (DDPM, {}),
@@ -377,6 +386,8 @@ NAMED: dict[str, tuple[type, dict]] = {
     "dpmpp_2m_inversion": (DPMSolverPPInversion, {"order": 2}),
     "edm_dpmpp_2m": (EDMDPMSolverPP, {"order": 2}),
     "deis": (DEIS, {}),
+    "dpmpp_2s": (DPMSolverSinglestep, {"order": 2}),
+    "dpmpp_3s": (DPMSolverSinglestep, {"order": 3}),
 }
 
 

@@ -24,6 +24,7 @@ from .ddpm import DDPMScheduler
 from .deis import DEISMultistepScheduler
 from .dpm_solver import DPMSolverMultistepScheduler
 from .dpm_solver_inverse import DPMSolverMultistepInverseScheduler
+from .dpm_singlestep import DPMSolverSinglestepScheduler
 from .edm_dpm_solver import EDMDPMSolverMultistepScheduler
 from .edm_euler import EDMEulerScheduler
 from .euler import EulerAncestralDiscreteScheduler, EulerDiscreteScheduler
@@ -42,6 +43,7 @@ __all__ = [
     "DEISMultistepScheduler",
     "DPMSolverMultistepScheduler",
     "DPMSolverMultistepInverseScheduler",
+    "DPMSolverSinglestepScheduler",
     "EDMDPMSolverMultistepScheduler",
     "EDMEulerScheduler",
     "EulerAncestralDiscreteScheduler",

@@ -14,6 +14,7 @@ from tests.samplers.test_sample import IMAGE, SHAPE, close, diffusers_loop, fuse
 
 diffusers = pytest.importorskip("diffusers")
 
+import fastdiff  # noqa: E402
 import fastdiff.schedulers as fs  # noqa: E402
 from fastdiff.samplers import make_sampler  # noqa: E402
 
@@ -182,6 +183,79 @@ def test_deis_weights_integrate_the_interpolating_polynomial_exactly():
 
 
 # ---------------------------------------------------------------------------------------------
+# Singlestep DPM-Solver
+# ---------------------------------------------------------------------------------------------
+#: diffusers' algorithms; DPM-Solver (noise form) needs a positive final sigma; the SDE variant stops at order 2 here
+SINGLE = [(o, a) for o in (1, 2, 3) for a in ("dpmsolver++", "dpmsolver", "sde-dpmsolver++") if not (o == 3 and a.startswith("sde"))]
+
+
+@pytest.mark.parametrize("prediction_type", ["epsilon", "v_prediction", "sample"])
+@pytest.mark.parametrize("solver_type", ["midpoint", "heun"])
+@pytest.mark.parametrize("order,algorithm_type", SINGLE)
+@pytest.mark.parametrize("steps", [9, 12])
+def test_singlestep_orders_algorithms_solver_and_prediction_types(order, algorithm_type, solver_type, prediction_type, steps):
+    final = "sigma_min" if algorithm_type == "dpmsolver" else "zero"
+    compare("DPMSolverSinglestepScheduler", dict(SD, solver_order=order, algorithm_type=algorithm_type, solver_type=solver_type,
+                                                 prediction_type=prediction_type, final_sigmas_type=final), steps=steps)
+
+
+@pytest.mark.parametrize("final", ["zero", "sigma_min"])
+@pytest.mark.parametrize("lower_order_final", [True, False])
+@pytest.mark.parametrize("order", [2, 3])
+def test_singlestep_group_layouts_for_every_short_run(order, lower_order_final, final):
+    """The order list (groups 1, 2[, 3], shortened at the end, first order onto sigma 0) for 1-7 and 12
+    steps; an uneven run or a zero final sigma switches lower_order_final on in the config, as diffusers."""
+    for steps in (1, 2, 3, 4, 5, 6, 7, 12):
+        compare("DPMSolverSinglestepScheduler", dict(SD, solver_order=order, lower_order_final=lower_order_final,
+                                                     final_sigmas_type=final), steps=steps)
+    s = fs.DPMSolverSinglestepScheduler(**SD, solver_order=3, lower_order_final=False, final_sigmas_type="sigma_min")
+    s.set_timesteps(7)
+    assert s.config.lower_order_final and s.order_list == [1, 2, 3, 1, 2, 3, 1]
+
+
+@pytest.mark.parametrize("sig", SIGMA_SPACINGS, ids=SPACING_IDS)
+@pytest.mark.parametrize("order", [2, 3])
+def test_singlestep_sigma_spacings(sig, order):
+    compare("DPMSolverSinglestepScheduler", dict(SD, **sig, solver_order=order), steps=10)
+    compare("DPMSolverSinglestepScheduler", dict(SD, **sig, solver_order=order, final_sigmas_type="sigma_min"), steps=12)
+
+
+@pytest.mark.parametrize("begin", [1, 2, 3, 4, 5])
+def test_singlestep_started_mid_group_runs_lower_order_until_its_group_restarts(begin):
+    compare("DPMSolverSinglestepScheduler", dict(SD, solver_order=3), steps=12, begin=begin, x0=X0)
+    compare("DPMSolverSinglestepScheduler", dict(SD, solver_order=2, algorithm_type="sde-dpmsolver++"), steps=12, begin=begin, x0=X0)
+
+
+def test_singlestep_thresholding_flow_clipping_custom_timesteps_and_long_runs():
+    compare("DPMSolverSinglestepScheduler", dict(SD, thresholding=True, prediction_type="sample", sample_max_value=0.5, solver_order=3),
+            steps=10)
+    compare("DPMSolverSinglestepScheduler", dict(SD, thresholding=True, sample_max_value=0.5, algorithm_type="sde-dpmsolver++"),
+            steps=10)
+    compare("DPMSolverSinglestepScheduler", dict(SD, thresholding=True, sample_max_value=0.5, solver_order=3,
+                                                 prediction_type="v_prediction"), steps=10)
+    compare("DPMSolverSinglestepScheduler", dict(SD, use_flow_sigmas=True, flow_shift=3.0, prediction_type="flow_prediction",
+                                                 solver_order=3), steps=12)
+    compare("DPMSolverSinglestepScheduler", dict(beta_schedule="squaredcos_cap_v2", lambda_min_clipped=-5.1), steps=10)
+    compare("DPMSolverSinglestepScheduler", dict(SD), steps=None, set_kw={"timesteps": [999, 800, 650, 500, 300, 100, 20]})
+    compare("DPMSolverSinglestepScheduler", dict(SD), steps=999)
+
+
+def test_singlestep_history_holds_the_group_so_far_and_sde_third_order_is_refused():
+    s = fs.DPMSolverSinglestepScheduler(**SD, solver_order=3)
+    s.set_timesteps(12)
+    assert s._program(0).history == 2  # the anchor's and the middle point's outputs
+    sde = fs.DPMSolverSinglestepScheduler(**SD, algorithm_type="sde-dpmsolver++")
+    sde.set_timesteps(12)
+    assert sde._program(0).history == 1  # the anchor's entry carries what the pair's second step reads of it
+    bad = fs.DPMSolverSinglestepScheduler(**SD, solver_order=3, algorithm_type="sde-dpmsolver++")
+    bad.set_timesteps(6)
+    with pytest.raises(NotImplementedError, match="^fastdiff: .*sde-dpmsolver\\+\\+ at solver_order=3"):
+        bad.step(torch.ones(1, 2), bad.timesteps[0], torch.ones(1, 2))
+    with pytest.raises(ValueError, match="orders 1 and 2 only"):
+        fastdiff.sample(toy_model, torch.ones(1, 2), sampler="dpmpp_3s", sde=True, steps=6)
+
+
+# ---------------------------------------------------------------------------------------------
 # What every class shares: one launch per step, serialisation, the sampler names
 # ---------------------------------------------------------------------------------------------
 class _Ops(TorchDispatchMode):
@@ -200,6 +274,8 @@ LAUNCH_CASES = [
     ("EDMDPMSolverMultistepScheduler", dict(solver_order=3, thresholding=False)),
     ("EDMDPMSolverMultistepScheduler", dict(algorithm_type="sde-dpmsolver++")),
     ("DEISMultistepScheduler", dict(SD, solver_order=3, thresholding=False)),
+    ("DPMSolverSinglestepScheduler", dict(SD, solver_order=3, lower_order_final=True)),
+    ("DPMSolverSinglestepScheduler", dict(SD, algorithm_type="sde-dpmsolver++", lower_order_final=True)),
 ]
 
 
@@ -242,6 +318,9 @@ NAMES = [
     ("edm_dpmpp_2m", {"order": 3, "prediction_type": "v_prediction", "sigma_schedule": "exponential"}),
     ("deis", {}),
     ("deis", {"order": 3, "prediction_type": "v_prediction", "use_karras_sigmas": True}),
+    ("dpmpp_2s", {}),
+    ("dpmpp_2s", {"sde": True, "solver_type": "heun", "prediction_type": "v_prediction"}),
+    ("dpmpp_3s", {"use_karras_sigmas": True, "final_sigmas_type": "sigma_min"}),
 ]
 
 

@@ -13,6 +13,7 @@ from .ddpm import DDPMScheduler
 from .deis import DEISMultistepScheduler
 from .dpm_solver import DPMSolverMultistepScheduler
 from .dpm_solver_inverse import DPMSolverMultistepInverseScheduler
+from .dpm_singlestep import DPMSolverSinglestepScheduler
 from .edm_dpm_solver import EDMDPMSolverMultistepScheduler
 from .edm_euler import EDMEulerScheduler
 from .euler import EulerAncestralDiscreteScheduler, EulerDiscreteScheduler
@@ -29,6 +30,7 @@ CORES: dict[str, type] = {c.__name__: c for c in (
     DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler, EulerAncestralDiscreteScheduler, EulerDiscreteScheduler,
     FlowMatchEulerDiscreteScheduler, HeunDiscreteScheduler, LCMScheduler, UniPCMultistepScheduler,
     PNDMScheduler, LMSDiscreteScheduler, EDMEulerScheduler, DDIMInverseScheduler, IPNDMScheduler,
-    DPMSolverMultistepInverseScheduler, EDMDPMSolverMultistepScheduler, DEISMultistepScheduler)}
+    DPMSolverMultistepInverseScheduler, EDMDPMSolverMultistepScheduler, DEISMultistepScheduler,
+    DPMSolverSinglestepScheduler)}
 
 __all__ = ["CORES", "Config", "ScheduleCore", *CORES]
