@@ -43,7 +43,7 @@ STOCHASTIC = {"ddpm", "euler_ancestral", "dpmpp_2m_sde", "dpmpp_3m_sde", "lcm"}
 _KARRAS = {"use_karras_sigmas": True}
 #: named samplers outside this benchmark: EDM's and IPNDM's networks are preconditioned on their own
 #: levels (not the mixture's noise prediction at SD's), and inversion runs up the levels, not down
-NOT_MEASURED = {"edm_euler", "ipndm", "ddim_inversion"}
+NOT_MEASURED = {"edm_euler", "ipndm", "ddim_inversion", "edm_dpmpp_2m", "dpmpp_2m_inversion"}
 #: Two grids. "sd": each sampler's SD set-up (scaled_linear betas, trailing timesteps, final sigma 0),
 #: what a pipeline runs. "karras": the samplers that take Karras sigmas, all on the same rho = 7 grid
 #: from the schedule's sigma_max to sigma_min, then 0: the grid exponential integrators are built for.

@@ -36,7 +36,9 @@ from fastdiff.samplers.graph import CudaGraphRecorder, GraphedSteps  # noqa: E40
 SAMPLERS = {"dpmpp_2m": "DPMSolverMultistepScheduler", "unipc": "UniPCMultistepScheduler", "euler": "EulerDiscreteScheduler",
             "ddim": "DDIMScheduler", "pndm": "PNDMScheduler",
             "lms": "LMSDiscreteScheduler", "edm_euler": "EDMEulerScheduler",
-            "ddim_inversion": "DDIMInverseScheduler", "ipndm": "IPNDMScheduler"}
+            "ddim_inversion": "DDIMInverseScheduler", "ipndm": "IPNDMScheduler",
+            "dpmpp_2m_inversion": "DPMSolverMultistepInverseScheduler", "edm_dpmpp_2m": "EDMDPMSolverMultistepScheduler",
+            "deis": "DEISMultistepScheduler", "dpmpp_2s": "DPMSolverSinglestepScheduler", "dpmpp_3s": "DPMSolverSinglestepScheduler"}
 #: what a plain run measures (--samplers picks others from SAMPLERS)
 DEFAULT_SAMPLERS = "dpmpp_2m,unipc,euler,ddim"
 
