@@ -32,23 +32,28 @@ def effective_orders(orders: Sequence[int], begin: int) -> list[int]:
 
 
 def _terms(h: float, o: int, algorithm: str, solver_type: str) -> tuple[float, float, list[float]]:
-    """For a step of log-SNR length h from the anchor: (scale of the anchor state in units of the
-    target level's ratio, the weight of D0, the weights of the difference terms), each multiplied by
-    alpha_t (data prediction) or sigma_t (noise prediction) at the call site."""
+    """For an order-o step of log-SNR length h from the anchor: (the anchor state's factor on top of
+    the level ratio, the weight of D0, the weights of the difference terms: [D1] at second order,
+    [D1_1] (midpoint) or [D1, D2] (heun) at third), the last two in units of alpha_t (data
+    prediction) or sigma_t (noise prediction)."""
     heun = solver_type == "heun"
-    if algorithm == "dpmsolver++":
-        em1 = -1.0 if math.isinf(h) else math.expm1(-h)  # e^{-h} - 1
-        d = [] if o == 1 else [-0.5 * em1 if not heun else em1 / h + 1.0] if o == 2 else \
-            [em1 / h + 1.0] if not heun else [em1 / h + 1.0, -((em1 + h) / h**2 - 0.5)]
-        return 1.0, -em1, d
-    if algorithm == "sde-dpmsolver++":
+    if algorithm == "sde-dpmsolver++":  # third order is refused before this is reached
         om = 1.0 if math.isinf(h) else -math.expm1(-2.0 * h)  # 1 - e^{-2h}
-        d = [] if o == 1 else [0.5 * om if not heun else om / (-2.0 * h) + 1.0]
+        d = [] if o == 1 else [om / (-2.0 * h) + 1.0 if heun else 0.5 * om]
         return (0.0 if math.isinf(h) else math.exp(-h)), om, d
-    ep1 = math.expm1(h)  # dpmsolver: e^{h} - 1
-    d = [] if o == 1 else [-0.5 * ep1 if not heun else -(ep1 / h - 1.0)] if o == 2 else \
-        [-(ep1 / h - 1.0)] if not heun else [-(ep1 / h - 1.0), -((ep1 - h) / h**2 - 0.5)]
-    return 1.0, -ep1, d
+    if algorithm == "dpmsolver++":
+        e = -1.0 if math.isinf(h) else math.expm1(-h)  # e^{-h} - 1
+        w_d1, w_mid, w_d2 = e / h + 1.0, -0.5 * e, -((e + h) / h**2 - 0.5)
+    else:  # dpmsolver, on the noise prediction
+        e = math.expm1(h)  # e^{h} - 1
+        w_d1, w_mid, w_d2 = -(e / h - 1.0), -0.5 * e, -((e - h) / h**2 - 0.5)
+    if o == 1:
+        d = []
+    elif o == 2:
+        d = [w_d1 if heun else w_mid]
+    else:
+        d = [w_d1, w_d2] if heun else [w_d1]
+    return 1.0, -e, d
 
 
 def dpm_solver_singlestep(

@@ -7,8 +7,9 @@ from typing import Optional, Sequence, Union
 import numpy as np
 
 from .. import deis as solver, rows as layout, schedules
-from ._common import sigma_spacing, spaced_sigmas
+from ._common import sigma_spacing
 from ._multistep import MultistepScheduler
+from ._vp_levels import apply_mu, normalise_solver, sigma_at, sigma_schedule
 
 
 class DEISMultistepScheduler(MultistepScheduler):
@@ -43,42 +44,17 @@ class DEISMultistepScheduler(MultistepScheduler):
     ):
         self._register(locals())
         sigma_spacing(self.config)
-        if algorithm_type in ("dpmsolver", "dpmsolver++"):
-            self.register_to_config(algorithm_type="deis")
-        elif algorithm_type != "deis":
-            raise NotImplementedError(f"{algorithm_type} is not implemented for {self.__class__}")
-        if solver_type in ("midpoint", "heun", "bh1", "bh2"):
-            self.register_to_config(solver_type="logrho")
-        elif solver_type != "logrho":
-            raise NotImplementedError(f"solver type {solver_type} is not implemented for {self.__class__}")
+        normalise_solver(self, algorithm_type, solver_type, ("deis",), ("logrho",), algorithm_alias=("dpmsolver", "dpmsolver++"),
+                         alias_to="deis", solver_alias=("midpoint", "heun", "bh1", "bh2"), solver_to="logrho")
         self._init_training(clamp_zero_snr=False)
         self._init_tables()
 
     def set_timesteps(self, num_inference_steps: int, device=None, mu: Optional[float] = None) -> None:
-        cfg = self.config
-        if mu is not None:
-            if not (cfg.use_dynamic_shifting and cfg.time_shift_type == "exponential"):
-                raise ValueError("fastdiff: mu needs use_dynamic_shifting=True and time_shift_type='exponential'")
-            self.register_to_config(flow_shift=float(np.exp(mu)))
-            cfg = self.config
-        n = cfg.num_train_timesteps
-        ts = schedules.multistep_timesteps(cfg.timestep_spacing, num_inference_steps, n, steps_offset=cfg.steps_offset)
-        full = schedules.vp_sigmas(self.alphas_cumprod)
-        kind = sigma_spacing(cfg)
-        if kind is not None:
-            sig = spaced_sigmas(cfg, kind, np.flip(full).copy(), num_inference_steps)
-            ts = np.array([schedules.sigma_to_t(s, np.log(full)) for s in sig])
-            if kind == "karras":
-                ts = ts.round()
-            last = sig[-1]
-        elif cfg.use_flow_sigmas:
-            alphas = np.linspace(1, 1 / n, num_inference_steps + 1)
-            sig = np.flip(schedules.shift_flow_sigmas(1.0 - alphas, cfg.flow_shift))[:-1].copy()
-            ts = (sig * n).copy()
-            last = sig[-1]
-        else:
-            sig = np.interp(ts, np.arange(0, len(full)), full)
-            last = float(((1 - self.alphas_cumprod[0]) / self.alphas_cumprod[0]) ** 0.5)
+        cfg = apply_mu(self, mu)
+        ts = schedules.multistep_timesteps(cfg.timestep_spacing, num_inference_steps, cfg.num_train_timesteps,
+                                           steps_offset=cfg.steps_offset)
+        sig, ts, spaced = sigma_schedule(self, ts, num_inference_steps)
+        last = sig[-1] if spaced else sigma_at(self, 0)
         self._install_sigmas(sig, ts, last, device)
 
     def _builder(self, begin: int, key: tuple):

@@ -8,9 +8,10 @@ from typing import Optional, Sequence, Union
 import numpy as np
 import torch
 
-from .. import rows as layout, schedules, singlestep
-from ._common import sigma_spacing, spaced_sigmas
+from .. import rows as layout, singlestep
+from ._common import sigma_spacing
 from ._multistep import MultistepScheduler
+from ._vp_levels import apply_mu, normalise_solver, sigma_at, sigma_schedule
 
 logger = logging.getLogger(__name__)
 
@@ -49,14 +50,7 @@ class DPMSolverSinglestepScheduler(MultistepScheduler):
     ):
         self._register(locals())
         sigma_spacing(self.config)
-        if algorithm_type == "deis":
-            self.register_to_config(algorithm_type="dpmsolver++")
-        elif algorithm_type not in singlestep.ALGORITHMS:
-            raise NotImplementedError(f"{algorithm_type} is not implemented for {self.__class__}")
-        if solver_type in ("logrho", "bh1", "bh2"):
-            self.register_to_config(solver_type="midpoint")
-        elif solver_type not in ("midpoint", "heun"):
-            raise NotImplementedError(f"{solver_type} is not implemented for {self.__class__}")
+        normalise_solver(self, algorithm_type, solver_type, singlestep.ALGORITHMS, ("midpoint", "heun"))
         if algorithm_type not in ("dpmsolver++", "sde-dpmsolver++") and final_sigmas_type == "zero":
             raise ValueError(f"`final_sigmas_type` {final_sigmas_type} is not supported for `algorithm_type` "
                              f"{algorithm_type}. Please choose `sigma_min` instead.")
@@ -89,12 +83,7 @@ class DPMSolverSinglestepScheduler(MultistepScheduler):
 
     def set_timesteps(self, num_inference_steps: Optional[int] = None, device=None, mu: Optional[float] = None,
                       timesteps: Optional[Sequence[int]] = None) -> None:
-        cfg = self.config
-        if mu is not None:
-            if not (cfg.use_dynamic_shifting and cfg.time_shift_type == "exponential"):
-                raise ValueError("fastdiff: mu needs use_dynamic_shifting=True and time_shift_type='exponential'")
-            self.register_to_config(flow_shift=float(np.exp(mu)))
-            cfg = self.config
+        cfg = apply_mu(self, mu)
         if (num_inference_steps is None) == (timesteps is None):
             raise ValueError("Must pass exactly one of  `num_inference_steps` or `timesteps`.")
         kind = sigma_spacing(cfg)
@@ -107,20 +96,9 @@ class DPMSolverSinglestepScheduler(MultistepScheduler):
         else:
             clipped = int(torch.searchsorted(torch.flip(self.lambda_t, [0]), cfg.lambda_min_clipped))
             ts = np.linspace(0, n - 1 - clipped, steps + 1).round()[::-1][:-1].astype(np.int64)
-        full = schedules.vp_sigmas(self.alphas_cumprod)
-        if kind is not None:
-            sig = spaced_sigmas(cfg, kind, np.flip(full).copy(), steps)
-            ts = np.array([schedules.sigma_to_t(s, np.log(full)) for s in sig])
-            if kind == "karras":
-                ts = ts.round()
-        elif cfg.use_flow_sigmas:
-            alphas = np.linspace(1, 1 / n, steps + 1)
-            sig = np.flip(schedules.shift_flow_sigmas(1.0 - alphas, cfg.flow_shift))[:-1].copy()
-            ts = (sig * n).copy()
-        else:
-            sig = np.interp(ts, np.arange(0, len(full)), full)
+        sig, ts, _ = sigma_schedule(self, ts, steps)
         if cfg.final_sigmas_type == "sigma_min":
-            last = float(((1 - self.alphas_cumprod[0]) / self.alphas_cumprod[0]) ** 0.5)
+            last = sigma_at(self, 0)
         elif cfg.final_sigmas_type == "zero":
             last = 0.0
         else:

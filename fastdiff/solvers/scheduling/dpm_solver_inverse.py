@@ -7,9 +7,10 @@ from typing import Optional, Sequence, Union
 import numpy as np
 import torch
 
-from .. import methods as solvers, rows as layout, schedules
-from ._common import sigma_spacing, spaced_sigmas
+from .. import methods as solvers, rows as layout
+from ._common import sigma_spacing
 from ._multistep import MultistepScheduler
+from ._vp_levels import normalise_solver, sigma_at, sigma_schedule
 
 
 class DPMSolverMultistepInverseScheduler(MultistepScheduler):
@@ -50,14 +51,8 @@ class DPMSolverMultistepInverseScheduler(MultistepScheduler):
     ):
         self._register(locals())
         sigma_spacing(self.config)
-        if algorithm_type == "deis":
-            self.register_to_config(algorithm_type="dpmsolver++")
-        elif algorithm_type not in ("dpmsolver", "dpmsolver++", "sde-dpmsolver", "sde-dpmsolver++"):
-            raise NotImplementedError(f"{algorithm_type} is not implemented for {self.__class__}")
-        if solver_type in ("logrho", "bh1", "bh2"):
-            self.register_to_config(solver_type="midpoint")
-        elif solver_type not in ("midpoint", "heun"):
-            raise NotImplementedError(f"{solver_type} is not implemented for {self.__class__}")
+        normalise_solver(self, algorithm_type, solver_type, ("dpmsolver", "dpmsolver++", "sde-dpmsolver", "sde-dpmsolver++"),
+                         ("midpoint", "heun"))
         self._init_training(clamp_zero_snr=False)
         self._init_tables()
         n = num_train_timesteps
@@ -79,23 +74,8 @@ class DPMSolverMultistepInverseScheduler(MultistepScheduler):
         else:
             raise ValueError(f"{cfg.timestep_spacing} is not supported. Please make sure to choose one of 'linspace', "
                              "'leading' or 'trailing'.")
-        full = schedules.vp_sigmas(self.alphas_cumprod)
-        kind = sigma_spacing(cfg)
-        if kind is not None:
-            # the training sigmas ascend, so the spacing runs from the smallest level up to the largest
-            sig = spaced_sigmas(cfg, kind, full, steps)
-            ts = np.array([schedules.sigma_to_t(s, np.log(full)) for s in sig])
-            if kind == "karras":
-                ts = ts.round()
-            last = sig[-1]
-        elif cfg.use_flow_sigmas:
-            alphas = np.linspace(1, 1 / n, steps + 1)
-            sig = np.flip(schedules.shift_flow_sigmas(1.0 - alphas, cfg.flow_shift))[:-1].copy()
-            ts = (sig * n).copy()
-            last = sig[-1]
-        else:
-            sig = np.interp(ts, np.arange(0, len(full)), full)
-            last = float(((1 - self.alphas_cumprod[top]) / self.alphas_cumprod[top]) ** 0.5)
+        sig, ts, spaced = sigma_schedule(self, ts, steps, ascending=True)
+        last = sig[-1] if spaced else sigma_at(self, top)
         # Repeated timesteps (as many steps as training timesteps) are dropped, as diffusers does; the
         # levels are not, so the run ends before the last ones.
         _, first = np.unique(ts, return_index=True)

@@ -7,6 +7,7 @@ from typing import Any, Literal, Optional
 import torch
 
 from .. import edm, methods as solvers
+from ._vp_levels import normalise_solver
 from .edm_euler import EDMScheduler
 
 
@@ -35,14 +36,7 @@ class EDMDPMSolverMultistepScheduler(EDMScheduler):
         final_sigmas_type: Literal["zero", "sigma_min"] = "zero",
     ):
         self._register(locals())
-        if algorithm_type == "deis":
-            self.register_to_config(algorithm_type="dpmsolver++")
-        elif algorithm_type not in ("dpmsolver++", "sde-dpmsolver++"):
-            raise NotImplementedError(f"{algorithm_type} is not implemented for {self.__class__}")
-        if solver_type in ("logrho", "bh1", "bh2"):
-            self.register_to_config(solver_type="midpoint")
-        elif solver_type not in ("midpoint", "heun"):
-            raise NotImplementedError(f"{solver_type} is not implemented for {self.__class__}")
+        normalise_solver(self, algorithm_type, solver_type, ("dpmsolver++", "sde-dpmsolver++"), ("midpoint", "heun"))
         self.num_inference_steps: Optional[int] = None
         self.is_scale_input_called = False
         sigmas = self._edm_sigmas(torch.linspace(0, 1, num_train_timesteps))
