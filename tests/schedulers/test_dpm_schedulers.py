@@ -268,7 +268,7 @@ class _Ops(TorchDispatchMode):
         return func(*args, **(kwargs or {}))
 
 
-#: (class, config, set_timesteps steps): one configuration per class that uses its longest history
+#: (class, config): configurations that use each class's longest history, and its noise where it has some
 LAUNCH_CASES = [
     ("DPMSolverMultistepInverseScheduler", dict(SD, solver_order=3)),
     ("EDMDPMSolverMultistepScheduler", dict(solver_order=3, thresholding=False)),
