@@ -37,7 +37,9 @@ SAMPLERS = {"dpmpp_2m": "DPMSolverMultistepScheduler", "unipc": "UniPCMultistepS
             "ddim": "DDIMScheduler", "pndm": "PNDMScheduler",
             "lms": "LMSDiscreteScheduler", "edm_euler": "EDMEulerScheduler",
             "ddim_inversion": "DDIMInverseScheduler", "ipndm": "IPNDMScheduler",
-            "sa_solver": "SASolverScheduler"}
+            "sa_solver": "SASolverScheduler",
+            "dpmpp_2m_inversion": "DPMSolverMultistepInverseScheduler", "edm_dpmpp_2m": "EDMDPMSolverMultistepScheduler",
+            "deis": "DEISMultistepScheduler", "dpmpp_2s": "DPMSolverSinglestepScheduler", "dpmpp_3s": "DPMSolverSinglestepScheduler"}
 #: what a plain run measures (--samplers picks others from SAMPLERS)
 DEFAULT_SAMPLERS = "dpmpp_2m,unipc,euler,ddim"
 

@@ -40,6 +40,8 @@ UNFIT = {
     "ddim_inversion": "it runs an image back to noise (for editing), it does not generate",
     "edm_euler": "it feeds the model EDM's noise input (log(sigma) / 4) where these checkpoints take DDPM timesteps",
     "ipndm": "it steps its own fixed noise schedule, not the one these checkpoints were trained on",
+    "dpmpp_2m_inversion": "it runs an image back to noise (for editing), it does not generate",
+    "edm_dpmpp_2m": "it feeds the model EDM's noise input (log(sigma) / 4) where these checkpoints take DDPM timesteps",
 }
 
 

@@ -24,6 +24,7 @@ from .sampler import (
     UniPC,
     make_sampler,
 )
+from .sampler import DEIS, IPNDM, DPMSolverPPInversion, DPMSolverSinglestep, EDMDPMSolverPP
 
 __all__ = [
     "DDIM",
@@ -48,6 +49,10 @@ __all__ = [
     "ddim_table",
     "dpmpp_2m_table",
     "make_sampler",
+    "DEIS",
+    "DPMSolverPPInversion",
+    "DPMSolverSinglestep",
+    "EDMDPMSolverPP",
     "sample",
     "scaled_linear_alphas_cumprod",
 ]

@@ -337,6 +337,43 @@ class SASolver(Sampler):
     which differs from that level under Karras, exponential, beta or flow sigmas."""
 
     scheduler_class = scheduling.SASolverScheduler
+class DPMSolverPPInversion(DPMSolverPP):
+    """DPM-Solver++ multistep inversion (Lu et al. 2022, run up the levels): runs a clean latent up to
+    noise, for editing; pass the latent as ``noise``. ``order`` 1-3; the timesteps ascend."""
+
+    scheduler_class = scheduling.DPMSolverMultistepInverseScheduler
+
+
+class EDMDPMSolverPP(DPMSolverPP):
+    """DPM-Solver++ multistep in Karras et al.'s EDM parameterisation (Playground v2.5): ``order`` 1-3,
+    ``sde``, ``solver_type``; preconditioned networks, c_noise timesteps."""
+
+    scheduler_class = scheduling.EDMDPMSolverMultistepScheduler
+    defaults: Mapping[str, Any] = {}
+
+
+class DEIS(Sampler):
+    """DEIS (Zhang & Chen 2023): multistep exponential integrator of the noise prediction, Lagrange
+    interpolation in log rho; ``order`` 1-3 (default 2)."""
+
+    scheduler_class = scheduling.DEISMultistepScheduler
+
+    def _friendly(self) -> tuple:
+        return ("order",)
+
+    def _translate(self, options: dict) -> dict:
+        if "order" in options:
+            options["solver_order"] = options.pop("order")
+        return options
+
+
+class DPMSolverSinglestep(DPMSolverPP):
+    """Singlestep DPM-Solver++ (Lu et al. 2022): groups of ``order`` (1-3) evaluations, each step
+    restarting from the group's first sample; ``sde`` (orders 1-2), ``solver_type`` midpoint / heun.
+    An uneven last group is shortened (lower_order_final)."""
+
+    scheduler_class = scheduling.DPMSolverSinglestepScheduler
+    defaults = dict(SD_SCHEDULE, lower_order_final=True)
 
 
 #: fastdiff.sample(sampler=...) names
@@ -359,6 +396,11 @@ NAMED: dict[str, tuple[type, dict]] = {
     "ipndm": (IPNDM, {}),
     "flow_euler": (FlowMatchEuler, {}),
     "sa_solver": (SASolver, {}),
+    "dpmpp_2m_inversion": (DPMSolverPPInversion, {"order": 2}),
+    "edm_dpmpp_2m": (EDMDPMSolverPP, {"order": 2}),
+    "deis": (DEIS, {}),
+    "dpmpp_2s": (DPMSolverSinglestep, {"order": 2}),
+    "dpmpp_3s": (DPMSolverSinglestep, {"order": 3}),
 }
 
 

@@ -21,7 +21,11 @@ from ._base import FusedStep
 from .ddim import DDIMScheduler
 from .ddim_inverse import DDIMInverseScheduler
 from .ddpm import DDPMScheduler
+from .deis import DEISMultistepScheduler
 from .dpm_solver import DPMSolverMultistepScheduler
+from .dpm_solver_inverse import DPMSolverMultistepInverseScheduler
+from .dpm_singlestep import DPMSolverSinglestepScheduler
+from .edm_dpm_solver import EDMDPMSolverMultistepScheduler
 from .edm_euler import EDMEulerScheduler
 from .euler import EulerAncestralDiscreteScheduler, EulerDiscreteScheduler
 from .flow_match import FlowMatchEulerDiscreteScheduler
@@ -37,7 +41,11 @@ __all__ = [
     "DDIMInverseScheduler",
     "DDIMScheduler",
     "DDPMScheduler",
+    "DEISMultistepScheduler",
     "DPMSolverMultistepScheduler",
+    "DPMSolverMultistepInverseScheduler",
+    "DPMSolverSinglestepScheduler",
+    "EDMDPMSolverMultistepScheduler",
     "EDMEulerScheduler",
     "EulerAncestralDiscreteScheduler",
     "EulerDiscreteScheduler",

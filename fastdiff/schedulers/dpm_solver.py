@@ -12,13 +12,8 @@ from ..solvers.scheduling import dpm_solver as core
 from ._base import FusedStep, conform
 
 
-@conform
-class DPMSolverMultistepScheduler(FusedStep, core.DPMSolverMultistepScheduler, diffusers.DPMSolverMultistepScheduler):
-    """Drop-in for ``diffusers.DPMSolverMultistepScheduler``: orders 1-3, midpoint / heun second-order
-    forms, ODE and SDE variants, Karras / exponential / beta / Lu-lambda / flow sigmas.
-
-    Earlier data predictions live in a history ring inside the fused step (order - 1 slots).
-    """
+class DPMSolverStep(FusedStep):
+    """The fused step of the multistep DPM-Solver schedulers (forward and inverse)."""
 
     def step(self, model_output: Tensor, timestep: Union[int, Tensor], sample: Tensor,
              generator: Optional[torch.Generator] = None, variance_noise: Optional[Tensor] = None, return_dict: bool = True):
@@ -36,3 +31,12 @@ class DPMSolverMultistepScheduler(FusedStep, core.DPMSolverMultistepScheduler, d
         if self._data_is_x0():
             return x0
         return (sample - alpha * x0) / sigma
+
+
+@conform
+class DPMSolverMultistepScheduler(DPMSolverStep, core.DPMSolverMultistepScheduler, diffusers.DPMSolverMultistepScheduler):
+    """Drop-in for ``diffusers.DPMSolverMultistepScheduler``: orders 1-3, midpoint / heun second-order
+    forms, ODE and SDE variants, Karras / exponential / beta / Lu-lambda / flow sigmas.
+
+    Earlier data predictions live in a history ring inside the fused step (order - 1 slots).
+    """

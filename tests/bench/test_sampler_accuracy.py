@@ -33,7 +33,7 @@ def test_the_diffusers_loop_feeds_the_model_the_noise_levels_of_fastdiffs_plan(c
 
 
 def test_every_named_sampler_is_measured_on_the_sd_grid():
-    assert set(bench.CONFIGS["sd"]) == set(NAMED)
+    assert set(bench.CONFIGS["sd"]) == set(NAMED) - bench.NOT_MEASURED
     assert bench.steps_for("heun", 10) == 5 and bench.steps_for("dpmpp_2m", 10) == 10
 
 

@@ -10,7 +10,11 @@ from ._base import Config, ScheduleCore
 from .ddim import DDIMScheduler
 from .ddim_inverse import DDIMInverseScheduler
 from .ddpm import DDPMScheduler
+from .deis import DEISMultistepScheduler
 from .dpm_solver import DPMSolverMultistepScheduler
+from .dpm_solver_inverse import DPMSolverMultistepInverseScheduler
+from .dpm_singlestep import DPMSolverSinglestepScheduler
+from .edm_dpm_solver import EDMDPMSolverMultistepScheduler
 from .edm_euler import EDMEulerScheduler
 from .euler import EulerAncestralDiscreteScheduler, EulerDiscreteScheduler
 from .flow_match import FlowMatchEulerDiscreteScheduler
@@ -27,6 +31,8 @@ CORES: dict[str, type] = {c.__name__: c for c in (
     DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler, EulerAncestralDiscreteScheduler, EulerDiscreteScheduler,
     FlowMatchEulerDiscreteScheduler, HeunDiscreteScheduler, LCMScheduler, UniPCMultistepScheduler,
     PNDMScheduler, LMSDiscreteScheduler, EDMEulerScheduler, DDIMInverseScheduler, IPNDMScheduler,
-    SASolverScheduler)}
+    SASolverScheduler,
+    DPMSolverMultistepInverseScheduler, EDMDPMSolverMultistepScheduler, DEISMultistepScheduler,
+    DPMSolverSinglestepScheduler)}
 
 __all__ = ["CORES", "Config", "ScheduleCore", *CORES]
