@@ -325,6 +325,20 @@ class FlowMatchEuler(Sampler):
     defaults: Mapping[str, Any] = {}
 
 
+class DPM2(Sampler):
+    """DPM-Solver-2 (Karras et al. 2022; k-diffusion's sample_dpm_2): an Euler step to the log-midpoint
+    level, then the whole step again with the midpoint's derivative (two model evaluations per step)."""
+
+    scheduler_class = scheduling.KDPM2DiscreteScheduler
+
+
+class DPM2Ancestral(Sampler):
+    """DPM-Solver-2 ancestral (k-diffusion's sample_dpm_2_ancestral): DPM-Solver-2 down to sigma_down,
+    then fresh noise back up to the next level."""
+
+    scheduler_class = scheduling.KDPM2AncestralDiscreteScheduler
+
+
 #: fastdiff.sample(sampler=...) names
 NAMED: dict[str, tuple[type, dict]] = {
     "ddpm": (DDPM, {}),
@@ -344,6 +358,8 @@ NAMED: dict[str, tuple[type, dict]] = {
     "ddim_inversion": (DDIMInversion, {}),
     "ipndm": (IPNDM, {}),
     "flow_euler": (FlowMatchEuler, {}),
+    "dpm2": (DPM2, {}),
+    "dpm2_ancestral": (DPM2Ancestral, {}),
 }
 
 

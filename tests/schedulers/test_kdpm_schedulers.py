@@ -1,0 +1,169 @@
+"""KDPM2 (DPM-Solver-2), KDPM2-ancestral, TCD and DPM-Solver-SDE: fastdiff's class reproduces
+diffusers' class of the same name step for step (float32, 1e-5 relative) over the options that
+change their math and over the call patterns diffusers' tests and pipelines use; each model
+evaluation is one fused sampler_update launch; save/load round trips; fastdiff.sample's names for
+them match a diffusers loop with guidance, img2img and inpainting."""
+
+import tempfile
+
+import pytest
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+
+from fastdiff.samplers import make_sampler
+from tests.samplers.harness import SD, compare, quiet_diffusers, toy_model
+from tests.samplers.test_sample import IMAGE, SHAPE, close, diffusers_loop, fused, noise_for
+
+pytest.importorskip("diffusers")
+
+SPACING = ["leading", "trailing", "linspace"]
+X0 = torch.linspace(-1, 1, 120).reshape(2, 3, 5, 4)
+KDPM2 = ["KDPM2DiscreteScheduler", "KDPM2AncestralDiscreteScheduler"]
+
+
+class _Ops(TorchDispatchMode):
+    """Records every op dispatched while active."""
+
+    def __init__(self):
+        super().__init__()
+        self.ops: list[str] = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.ops.append(str(func))
+        return func(*args, **(kwargs or {}))
+
+
+def scaled_input_loop(s, *, steps, seed=0, step_kw=None, model=toy_model):
+    """diffusers' own tests' loop: the ``scale_model_input`` result is passed to step as the sample."""
+    s.set_timesteps(steps)
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(SHAPE, generator=g) * s.init_noise_sigma
+    kw = dict(step_kw or {})
+    if "generator" in __import__("inspect").signature(s.step).parameters:
+        kw["generator"] = g
+    for t in s.timesteps:
+        x = s.scale_model_input(x, t)
+        x = s.step(model(x, t), t, x, **kw).prev_sample
+    return x
+
+
+def launches_per_step(s, *, steps, step_kw=None):
+    """The number of fused sampler_update ops each step() dispatches."""
+    s.set_timesteps(steps)
+    x = torch.randn(SHAPE, generator=torch.Generator().manual_seed(3)) * s.init_noise_sigma
+    counts = []
+    for t in s.timesteps:
+        xi = s.scale_model_input(x, t)
+        m = toy_model(xi, t)
+        with _Ops() as rec:
+            x = s.step(m, t, x, **(step_kw or {})).prev_sample
+        counts.append(sum("sampler_update" in op for op in rec.ops))
+    return counts
+
+
+# ---------------------------------------------------------------------------------------------
+# KDPM2 and KDPM2-ancestral
+# ---------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("name", KDPM2)
+@pytest.mark.parametrize("prediction_type", ["epsilon", "v_prediction"])
+@pytest.mark.parametrize("spacing", SPACING)
+def test_kdpm2_prediction_types_and_spacings(name, prediction_type, spacing):
+    compare(name, dict(SD, prediction_type=prediction_type, timestep_spacing=spacing, steps_offset=1), steps=7)
+
+
+@pytest.mark.parametrize("name", KDPM2)
+@pytest.mark.parametrize("sig", [{"use_karras_sigmas": True}, {"use_exponential_sigmas": True}, {"use_beta_sigmas": True}],
+                         ids=["karras", "exponential", "beta"])
+def test_kdpm2_sigma_spacings(name, sig):
+    compare(name, dict(SD, **sig), steps=9)
+
+
+@pytest.mark.parametrize("name", KDPM2)
+@pytest.mark.parametrize("steps", [1, 2, 3, 25])
+def test_kdpm2_short_and_long_runs(name, steps):
+    # Few steps make the second stage's factor (target - sigma) / sigma_mid large (-500 at 2 steps), and
+    # diffusers' float32 (x - x0) / sigma_mid cancellation grows with it: compare relative to that.
+    compare(name, dict(SD), steps=steps, rtol=1e-5 if steps > 3 else 1e-4)
+
+
+@pytest.mark.parametrize("name", KDPM2)
+def test_kdpm2_linear_betas_as_diffusers_tests_configure(name):
+    compare(name, dict(num_train_timesteps=1100, beta_start=0.0001, beta_end=0.02), steps=10)
+
+
+@pytest.mark.parametrize("name", KDPM2)
+def test_kdpm2_started_mid_schedule(name):
+    compare(name, dict(SD), steps=10, begin=4, x0=X0)
+    compare(name, dict(SD, use_karras_sigmas=True), steps=10, begin=8, x0=X0)
+
+
+@pytest.mark.parametrize("name", KDPM2)
+@pytest.mark.parametrize("prediction_type", ["epsilon", "v_prediction"])
+def test_kdpm2_second_stage_steps_from_the_sample_the_first_stage_was_given(name, prediction_type):
+    """diffusers' tests pass the scaled model input as ``sample``; the second stage then re-takes the
+    step from the first stage's (scaled) sample, not from a state recovered from its own input."""
+    import fastdiff.schedulers as fs
+
+    diffusers = quiet_diffusers()
+    cfg = dict(SD, prediction_type=prediction_type)
+    ref = scaled_input_loop(getattr(diffusers, name)(**cfg), steps=6)
+    ours = scaled_input_loop(getattr(fs, name)(**cfg), steps=6)
+    close(ours, ref)
+
+
+@pytest.mark.parametrize("name", KDPM2)
+def test_kdpm2_one_fused_launch_per_model_evaluation(name):
+    import fastdiff.schedulers as fs
+
+    s = getattr(fs, name)(**SD)
+    assert launches_per_step(s, steps=5) == [1] * 9
+    assert s._program(0, ("stored",)).history == 1  # the first stage's sample
+
+
+def test_kdpm2_refuses_sample_prediction_at_step_as_diffusers():
+    import fastdiff.schedulers as fs
+
+    for name in KDPM2:
+        s = getattr(fs, name)(prediction_type="sample")
+        s.set_timesteps(3)
+        with pytest.raises(NotImplementedError, match="prediction_type not implemented yet: sample"):
+            s.step(torch.ones(1, 2), s.timesteps[0], torch.ones(1, 2))
+
+
+# ---------------------------------------------------------------------------------------------
+# Save / load and fastdiff.sample names
+# ---------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("name,cfg", [
+    ("KDPM2DiscreteScheduler", dict(SD, use_karras_sigmas=True)),
+    ("KDPM2AncestralDiscreteScheduler", dict(SD, prediction_type="v_prediction")),
+])
+def test_save_load_roundtrip_keeps_class_config_and_results(name, cfg):
+    import fastdiff.schedulers as fs
+
+    diffusers = quiet_diffusers()
+    s = getattr(fs, name)(**cfg)
+    with tempfile.TemporaryDirectory() as d:
+        s.save_pretrained(d)
+        back = getattr(fs, name).from_pretrained(d)
+        theirs = getattr(diffusers, name).from_pretrained(d)
+    assert type(back) is type(s) and isinstance(back, getattr(diffusers, name))
+    assert dict(back.config) == {k: v for k, v in s.config.items() if k != "_use_default_values"}
+    assert type(theirs).__module__.startswith("diffusers.")
+    close(scaled_input_loop(back, steps=5), scaled_input_loop(theirs, steps=5))
+
+
+@pytest.mark.parametrize("name,opts", [
+    ("dpm2", {}),
+    ("dpm2", {"prediction_type": "v_prediction", "use_karras_sigmas": True}),
+    ("dpm2_ancestral", {}),
+    ("dpm2_ancestral", {"timestep_spacing": "leading", "steps_offset": 1, "use_exponential_sigmas": True}),
+], ids=["dpm2", "dpm2-v-karras", "dpm2_ancestral", "dpm2_ancestral-leading-exp"])
+def test_named_samplers_with_guidance_img2img_and_inpainting(name, opts):
+    noise = noise_for(3)
+    sampler = make_sampler(name, **opts)
+    close(fused(sampler, noise, steps=8, guidance_scale=3.0), diffusers_loop(sampler, noise, steps=8, guidance=3.0))
+    close(fused(sampler, noise, steps=8, image=IMAGE, strength=0.6, guidance_scale=2.0),
+          diffusers_loop(sampler, noise, steps=8, image=IMAGE, strength=0.6, guidance=2.0))
+    mask = (torch.arange(SHAPE[-1]) < 2).to(torch.float32).expand(SHAPE[0], 1, SHAPE[2], SHAPE[3])
+    close(fused(sampler, noise, steps=6, image=IMAGE, mask=mask, guidance_scale=2.0),
+          diffusers_loop(sampler, noise, steps=6, image=IMAGE, mask=mask, guidance=2.0))
