@@ -339,6 +339,19 @@ class DPM2Ancestral(Sampler):
     scheduler_class = scheduling.KDPM2AncestralDiscreteScheduler
 
 
+class TCD(Sampler):
+    """Trajectory consistency distillation's strategic stochastic sampling (Zheng et al. 2024), 2-8 steps;
+    ``eta`` (the paper's gamma, default 0.3) sets how much of each step is re-noised (0: deterministic).
+    img2img skips the first steps, as the generic diffusers pipelines TCD runs in do."""
+
+    scheduler_class = scheduling.TCDScheduler
+    defaults = LCM.defaults
+    step_options = ("eta",)
+
+    def _step_key(self) -> tuple:
+        return (self.step_kwargs.get("eta", 0.3),)
+
+
 #: fastdiff.sample(sampler=...) names
 NAMED: dict[str, tuple[type, dict]] = {
     "ddpm": (DDPM, {}),
@@ -360,6 +373,7 @@ NAMED: dict[str, tuple[type, dict]] = {
     "flow_euler": (FlowMatchEuler, {}),
     "dpm2": (DPM2, {}),
     "dpm2_ancestral": (DPM2Ancestral, {}),
+    "tcd": (TCD, {}),
 }
 
 

@@ -31,6 +31,7 @@ from .kdpm2 import KDPM2AncestralDiscreteScheduler, KDPM2DiscreteScheduler
 from .lcm import LCMScheduler
 from .lms import LMSDiscreteScheduler
 from .pndm import PNDMScheduler
+from .tcd import TCDScheduler
 from .unipc import UniPCMultistepScheduler
 
 __all__ = [
@@ -51,5 +52,6 @@ __all__ = [
     "LMSDiscreteScheduler",
     "PNDMScheduler",
     "SchedulerOutput",
+    "TCDScheduler",
     "UniPCMultistepScheduler",
 ]

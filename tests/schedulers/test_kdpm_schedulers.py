@@ -131,11 +131,65 @@ def test_kdpm2_refuses_sample_prediction_at_step_as_diffusers():
 
 
 # ---------------------------------------------------------------------------------------------
+# TCD
+# ---------------------------------------------------------------------------------------------
+def compare_tcd(cfg, *, steps, eta, set_kw=None):
+    """compare() plus pred_noised_sample at every step (TCD's second output)."""
+    import fastdiff.schedulers as fs
+
+    diffusers = quiet_diffusers()
+    ref = diffusers.TCDScheduler(**cfg)
+    ours = fs.TCDScheduler.from_config(ref.config)
+    outs = []
+    for s in (ref, ours):
+        s.set_timesteps(steps, **(set_kw or {})) if steps is not None else s.set_timesteps(**set_kw)
+        g = torch.Generator().manual_seed(0)
+        x = torch.randn(SHAPE, generator=g)
+        run = []
+        for t in s.timesteps:
+            out = s.step(toy_model(x, t), t, x, eta=eta, generator=g)
+            x = out.prev_sample
+            run.append((x.clone(), out.pred_noised_sample.clone()))
+        outs.append(run)
+    assert torch.equal(ours.timesteps, ref.timesteps)
+    for (xr, nr), (xo, no) in zip(*outs):
+        close(xo, xr)
+        close(no, nr)
+
+
+@pytest.mark.parametrize("prediction_type", ["epsilon", "v_prediction", "sample"])
+@pytest.mark.parametrize("eta", [0.0, 0.3, 1.0])
+@pytest.mark.parametrize("steps", [1, 4, 8])
+def test_tcd_prediction_types_gammas_and_step_counts(prediction_type, eta, steps):
+    compare_tcd(dict(prediction_type=prediction_type), steps=steps, eta=eta)
+
+
+def test_tcd_schedules_custom_timesteps_original_steps_and_strength():
+    compare_tcd(dict(beta_schedule="linear", set_alpha_to_one=False), steps=6, eta=0.7)
+    compare_tcd(dict(rescale_betas_zero_snr=True, prediction_type="v_prediction", original_inference_steps=100), steps=10, eta=0.5)
+    compare_tcd({}, steps=None, eta=0.3, set_kw={"timesteps": [999, 759, 499, 259, 9]})
+    compare_tcd({}, steps=None, eta=0.3, set_kw={"timesteps": [999, 759, 499, 259, 9], "strength": 0.6})
+    compare_tcd({}, steps=6, eta=0.4, set_kw={"original_inference_steps": 100})  # every training timestep a candidate
+    compare_tcd({}, steps=4, eta=0.4, set_kw={"strength": 0.5})
+
+
+def test_tcd_one_fused_launch_per_step_and_gamma_checked():
+    import fastdiff.schedulers as fs
+
+    s = fs.TCDScheduler()
+    assert launches_per_step(s, steps=4, step_kw={"eta": 0.5}) == [1] * 4
+    s.set_timesteps(4)
+    with pytest.raises(AssertionError, match="gamma"):
+        s.step(torch.ones(1, 2), s.timesteps[0], torch.ones(1, 2), eta=1.5)
+
+
+# ---------------------------------------------------------------------------------------------
 # Save / load and fastdiff.sample names
 # ---------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("name,cfg", [
     ("KDPM2DiscreteScheduler", dict(SD, use_karras_sigmas=True)),
     ("KDPM2AncestralDiscreteScheduler", dict(SD, prediction_type="v_prediction")),
+    ("TCDScheduler", dict(prediction_type="v_prediction", original_inference_steps=40)),
 ])
 def test_save_load_roundtrip_keeps_class_config_and_results(name, cfg):
     import fastdiff.schedulers as fs
@@ -157,13 +211,17 @@ def test_save_load_roundtrip_keeps_class_config_and_results(name, cfg):
     ("dpm2", {"prediction_type": "v_prediction", "use_karras_sigmas": True}),
     ("dpm2_ancestral", {}),
     ("dpm2_ancestral", {"timestep_spacing": "leading", "steps_offset": 1, "use_exponential_sigmas": True}),
-], ids=["dpm2", "dpm2-v-karras", "dpm2_ancestral", "dpm2_ancestral-leading-exp"])
+    ("tcd", {}),
+    ("tcd", {"eta": 0.0, "prediction_type": "v_prediction"}),
+    ("tcd", {"eta": 0.9, "beta_schedule": "linear"}),
+], ids=["dpm2", "dpm2-v-karras", "dpm2_ancestral", "dpm2_ancestral-leading-exp", "tcd", "tcd-0-v", "tcd-0.9-linear"])
 def test_named_samplers_with_guidance_img2img_and_inpainting(name, opts):
     noise = noise_for(3)
     sampler = make_sampler(name, **opts)
-    close(fused(sampler, noise, steps=8, guidance_scale=3.0), diffusers_loop(sampler, noise, steps=8, guidance=3.0))
+    kw = {"step_kw": dict(sampler.step_kwargs)}
+    close(fused(sampler, noise, steps=8, guidance_scale=3.0), diffusers_loop(sampler, noise, steps=8, guidance=3.0, **kw))
     close(fused(sampler, noise, steps=8, image=IMAGE, strength=0.6, guidance_scale=2.0),
-          diffusers_loop(sampler, noise, steps=8, image=IMAGE, strength=0.6, guidance=2.0))
+          diffusers_loop(sampler, noise, steps=8, image=IMAGE, strength=0.6, guidance=2.0, **kw))
     mask = (torch.arange(SHAPE[-1]) < 2).to(torch.float32).expand(SHAPE[0], 1, SHAPE[2], SHAPE[3])
     close(fused(sampler, noise, steps=6, image=IMAGE, mask=mask, guidance_scale=2.0),
-          diffusers_loop(sampler, noise, steps=6, image=IMAGE, mask=mask, guidance=2.0))
+          diffusers_loop(sampler, noise, steps=6, image=IMAGE, mask=mask, guidance=2.0, **kw))

@@ -20,6 +20,7 @@ from .kdpm2 import KDPM2AncestralDiscreteScheduler, KDPM2DiscreteScheduler
 from .lcm import LCMScheduler
 from .lms import LMSDiscreteScheduler
 from .pndm import PNDMScheduler
+from .tcd import TCDScheduler
 from .unipc import UniPCMultistepScheduler
 
 #: every core, by the diffusers class name it reproduces
@@ -27,6 +28,6 @@ CORES: dict[str, type] = {c.__name__: c for c in (
     DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler, EulerAncestralDiscreteScheduler, EulerDiscreteScheduler,
     FlowMatchEulerDiscreteScheduler, HeunDiscreteScheduler, LCMScheduler, UniPCMultistepScheduler,
     PNDMScheduler, LMSDiscreteScheduler, EDMEulerScheduler, DDIMInverseScheduler, IPNDMScheduler,
-    KDPM2DiscreteScheduler, KDPM2AncestralDiscreteScheduler)}
+    KDPM2DiscreteScheduler, KDPM2AncestralDiscreteScheduler, TCDScheduler)}
 
 __all__ = ["CORES", "Config", "ScheduleCore", *CORES]
