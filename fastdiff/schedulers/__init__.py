@@ -21,6 +21,7 @@ from ._base import FusedStep
 from .ddim import DDIMScheduler
 from .ddim_inverse import DDIMInverseScheduler
 from .ddpm import DDPMScheduler
+from .dpm_sde import DPMSolverSDEScheduler
 from .dpm_solver import DPMSolverMultistepScheduler
 from .edm_euler import EDMEulerScheduler
 from .euler import EulerAncestralDiscreteScheduler, EulerDiscreteScheduler
@@ -39,6 +40,7 @@ __all__ = [
     "DDIMScheduler",
     "DDPMScheduler",
     "DPMSolverMultistepScheduler",
+    "DPMSolverSDEScheduler",
     "EDMEulerScheduler",
     "EulerAncestralDiscreteScheduler",
     "EulerDiscreteScheduler",

@@ -10,6 +10,7 @@ from ._base import Config, ScheduleCore
 from .ddim import DDIMScheduler
 from .ddim_inverse import DDIMInverseScheduler
 from .ddpm import DDPMScheduler
+from .dpm_sde import DPMSolverSDEScheduler
 from .dpm_solver import DPMSolverMultistepScheduler
 from .edm_euler import EDMEulerScheduler
 from .euler import EulerAncestralDiscreteScheduler, EulerDiscreteScheduler
@@ -28,6 +29,6 @@ CORES: dict[str, type] = {c.__name__: c for c in (
     DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler, EulerAncestralDiscreteScheduler, EulerDiscreteScheduler,
     FlowMatchEulerDiscreteScheduler, HeunDiscreteScheduler, LCMScheduler, UniPCMultistepScheduler,
     PNDMScheduler, LMSDiscreteScheduler, EDMEulerScheduler, DDIMInverseScheduler, IPNDMScheduler,
-    KDPM2DiscreteScheduler, KDPM2AncestralDiscreteScheduler, TCDScheduler)}
+    KDPM2DiscreteScheduler, KDPM2AncestralDiscreteScheduler, TCDScheduler, DPMSolverSDEScheduler)}
 
 __all__ = ["CORES", "Config", "ScheduleCore", *CORES]

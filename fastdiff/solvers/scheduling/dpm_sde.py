@@ -1,0 +1,133 @@
+"""DPMSolverSDEScheduler: DPM-Solver++(2S) SDE with Brownian-tree noise (k-diffusion's
+sample_dpmpp_sde), diffusers-compatible."""
+
+from __future__ import annotations
+
+import math
+from typing import Optional, Sequence, Union
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from .. import dpm_sde as solvers, schedules
+from ..brownian import BrownianNoise, require_torchsde
+from ._common import sigma_spacing, spaced_sigmas
+from ._ve import VEScheduler
+
+
+def _log_midpoints(sig: Tensor) -> Tensor:
+    """sigma_fn(t + (t_next - t) / 2) with t = -log sigma, in float32 as diffusers computes each step's
+    levels (the Brownian tree is queried at exactly these values)."""
+    t = -sig.log()
+    return (-(t[:-1] + (t[1:] - t[:-1]) * 0.5)).exp()
+
+
+class DPMSolverSDEScheduler(VEScheduler):
+    """Drop-in for ``diffusers.DPMSolverSDEScheduler``: two model evaluations per step (order = 2),
+    each one fused update whose noise is a Brownian increment computed on the host (see
+    fastdiff/solvers/dpm_sde.py). Needs torchsde, as diffusers' class does."""
+
+    order = 2
+
+    def __init__(
+        self,
+        num_train_timesteps: int = 1000,
+        beta_start: float = 0.00085,
+        beta_end: float = 0.012,
+        beta_schedule: str = "linear",
+        trained_betas: Optional[Union[np.ndarray, Sequence[float]]] = None,
+        prediction_type: str = "epsilon",
+        use_karras_sigmas: bool = False,
+        use_exponential_sigmas: bool = False,
+        use_beta_sigmas: bool = False,
+        noise_sampler_seed: Optional[int] = None,
+        timestep_spacing: str = "linspace",
+        steps_offset: int = 0,
+    ):
+        require_torchsde()
+        self._register(locals())
+        sigma_spacing(self.config)
+        # diffusers accepts prediction_type "sample" here and refuses it at step()
+        self._init_training(("epsilon", "v_prediction", "sample"), clamp_zero_snr=False)
+        self._init_done = False
+        self.set_timesteps(num_train_timesteps, None, num_train_timesteps)
+        self._init_done = True
+        self.use_karras_sigmas = use_karras_sigmas
+        self.noise_sampler = None
+        self.noise_sampler_seed = noise_sampler_seed
+
+    @property
+    def state_in_first_order(self) -> bool:
+        return self.sample is None
+
+    def set_timesteps(self, num_inference_steps: int, device=None, num_train_timesteps: Optional[int] = None) -> None:
+        cfg = self.config
+        kind = sigma_spacing(cfg)
+        self.num_inference_steps = num_inference_steps
+        n_train = num_train_timesteps or cfg.num_train_timesteps
+        if cfg.timestep_spacing not in schedules.TIMESTEP_SPACINGS:
+            raise ValueError(f"{cfg.timestep_spacing} is not supported. Please make sure to choose one of 'linspace', 'leading' or 'trailing'.")
+        if cfg.timestep_spacing == "linspace":  # float64 here, unlike the Euler family's float32 linspace
+            ts = np.linspace(0, n_train - 1, num_inference_steps, dtype=np.float64)[::-1].copy()
+        else:
+            ts = schedules.spaced_timesteps(cfg.timestep_spacing, num_inference_steps, n_train, steps_offset=cfg.steps_offset)
+        full = schedules.vp_sigmas(self.alphas_cumprod)
+        log_sigmas = np.log(full)
+        sig = np.interp(ts, np.arange(0, len(full)), full)
+        if kind is not None:
+            # (diffusers' Karras spacing here ignores any configured sigma_min / sigma_max)
+            sig = spaced_sigmas(cfg, kind, sig, num_inference_steps)
+            ts = np.array([schedules.sigma_to_t(s, log_sigmas) for s in sig])
+        mid_t = np.array([schedules.sigma_to_t(s, log_sigmas) for s in np.exp(-((-np.log(sig[:-1])) + np.diff(-np.log(sig)) * 0.5))])
+        levels = torch.from_numpy(np.concatenate([sig, [0.0]]).astype(np.float32))
+        self._reset()
+        self.sigmas = torch.cat([levels[:1], levels[1:-1].repeat_interleave(2), levels[-1:]])
+        ts_t = torch.from_numpy(np.asarray(ts, dtype=np.float64))
+        ts_t = torch.cat([ts_t[:1], ts_t[1:].repeat_interleave(2)])
+        ts_t[1::2] = torch.from_numpy(mid_t)
+        self.timesteps = ts_t.to(device)
+        self.sample = None
+        self.mid_point_sigma = None
+        self.noise_sampler = None
+        self._sig = self.sigmas.double().tolist()
+        self._ts_host = self.timesteps.cpu().numpy()
+        self._warm(0, (1.0,))
+
+    def _builder(self, begin: int, key: tuple):
+        (s_noise,) = key
+        return solvers.dpmpp_sde(self._sig, len(self._ts_host), self._noise_scale, prediction_type=self.config.prediction_type,
+                                 begin=begin, s_noise=float(s_noise))
+
+    def _query_levels(self, k: int, first: bool) -> tuple[Tensor, Tensor]:
+        """The levels (float32 tensors, diffusers' arithmetic) whose Brownian increment evaluation k adds."""
+        sig = self.sigmas
+        pair = sig[k: k + 2] if first else sig[k - 1: k + 1]
+        t = -pair.log()
+        start = (-t[0]).exp()
+        return start, _log_midpoints(pair)[0] if first else (-t[1]).exp()
+
+    def _noise_scale(self, k: int, first: bool) -> float:
+        """The factor making evaluation k's raw Brownian increment unit variance (0 where it adds no noise)."""
+        if (self._sig[k + 1] if first else self._sig[k]) == 0.0:
+            return 0.0
+        start, end = self._query_levels(k, first)
+        # signed: the increment runs from start down to end, W(end) - W(start) (see BrownianNoise.raw)
+        return (1.0 if start < end else -1.0) / float((end - start).abs().sqrt())
+
+    def brownian(self, x: Tensor, seed: Optional[int]) -> BrownianNoise:
+        """A Brownian tree over this schedule's positive levels (diffusers' range and settings)."""
+        sig = self.sigmas
+        return BrownianNoise(x, sig[sig > 0].min().item(), sig.max().item(), seed)
+
+    def _model_frame(self, begin: int):
+        # the model reads the state at sigma (first stage) or sigma_mid (second); its noise level, as
+        # diffusers' add_noise reads it, is sigmas[k] either way
+        scale, levels, first = [], [], True
+        for k in range(begin, len(self._ts_host)):
+            sigma, mid, _ = solvers.stage_levels(k, first, self._sig)
+            n = math.sqrt((sigma if first else mid) ** 2 + 1.0)
+            scale.append(n)
+            levels.append((1.0 / n, self._sig[k] / n))
+            first = not first
+        return scale + [1.0], levels + [(1.0, 0.0)]
