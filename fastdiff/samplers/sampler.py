@@ -169,6 +169,7 @@ class Sampler:
             levels=levels,
             init_scale=init,
             begin=begin,
+            noise=sched.plan_noise(begin, key) if hasattr(sched, "plan_noise") else None,
         )
 
 
@@ -352,6 +353,18 @@ class TCD(Sampler):
         return (self.step_kwargs.get("eta", 0.3),)
 
 
+class DPMPPSDE(Sampler):
+    """DPM-Solver++(2S) SDE (Lu et al. 2022; k-diffusion's sample_dpmpp_sde): two model evaluations per
+    step, Brownian-tree noise (needs torchsde); ``s_noise`` scales it. The tree's seed is
+    ``noise_sampler_seed`` if given, else drawn from ``generator``. Not with cuda_graph=True."""
+
+    scheduler_class = scheduling.DPMSolverSDEScheduler
+    step_options = ("s_noise",)
+
+    def _step_key(self) -> tuple:
+        return (self.step_kwargs.get("s_noise", 1.0),)
+
+
 #: fastdiff.sample(sampler=...) names
 NAMED: dict[str, tuple[type, dict]] = {
     "ddpm": (DDPM, {}),
@@ -374,6 +387,7 @@ NAMED: dict[str, tuple[type, dict]] = {
     "dpm2": (DPM2, {}),
     "dpm2_ancestral": (DPM2Ancestral, {}),
     "tcd": (TCD, {}),
+    "dpmpp_sde": (DPMPPSDE, {}),
 }
 
 

@@ -184,12 +184,96 @@ def test_tcd_one_fused_launch_per_step_and_gamma_checked():
 
 
 # ---------------------------------------------------------------------------------------------
+# DPM-Solver-SDE
+# ---------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("prediction_type", ["epsilon", "v_prediction"])
+@pytest.mark.parametrize("spacing", SPACING)
+def test_dpm_sde_prediction_types_and_spacings(prediction_type, spacing):
+    compare("DPMSolverSDEScheduler", dict(SD, prediction_type=prediction_type, timestep_spacing=spacing, steps_offset=1,
+                                          noise_sampler_seed=11), steps=7)
+
+
+@pytest.mark.parametrize("sig", [{"use_karras_sigmas": True}, {"use_exponential_sigmas": True}, {"use_beta_sigmas": True}],
+                         ids=["karras", "exponential", "beta"])
+def test_dpm_sde_sigma_spacings_and_s_noise(sig):
+    compare("DPMSolverSDEScheduler", dict(SD, noise_sampler_seed=2, **sig), steps=8)
+    compare("DPMSolverSDEScheduler", dict(SD, noise_sampler_seed=2, **sig), steps=5, step_kw={"s_noise": 0.6})
+    compare("DPMSolverSDEScheduler", dict(SD, noise_sampler_seed=2, **sig), steps=4, step_kw={"s_noise": 0.0})
+
+
+@pytest.mark.parametrize("steps", [1, 2, 25])
+def test_dpm_sde_short_and_long_runs_and_a_mid_schedule_start(steps):
+    compare("DPMSolverSDEScheduler", dict(SD, noise_sampler_seed=5), steps=steps)
+    if steps > 2:
+        compare("DPMSolverSDEScheduler", dict(SD, noise_sampler_seed=5), steps=steps, begin=6, x0=X0)
+
+
+@pytest.mark.parametrize("prediction_type", ["epsilon", "v_prediction"])
+def test_dpm_sde_second_stage_steps_from_the_sample_the_first_stage_was_given(prediction_type):
+    import fastdiff.schedulers as fs
+
+    diffusers = quiet_diffusers()
+    cfg = dict(SD, prediction_type=prediction_type, noise_sampler_seed=9)
+    close(scaled_input_loop(fs.DPMSolverSDEScheduler(**cfg), steps=6),
+          scaled_input_loop(diffusers.DPMSolverSDEScheduler(**cfg), steps=6))
+
+
+def test_dpm_sde_one_fused_launch_per_model_evaluation():
+    import fastdiff.schedulers as fs
+
+    s = fs.DPMSolverSDEScheduler(**SD, noise_sampler_seed=0)
+    assert launches_per_step(s, steps=4) == [1] * 7
+
+
+def test_brownian_noise_is_diffusers_noise_for_the_same_seed_and_levels():
+    from diffusers.schedulers.scheduling_dpmsolver_sde import BrownianTreeNoiseSampler
+
+    from fastdiff.solvers.brownian import BrownianNoise
+
+    x = torch.zeros(2, 3, 4)
+    ours, ref = BrownianNoise(x, 0.03, 14.6, seed=42), BrownianTreeNoiseSampler(x, 0.03, 14.6, 42)
+    for a, b in [(14.6, 3.2), (3.2, 1.7), (14.6, 0.5), (0.5, 0.03)]:
+        a, b = torch.tensor(a), torch.tensor(b)
+        torch.testing.assert_close(ours(a, b), ref(a, b), rtol=1e-6, atol=1e-6)
+        w, scale = ours.raw(a, b)
+        torch.testing.assert_close(w * scale, ref(a, b), rtol=1e-6, atol=1e-6)
+
+
+def test_without_torchsde_a_clear_import_error():
+    import subprocess
+    import sys
+
+    code = ("import sys; sys.modules['torchsde'] = None\n"
+            "from fastdiff.solvers.scheduling import DPMSolverSDEScheduler\n"
+            "try:\n    DPMSolverSDEScheduler()\nexcept ImportError as e:\n    print('IMPORT-ERROR', e)\n"
+            "import fastdiff.schedulers as fs\n"
+            "try:\n    fs.DPMSolverSDEScheduler()\nexcept ImportError as e:\n    print('DROP-IN', 'pip install torchsde' in str(e))\n"
+            "import fastdiff, torch\n"
+            "print(fastdiff.sample(lambda x, t: x, torch.ones(1, 2), sampler='euler', steps=2, progress=False).shape)\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert "IMPORT-ERROR fastdiff: DPMSolverSDEScheduler (sampler 'dpmpp_sde') draws Brownian-tree noise with torchsde: " \
+           "pip install torchsde" in out.stdout, out.stderr
+    assert "DROP-IN True" in out.stdout  # the drop-in: diffusers' own ImportError, as its class gives
+    assert "torch.Size([1, 2])" in out.stdout  # the rest of fastdiff works without it
+
+
+def test_dpmpp_sde_sample_seeds_its_tree_from_the_generator_and_refuses_cuda_graphs():
+    noise = noise_for(1)
+    a, b = fused("dpmpp_sde", noise, steps=4, seed=3), fused("dpmpp_sde", noise, steps=4, seed=3)
+    c = fused("dpmpp_sde", noise, steps=4, seed=4)
+    assert torch.equal(a, b) and not torch.equal(a, c)
+    with pytest.raises(ValueError, match="cuda_graph=True cannot replay"):
+        fused("dpmpp_sde", noise, steps=4, cuda_graph=True)
+
+
+# ---------------------------------------------------------------------------------------------
 # Save / load and fastdiff.sample names
 # ---------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("name,cfg", [
     ("KDPM2DiscreteScheduler", dict(SD, use_karras_sigmas=True)),
     ("KDPM2AncestralDiscreteScheduler", dict(SD, prediction_type="v_prediction")),
     ("TCDScheduler", dict(prediction_type="v_prediction", original_inference_steps=40)),
+    ("DPMSolverSDEScheduler", dict(SD, use_karras_sigmas=True, noise_sampler_seed=8)),
 ])
 def test_save_load_roundtrip_keeps_class_config_and_results(name, cfg):
     import fastdiff.schedulers as fs
@@ -214,7 +298,10 @@ def test_save_load_roundtrip_keeps_class_config_and_results(name, cfg):
     ("tcd", {}),
     ("tcd", {"eta": 0.0, "prediction_type": "v_prediction"}),
     ("tcd", {"eta": 0.9, "beta_schedule": "linear"}),
-], ids=["dpm2", "dpm2-v-karras", "dpm2_ancestral", "dpm2_ancestral-leading-exp", "tcd", "tcd-0-v", "tcd-0.9-linear"])
+    ("dpmpp_sde", {"noise_sampler_seed": 4}),
+    ("dpmpp_sde", {"noise_sampler_seed": 7, "prediction_type": "v_prediction", "use_karras_sigmas": True, "s_noise": 0.8}),
+], ids=["dpm2", "dpm2-v-karras", "dpm2_ancestral", "dpm2_ancestral-leading-exp", "tcd", "tcd-0-v", "tcd-0.9-linear",
+        "dpmpp_sde", "dpmpp_sde-v-karras-s_noise"])
 def test_named_samplers_with_guidance_img2img_and_inpainting(name, opts):
     noise = noise_for(3)
     sampler = make_sampler(name, **opts)

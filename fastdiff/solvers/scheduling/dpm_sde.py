@@ -4,7 +4,7 @@ sample_dpmpp_sde), diffusers-compatible."""
 from __future__ import annotations
 
 import math
-from typing import Optional, Sequence, Union
+from typing import Callable, Optional, Sequence, Union
 
 import numpy as np
 import torch
@@ -119,6 +119,45 @@ class DPMSolverSDEScheduler(VEScheduler):
         """A Brownian tree over this schedule's positive levels (diffusers' range and settings)."""
         sig = self.sigmas
         return BrownianNoise(x, sig[sig > 0].min().item(), sig.max().item(), seed)
+
+    def plan_noise(self, begin: int, key: tuple):
+        """For fastdiff.sample: a factory (first state, generator) -> source(j, x) giving evaluation j's z
+        input in the model coordinates of _model_frame (see fastdiff/samplers/plan.py)."""
+        (s_noise,) = key
+        scale, _ = self._model_frame(begin)
+        seed = self.config.noise_sampler_seed
+        # per evaluation: (query levels, or None where no noise is added; first stage?; gamma on the first
+        # stage's state in model coordinates, which its solver state is scale[j - 1] times)
+        steps, first = [], True
+        for j, k in enumerate(range(begin, len(self._ts_host))):
+            if first and self._sig[k + 1] == 0.0:
+                steps.append((None, True, 0.0))
+                continue
+            gamma = 0.0
+            if not first:
+                sigma, _, target = solvers.stage_levels(k, first, self._sig)
+                gamma = solvers.second_stage_gamma(sigma, target, float(s_noise), self._noise_scale(k, False)) * scale[j - 1]
+            steps.append((self._query_levels(k, first), first, gamma))
+            first = not first
+
+        def start(x: Tensor, generator) -> "Callable[[int, Tensor], Optional[Tensor]]":
+            s = seed if seed is not None else int(torch.randint(0, 2**63 - 1, [], generator=generator))
+            tree = self.brownian(x, s)
+            stored: list[Tensor] = []
+
+            def source(j: int, x: Tensor) -> Optional[Tensor]:
+                levels, first_stage, gamma = steps[j]
+                if levels is None:
+                    return None
+                w, _ = tree.raw(*levels)
+                if first_stage:  # keep its input for the second stage
+                    stored[:] = [x]
+                    return w
+                y = stored.pop()
+                return torch.add(w.to(x.dtype), y, alpha=gamma) if gamma else y
+            return source
+
+        return start
 
     def _model_frame(self, begin: int):
         # the model reads the state at sigma (first stage) or sigma_mid (second); its noise level, as
