@@ -44,7 +44,7 @@ def sample(
     noise: unit Gaussian noise (B, ...): the starting point (scaled to the first noise level here).
     sampler: a name (``fastdiff.samplers.NAMED``: ddpm, ddim, euler, euler_ancestral, heun, dpmpp_2m,
     dpmpp_3m, dpmpp_2m_sde, dpmpp_3m_sde, unipc, lcm, pndm, lms, edm_euler, ddim_inversion, ipndm,
-    flow_euler) or a ``fastdiff.samplers.Sampler``; ``options`` and
+    flow_euler, dpm2, dpm2_ancestral, tcd, dpmpp_sde) or a ``fastdiff.samplers.Sampler``; ``options`` and
     ``config`` (e.g. a diffusers scheduler config) configure a named one, ``prediction_type``
     (epsilon, v_prediction, sample, flow_prediction) included.
     image + strength: img2img, starting ``strength`` of the way up the schedule from ``image``

@@ -9,13 +9,13 @@ import torch
 from torch import Tensor
 
 from ..solvers import dpm_sde as solver
-from ..solvers.methods import ve_conversion
 from ..solvers.scheduling import dpm_sde as core
-from ._base import FusedStep, conform, x0_from_coeffs
+from ._base import FusedStep, conform
+from ._two_stage import TwoStageStep
 
 
 @conform
-class DPMSolverSDEScheduler(FusedStep, core.DPMSolverSDEScheduler, diffusers.DPMSolverSDEScheduler):
+class DPMSolverSDEScheduler(TwoStageStep, FusedStep, core.DPMSolverSDEScheduler, diffusers.DPMSolverSDEScheduler):
     """Drop-in for ``diffusers.DPMSolverSDEScheduler``. Each step's noise is the Brownian increment
     diffusers' would add (same tree, seed and query levels); its unit-variance scaling is folded into
     the row. The second stage's z is ``w + gamma * self.sample`` (one pass on the host), so it steps
@@ -23,20 +23,12 @@ class DPMSolverSDEScheduler(FusedStep, core.DPMSolverSDEScheduler, diffusers.DPM
 
     def step(self, model_output: Tensor, timestep: Union[float, Tensor], sample: Tensor, return_dict: bool = True,
              s_noise: float = 1.0):
-        self._ensure_step_index(timestep)
-        cfg = self.config
-        if cfg.prediction_type == "sample":
-            raise NotImplementedError("prediction_type not implemented yet: sample")
-        if cfg.prediction_type != "epsilon" and cfg.prediction_type != "v_prediction":
-            raise ValueError(f"prediction_type given as {cfg.prediction_type} must be one of `epsilon`, or `v_prediction`")
-        if self._run_begin is None:
-            self.sample = self.mid_point_sigma = None  # a run starts with a first stage
+        first = self._start_stage(timestep)
         if self.noise_sampler is None:
             self.noise_sampler = self.brownian(sample, self.noise_sampler_seed)
-        k, first = self._step_index, self.sample is None
-        sigma, mid, target = solver.stage_levels(k, first, self._sig)
-        a, b = ve_conversion(cfg.prediction_type, sigma if first else mid)
-        x0 = x0_from_coeffs(a, b, sample, model_output)
+        k = self._step_index
+        sigma, _, target = solver.stage_levels(k, first, self._sig)
+        x0 = self._stage_x0(k, first, sample, model_output)
         key = (float(s_noise),)
         if first and self._sig[k + 1] == 0.0:  # the last step: Euler to x0, no noise
             prev, _ = self._fused_step(model_output, sample, key=key)

@@ -9,13 +9,12 @@ import diffusers
 import torch
 from torch import Tensor
 
-from ..solvers import kdpm2 as solver
-from ..solvers.methods import ve_conversion
 from ..solvers.scheduling import kdpm2 as core
-from ._base import FusedStep, conform, x0_from_coeffs
+from ._base import FusedStep, conform
+from ._two_stage import TwoStageStep
 
 
-class _KDPM2Step:
+class _KDPM2Step(TwoStageStep):
     """The drop-in step both classes share. The first stage writes the sample it is given to history
     and reads its model output through the row's z input; the second reads that sample back, so it
     steps from exactly what diffusers stores in ``self.sample``. ``pred_original_sample`` is one extra
@@ -24,20 +23,8 @@ class _KDPM2Step:
     _STEP_KEY = ("stored",)
 
     def _kdpm2_step(self, model_output: Tensor, timestep, sample: Tensor, generator: Optional[torch.Generator], return_dict: bool):
-        self._ensure_step_index(timestep)
-        cfg = self.config
-        if cfg.prediction_type == "sample":
-            raise NotImplementedError("prediction_type not implemented yet: sample")
-        if cfg.prediction_type != "epsilon" and cfg.prediction_type != "v_prediction":
-            raise ValueError(f"prediction_type given as {cfg.prediction_type} must be one of `epsilon`, or `v_prediction`")
-        if self._run_begin is None:
-            self.sample = None  # a run starts with a first stage
-        k = self._step_index
-        first = self.sample is None
-        kw = self._solver_kw()
-        sigma, mid, _, _ = solver.stage_sigmas(k, first, self._sig, self._mid, ancestral=self._ancestral, **kw)
-        a, b = ve_conversion(cfg.prediction_type, sigma if first else mid)
-        x0 = x0_from_coeffs(a, b, sample, model_output)
+        first = self._start_stage(timestep)
+        x0 = self._stage_x0(self._step_index, first, sample, model_output)
         if first:
             prev, _ = self._fused_step(model_output, sample, key=self._STEP_KEY, z_input=model_output)
             self.sample = sample

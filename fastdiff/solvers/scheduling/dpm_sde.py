@@ -3,7 +3,6 @@ sample_dpmpp_sde), diffusers-compatible."""
 
 from __future__ import annotations
 
-import math
 from typing import Callable, Optional, Sequence, Union
 
 import numpy as np
@@ -12,8 +11,7 @@ from torch import Tensor
 
 from .. import dpm_sde as solvers, schedules
 from ..brownian import BrownianNoise, require_torchsde
-from ._common import sigma_spacing, spaced_sigmas
-from ._ve import VEScheduler
+from ._two_stage import TwoStageScheduler
 
 
 def _log_midpoints(sig: Tensor) -> Tensor:
@@ -23,12 +21,10 @@ def _log_midpoints(sig: Tensor) -> Tensor:
     return (-(t[:-1] + (t[1:] - t[:-1]) * 0.5)).exp()
 
 
-class DPMSolverSDEScheduler(VEScheduler):
+class DPMSolverSDEScheduler(TwoStageScheduler):
     """Drop-in for ``diffusers.DPMSolverSDEScheduler``: two model evaluations per step (order = 2),
     each one fused update whose noise is a Brownian increment computed on the host (see
     fastdiff/solvers/dpm_sde.py). Needs torchsde, as diffusers' class does."""
-
-    order = 2
 
     def __init__(
         self,
@@ -46,39 +42,20 @@ class DPMSolverSDEScheduler(VEScheduler):
         steps_offset: int = 0,
     ):
         require_torchsde()
-        self._register(locals())
-        sigma_spacing(self.config)
-        # diffusers accepts prediction_type "sample" here and refuses it at step()
-        self._init_training(("epsilon", "v_prediction", "sample"), clamp_zero_snr=False)
-        self._init_done = False
-        self.set_timesteps(num_train_timesteps, None, num_train_timesteps)
-        self._init_done = True
+        self._init_schedule(locals())
         self.use_karras_sigmas = use_karras_sigmas
         self.noise_sampler = None
         self.noise_sampler_seed = noise_sampler_seed
 
-    @property
-    def state_in_first_order(self) -> bool:
-        return self.sample is None
-
     def set_timesteps(self, num_inference_steps: int, device=None, num_train_timesteps: Optional[int] = None) -> None:
         cfg = self.config
-        kind = sigma_spacing(cfg)
         self.num_inference_steps = num_inference_steps
         n_train = num_train_timesteps or cfg.num_train_timesteps
-        if cfg.timestep_spacing not in schedules.TIMESTEP_SPACINGS:
-            raise ValueError(f"{cfg.timestep_spacing} is not supported. Please make sure to choose one of 'linspace', 'leading' or 'trailing'.")
         if cfg.timestep_spacing == "linspace":  # float64 here, unlike the Euler family's float32 linspace
             ts = np.linspace(0, n_train - 1, num_inference_steps, dtype=np.float64)[::-1].copy()
         else:
             ts = schedules.spaced_timesteps(cfg.timestep_spacing, num_inference_steps, n_train, steps_offset=cfg.steps_offset)
-        full = schedules.vp_sigmas(self.alphas_cumprod)
-        log_sigmas = np.log(full)
-        sig = np.interp(ts, np.arange(0, len(full)), full)
-        if kind is not None:
-            # (diffusers' Karras spacing here ignores any configured sigma_min / sigma_max)
-            sig = spaced_sigmas(cfg, kind, sig, num_inference_steps)
-            ts = np.array([schedules.sigma_to_t(s, log_sigmas) for s in sig])
+        sig, ts, log_sigmas = self._spaced_levels(ts, num_inference_steps)
         mid_t = np.array([schedules.sigma_to_t(s, log_sigmas) for s in np.exp(-((-np.log(sig[:-1])) + np.diff(-np.log(sig)) * 0.5))])
         levels = torch.from_numpy(np.concatenate([sig, [0.0]]).astype(np.float32))
         self._reset()
@@ -159,14 +136,6 @@ class DPMSolverSDEScheduler(VEScheduler):
 
         return start
 
-    def _model_frame(self, begin: int):
-        # the model reads the state at sigma (first stage) or sigma_mid (second); its noise level, as
-        # diffusers' add_noise reads it, is sigmas[k] either way
-        scale, levels, first = [], [], True
-        for k in range(begin, len(self._ts_host)):
-            sigma, mid, _ = solvers.stage_levels(k, first, self._sig)
-            n = math.sqrt((sigma if first else mid) ** 2 + 1.0)
-            scale.append(n)
-            levels.append((1.0 / n, self._sig[k] / n))
-            first = not first
-        return scale + [1.0], levels + [(1.0, 0.0)]
+    def _stage(self, k: int, first: bool) -> tuple[float, float]:
+        sigma, mid, _ = solvers.stage_levels(k, first, self._sig)
+        return sigma, mid

@@ -3,7 +3,6 @@ k-diffusion's sample_dpm_2 / sample_dpm_2_ancestral), diffusers-compatible."""
 
 from __future__ import annotations
 
-import math
 from typing import Optional, Sequence, Union
 
 import numpy as np
@@ -11,8 +10,7 @@ import torch
 from torch import Tensor
 
 from .. import kdpm2 as solvers, schedules
-from ._common import sigma_spacing, spaced_sigmas
-from ._ve import VEScheduler
+from ._two_stage import TwoStageScheduler
 
 
 def _sigma_to_t_f32(sigmas: Tensor, log_sigmas: Tensor) -> Tensor:
@@ -31,11 +29,10 @@ def _interleave(v: Tensor) -> Tensor:
     return torch.cat([v[:1], v[1:].repeat_interleave(2), v[-1:]])
 
 
-class KDPM2DiscreteScheduler(VEScheduler):
+class KDPM2DiscreteScheduler(TwoStageScheduler):
     """Drop-in for ``diffusers.KDPM2DiscreteScheduler``: two model evaluations per step (order = 2),
     each one fused update (see fastdiff/solvers/kdpm2.py for how the second stage reads the first's input)."""
 
-    order = 2
     _ancestral = False
     #: the program variant ``step`` runs (the drop-in's: the first stage's input kept in history)
     _STEP_KEY: tuple = ()
@@ -54,35 +51,15 @@ class KDPM2DiscreteScheduler(VEScheduler):
         timestep_spacing: str = "linspace",
         steps_offset: int = 0,
     ):
-        self._register(locals())
-        sigma_spacing(self.config)
-        # diffusers accepts prediction_type "sample" here and refuses it at step()
-        self._init_training(("epsilon", "v_prediction", "sample"), clamp_zero_snr=False)
-        self._init_done = False
-        self.set_timesteps(num_train_timesteps, None, num_train_timesteps)
-        self._init_done = True
-
-    @property
-    def state_in_first_order(self) -> bool:
-        return self.sample is None
+        self._init_schedule(locals())
 
     def set_timesteps(self, num_inference_steps: int, device=None, num_train_timesteps: Optional[int] = None) -> None:
         cfg = self.config
-        kind = sigma_spacing(cfg)
         self.num_inference_steps = num_inference_steps
         n_train = num_train_timesteps or cfg.num_train_timesteps
-        if cfg.timestep_spacing not in schedules.TIMESTEP_SPACINGS:
-            raise ValueError(f"{cfg.timestep_spacing} is not supported. Please make sure to choose one of 'linspace', 'leading' or 'trailing'.")
         ts = schedules.spaced_timesteps(cfg.timestep_spacing, num_inference_steps, n_train, steps_offset=cfg.steps_offset,
                                         rounded=cfg.timestep_spacing != "linspace").astype(np.float32)
-        full = schedules.vp_sigmas(self.alphas_cumprod)
-        log_sigmas = np.log(full)
-        sig = np.interp(ts, np.arange(0, len(full)), full)
-        if kind is not None:
-            sig = spaced_sigmas(cfg, kind, sig, num_inference_steps)
-            ts = np.array([schedules.sigma_to_t(s, log_sigmas) for s in sig])
-            if kind == "karras":
-                ts = ts.round()
+        sig, ts, log_sigmas = self._spaced_levels(ts, num_inference_steps, round_karras=True)
         self.log_sigmas = torch.from_numpy(log_sigmas).to(device)
         levels = torch.from_numpy(np.concatenate([sig, [0.0]]).astype(np.float32))
         interpol = self._set_levels(levels)
@@ -112,18 +89,9 @@ class KDPM2DiscreteScheduler(VEScheduler):
         return solvers.kdpm2(self._sig, self._mid, len(self._ts_host), prediction_type=self.config.prediction_type,
                              begin=begin, ancestral=self._ancestral, stored=key == ("stored",), **self._solver_kw())
 
-    def _model_frame(self, begin: int):
-        # the model reads the state at sigma (first stage) or sigma_mid (second); its noise level, as
-        # diffusers' add_noise reads it, is sigmas[k] either way
-        scale, levels, first = [], [], True
-        kw = self._solver_kw()
-        for k in range(begin, len(self._ts_host)):
-            sigma, mid, _, _ = solvers.stage_sigmas(k, first, self._sig, self._mid, ancestral=self._ancestral, **kw)
-            n = math.sqrt((sigma if first else mid) ** 2 + 1.0)
-            scale.append(n)
-            levels.append((1.0 / n, self._sig[k] / n))
-            first = not first
-        return scale + [1.0], levels + [(1.0, 0.0)]
+    def _stage(self, k: int, first: bool) -> tuple[float, float]:
+        sigma, mid, _, _ = solvers.stage_sigmas(k, first, self._sig, self._mid, ancestral=self._ancestral, **self._solver_kw())
+        return sigma, mid
 
 
 class KDPM2AncestralDiscreteScheduler(KDPM2DiscreteScheduler):

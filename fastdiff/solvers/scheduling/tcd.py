@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Optional, Sequence
+from typing import Optional
 
 import numpy as np
 import torch
@@ -16,49 +16,13 @@ class TCDScheduler(LCMScheduler):
     is a step() argument, as there: each value gets its own table, built once. ``step`` returns
     ``(prev_sample, pred_noised_sample)``; the fused step writes the latter to its history slot on the way."""
 
-    def set_timesteps(
-        self,
-        num_inference_steps: Optional[int] = None,
-        device=None,
-        original_inference_steps: Optional[int] = None,
-        timesteps: Optional[Sequence[int]] = None,
-        strength: float = 1.0,
-    ) -> None:
-        cfg = self.config
-        n_train = cfg.num_train_timesteps
-        if num_inference_steps is None and timesteps is None:
-            raise ValueError("Must pass exactly one of `num_inference_steps` or `custom_timesteps`.")
-        if num_inference_steps is not None and timesteps is not None:
-            raise ValueError("Can only pass one of `num_inference_steps` or `custom_timesteps`.")
+    _DEFAULT_KEY = (0.3,)
+
+    def _origin_timesteps(self, original_inference_steps: Optional[int], strength: float) -> tuple[int, np.ndarray]:
         if original_inference_steps is None:
-            original = cfg.original_inference_steps
-            if original > n_train:
-                raise ValueError(f"`original_steps`: {original} cannot be larger than `self.config.train_timesteps`: {n_train}")
-            origin = np.asarray(list(range(1, int(original * strength) + 1))) * (n_train // original) - 1
-        else:
-            # as diffusers: an explicit original_inference_steps selects from every training timestep
-            original = original_inference_steps
-            origin = np.asarray(list(range(0, int(n_train * strength))))
-        if timesteps is not None:
-            ts = self._custom_timesteps(timesteps)
-            self.num_inference_steps = len(ts)
-            self.custom_timesteps = True
-            init = min(int(self.num_inference_steps * strength), self.num_inference_steps)
-            ts = ts[max(self.num_inference_steps - init, 0) * self.order:]
-        else:
-            if num_inference_steps > n_train:
-                raise ValueError(f"`num_inference_steps`: {num_inference_steps} cannot be larger than `self.config.train_timesteps`: {n_train}")
-            if len(origin) // num_inference_steps < 1:
-                raise ValueError(f"The combination of `original_steps x strength`: {original} x {strength} is smaller than "
-                                 f"`num_inference_steps`: {num_inference_steps}.")
-            if num_inference_steps > original:
-                raise ValueError(f"`num_inference_steps`: {num_inference_steps} cannot be larger than `original_inference_steps`: {original}")
-            self.num_inference_steps = num_inference_steps
-            origin = origin[::-1].copy()
-            idx = np.floor(np.linspace(0, len(origin), num=num_inference_steps, endpoint=False)).astype(np.int64)
-            ts = origin[idx]
-        self._install_timesteps(ts, device)
-        self._warm(0, (0.3,))
+            return super()._origin_timesteps(None, strength)
+        # as diffusers: an explicit original_inference_steps selects from every training timestep
+        return original_inference_steps, np.asarray(list(range(0, int(self.config.num_train_timesteps * strength))))
 
     def _builder(self, begin: int, key: tuple):
         (gamma,) = key
