@@ -83,9 +83,10 @@ class FusedStep:
         m = model_output
         if model_override is not None:
             m, row = model_override, self._table(sample.device, begin, key, as_sample=True)[1][r]
-        if self._update is None or self._update.history is not hist:  # checked in full again for a new buffer
-            self._update = LoopUpdate(hist, None)
-        out = self._update(sample, m, row, z)
+        if self._update is None or self._update[0].history is not hist:  # checked in full again for a new buffer
+            # one per noise presence: each binds its kernel to its own call signature (KDPM2 alternates)
+            self._update = (LoopUpdate(hist, None), LoopUpdate(hist, None))
+        out = self._update[z is None](sample, m, row, z)
         slot = prog.slots[r]
         exposed = hist[slot] if (hist is not None and slot >= 0 and self._exposes) else None
         self._step_index += 1

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import torch
@@ -9,6 +10,8 @@ from torch import Tensor
 
 from ..solvers.methods import ve_conversion
 from ._base import x0_from_coeffs
+
+_conversion = functools.lru_cache(maxsize=4096)(ve_conversion)  # per step otherwise: a few us of symbol algebra
 
 
 class TwoStageStep:
@@ -30,7 +33,7 @@ class TwoStageStep:
     def _stage_x0(self, k: int, first: bool, sample: Tensor, model_output: Tensor) -> Tensor:
         """pred_original_sample: x0 at the level the model read (sigma, or sigma_mid in a second stage); one pass."""
         sigma, mid = self._stage(k, first)
-        a, b = ve_conversion(self.config.prediction_type, sigma if first else mid)
+        a, b = _conversion(self.config.prediction_type, sigma if first else mid)
         if a == 1.0 and sample.dtype == model_output.dtype == torch.float32:  # epsilon: x - sigma m, one pass
             return torch.add(sample, model_output, alpha=b)
         return x0_from_coeffs(a, b, sample, model_output)
