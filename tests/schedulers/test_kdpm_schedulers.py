@@ -16,6 +16,9 @@ from tests.samplers.test_sample import IMAGE, SHAPE, close, diffusers_loop, fuse
 
 pytest.importorskip("diffusers")
 
+import fastdiff.schedulers as fs  # noqa: E402
+from tests.schedulers.test_pipelines_roundtrip import run, sd_parts  # noqa: E402,F401 - sd_parts is a fixture
+
 SPACING = ["leading", "trailing", "linspace"]
 X0 = torch.linspace(-1, 1, 120).reshape(2, 3, 5, 4)
 KDPM2 = ["KDPM2DiscreteScheduler", "KDPM2AncestralDiscreteScheduler"]
@@ -102,8 +105,6 @@ def test_kdpm2_started_mid_schedule(name):
 def test_kdpm2_second_stage_steps_from_the_sample_the_first_stage_was_given(name, prediction_type):
     """diffusers' tests pass the scaled model input as ``sample``; the second stage then re-takes the
     step from the first stage's (scaled) sample, not from a state recovered from its own input."""
-    import fastdiff.schedulers as fs
-
     diffusers = quiet_diffusers()
     cfg = dict(SD, prediction_type=prediction_type)
     ref = scaled_input_loop(getattr(diffusers, name)(**cfg), steps=6)
@@ -113,16 +114,12 @@ def test_kdpm2_second_stage_steps_from_the_sample_the_first_stage_was_given(name
 
 @pytest.mark.parametrize("name", KDPM2)
 def test_kdpm2_one_fused_launch_per_model_evaluation(name):
-    import fastdiff.schedulers as fs
-
     s = getattr(fs, name)(**SD)
     assert launches_per_step(s, steps=5) == [1] * 9
     assert s._program(0, ("stored",)).history == 1  # the first stage's sample
 
 
 def test_kdpm2_refuses_sample_prediction_at_step_as_diffusers():
-    import fastdiff.schedulers as fs
-
     for name in KDPM2:
         s = getattr(fs, name)(prediction_type="sample")
         s.set_timesteps(3)
@@ -135,8 +132,6 @@ def test_kdpm2_refuses_sample_prediction_at_step_as_diffusers():
 # ---------------------------------------------------------------------------------------------
 def compare_tcd(cfg, *, steps, eta, set_kw=None):
     """compare() plus pred_noised_sample at every step (TCD's second output)."""
-    import fastdiff.schedulers as fs
-
     diffusers = quiet_diffusers()
     ref = diffusers.TCDScheduler(**cfg)
     ours = fs.TCDScheduler.from_config(ref.config)
@@ -174,8 +169,6 @@ def test_tcd_schedules_custom_timesteps_original_steps_and_strength():
 
 
 def test_tcd_one_fused_launch_per_step_and_gamma_checked():
-    import fastdiff.schedulers as fs
-
     s = fs.TCDScheduler()
     assert launches_per_step(s, steps=4, step_kw={"eta": 0.5}) == [1] * 4
     s.set_timesteps(4)
@@ -210,8 +203,6 @@ def test_dpm_sde_short_and_long_runs_and_a_mid_schedule_start(steps):
 
 @pytest.mark.parametrize("prediction_type", ["epsilon", "v_prediction"])
 def test_dpm_sde_second_stage_steps_from_the_sample_the_first_stage_was_given(prediction_type):
-    import fastdiff.schedulers as fs
-
     diffusers = quiet_diffusers()
     cfg = dict(SD, prediction_type=prediction_type, noise_sampler_seed=9)
     close(scaled_input_loop(fs.DPMSolverSDEScheduler(**cfg), steps=6),
@@ -219,8 +210,6 @@ def test_dpm_sde_second_stage_steps_from_the_sample_the_first_stage_was_given(pr
 
 
 def test_dpm_sde_one_fused_launch_per_model_evaluation():
-    import fastdiff.schedulers as fs
-
     s = fs.DPMSolverSDEScheduler(**SD, noise_sampler_seed=0)
     assert launches_per_step(s, steps=4) == [1] * 7
 
@@ -276,8 +265,6 @@ def test_dpmpp_sde_sample_seeds_its_tree_from_the_generator_and_refuses_cuda_gra
     ("DPMSolverSDEScheduler", dict(SD, use_karras_sigmas=True, noise_sampler_seed=8)),
 ])
 def test_save_load_roundtrip_keeps_class_config_and_results(name, cfg):
-    import fastdiff.schedulers as fs
-
     diffusers = quiet_diffusers()
     s = getattr(fs, name)(**cfg)
     with tempfile.TemporaryDirectory() as d:
@@ -312,3 +299,31 @@ def test_named_samplers_with_guidance_img2img_and_inpainting(name, opts):
     mask = (torch.arange(SHAPE[-1]) < 2).to(torch.float32).expand(SHAPE[0], 1, SHAPE[2], SHAPE[3])
     close(fused(sampler, noise, steps=6, image=IMAGE, mask=mask, guidance_scale=2.0),
           diffusers_loop(sampler, noise, steps=6, image=IMAGE, mask=mask, guidance=2.0, **kw))
+
+
+@pytest.mark.parametrize("name,extra", [
+    ("KDPM2DiscreteScheduler", {}),
+    ("KDPM2AncestralDiscreteScheduler", {}),
+    ("TCDScheduler", {}),
+    ("DPMSolverSDEScheduler", {"noise_sampler_seed": 3}),
+])
+def test_stable_diffusion_swap_save_and_reload(sd_parts, tmp_path, name, extra):  # noqa: F811
+    """A tiny random-weight StableDiffusionPipeline (SD-1.5's PNDM config) with the scheduler swapped
+    gives diffusers' images; saved and reloaded, it carries fastdiff's class and gives them again."""
+    import json
+
+    import numpy as np
+
+    diffusers = quiet_diffusers()
+    pndm = diffusers.PNDMScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012, skip_prk_steps=True,
+                                   steps_offset=1)
+    pipe = diffusers.StableDiffusionPipeline(**sd_parts, scheduler=pndm)
+    pipe.scheduler = getattr(diffusers, name).from_config(pndm.config, **extra)
+    want = run(pipe)
+    pipe.scheduler = getattr(fs, name).from_config(pndm.config, **extra)
+    np.testing.assert_allclose(run(pipe), want, rtol=1e-4, atol=1e-5)
+    pipe.save_pretrained(tmp_path)
+    assert json.loads((tmp_path / "model_index.json").read_text())["scheduler"] == ["fastdiff.schedulers", name]
+    back = diffusers.DiffusionPipeline.from_pretrained(tmp_path, safety_checker=None, feature_extractor=None)
+    assert type(back.scheduler) is getattr(fs, name)
+    np.testing.assert_allclose(run(back), want, rtol=1e-4, atol=1e-5)
