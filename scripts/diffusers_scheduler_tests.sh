@@ -19,7 +19,9 @@ if (( ${#files[@]} == 0 )); then
          test_scheduler_euler_ancestral.py test_scheduler_heun.py test_scheduler_unipc.py test_scheduler_lcm.py
          test_scheduler_pndm.py test_scheduler_lms.py test_scheduler_edm_euler.py test_scheduler_ddim_inverse.py
          test_scheduler_ipndm.py test_scheduler_sasolver.py test_scheduler_dpm_multi_inverse.py
-         test_scheduler_edm_dpmsolver_multistep.py test_scheduler_deis.py test_scheduler_dpm_single.py)
+         test_scheduler_edm_dpmsolver_multistep.py test_scheduler_deis.py test_scheduler_dpm_single.py
+         test_scheduler_kdpm2_discrete.py test_scheduler_kdpm2_ancestral.py
+         test_scheduler_tcd.py test_scheduler_dpm_sde.py)
 fi
 log="$(mktemp -d)"
 trap 'rm -rf "$log"' EXIT

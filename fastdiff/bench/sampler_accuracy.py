@@ -40,7 +40,7 @@ from ._report import finish_study, pyplot
 NFE = [5, 10, 15, 20, 50]
 #: samplers that inject fresh noise: no single ODE solution to compare with (SA-Solver: tau = 1 on
 #: timesteps 200..800, its default)
-STOCHASTIC = {"ddpm", "euler_ancestral", "dpmpp_2m_sde", "dpmpp_3m_sde", "lcm", "sa_solver"}
+STOCHASTIC = {"ddpm", "euler_ancestral", "dpmpp_2m_sde", "dpmpp_3m_sde", "lcm", "sa_solver", "tcd"}
 #: runs up the levels, from data to noise: it starts at exact data samples noised to its first level, and
 #: its target is the exact marginal at its last level
 INVERSION = {"ddim_inversion"}
@@ -48,6 +48,9 @@ _KARRAS = {"use_karras_sigmas": True}
 #: named samplers outside this benchmark: the EDM DPM-Solver's and the DPM-Solver inversion's model
 #: inputs sit at levels diffusers_level does not yet read from their schedulers
 NOT_MEASURED = {"edm_dpmpp_2m", "dpmpp_2m_inversion"}
+#: DPM-Solver-2 (plain and ancestral) and DPM-Solver-SDE evaluate their second stage at the log-midpoint
+#: level, while the level this benchmark's exact model reads (as diffusers' add_noise) is the step's end
+NOT_MEASURED |= {"dpm2", "dpm2_ancestral", "dpmpp_sde"}
 #: Two grids. "sd": each sampler's SD set-up (scaled_linear betas, trailing timesteps, final sigma 0),
 #: what a pipeline runs; EDM-Euler and IPNDM run on their own schedules (EDM's Karras sigmas 80 ..
 #: 0.002 with preconditioning, IPNDM's sin^2 levels), which have no SD form. "karras": the samplers that take Karras sigmas, all on the same rho = 7 grid

@@ -39,7 +39,9 @@ SAMPLERS = {"dpmpp_2m": "DPMSolverMultistepScheduler", "unipc": "UniPCMultistepS
             "ddim_inversion": "DDIMInverseScheduler", "ipndm": "IPNDMScheduler",
             "sa_solver": "SASolverScheduler",
             "dpmpp_2m_inversion": "DPMSolverMultistepInverseScheduler", "edm_dpmpp_2m": "EDMDPMSolverMultistepScheduler",
-            "deis": "DEISMultistepScheduler", "dpmpp_2s": "DPMSolverSinglestepScheduler", "dpmpp_3s": "DPMSolverSinglestepScheduler"}
+            "deis": "DEISMultistepScheduler", "dpmpp_2s": "DPMSolverSinglestepScheduler", "dpmpp_3s": "DPMSolverSinglestepScheduler",
+            "dpm2": "KDPM2DiscreteScheduler", "dpm2_ancestral": "KDPM2AncestralDiscreteScheduler", "tcd": "TCDScheduler",
+            "dpmpp_sde": "DPMSolverSDEScheduler"}
 #: what a plain run measures (--samplers picks others from SAMPLERS)
 DEFAULT_SAMPLERS = "dpmpp_2m,unipc,euler,ddim"
 
@@ -88,7 +90,7 @@ def fused_loop(name: str, x0, model, guidance: float, steps: int, device) -> flo
 def make_graphed(plan, model, x: Tensor, guidance: float):
     """fastdiff.sample(cuda_graph=True)'s captured step, captured once here so the loop times replays only;
     None off CUDA (no graphs to replay)."""
-    if x.device.type != "cuda":
+    if x.device.type != "cuda" or plan.noise is not None:  # host-side noise (dpmpp_sde) cannot be replayed
         return None
     return GraphedSteps(plan, model, x, guidance, 0.0, None, None, CudaGraphRecorder(x.device, None))
 

@@ -37,6 +37,7 @@ PIXEL_MAX = 16.0
 #: samplers of fastdiff.sample that do not fit a plain DDPM or flow checkpoint, and why
 UNFIT = {
     "lcm": "LCM's step assumes a consistency-distilled model; these checkpoints are plain diffusion models",
+    "tcd": "TCD's step, as LCM's, assumes a consistency-distilled model",
     "ddim_inversion": "it runs an image back to noise (for editing), it does not generate",
     "edm_euler": "it feeds the model EDM's noise input (log(sigma) / 4) where these checkpoints take DDPM timesteps",
     "ipndm": "it steps its own fixed noise schedule, not the one these checkpoints were trained on",

@@ -45,7 +45,7 @@ def sample(
     sampler: a name (``fastdiff.samplers.NAMED``: ddpm, ddim, euler, euler_ancestral, heun, dpmpp_2m,
     dpmpp_3m, dpmpp_2m_sde, dpmpp_3m_sde, unipc, lcm, pndm, lms, edm_euler, ddim_inversion, ipndm,
     flow_euler, sa_solver, dpmpp_2m_inversion, edm_dpmpp_2m,
-    deis, dpmpp_2s, dpmpp_3s) or a ``fastdiff.samplers.Sampler``; ``options`` and
+    deis, dpmpp_2s, dpmpp_3s, dpm2, dpm2_ancestral, tcd, dpmpp_sde) or a ``fastdiff.samplers.Sampler``; ``options`` and
     ``config`` (e.g. a diffusers scheduler config) configure a named one, ``prediction_type``
     (epsilon, v_prediction, sample, flow_prediction) included.
     image + strength: img2img, starting ``strength`` of the way up the schedule from ``image``

@@ -41,6 +41,9 @@ def run_graphed(
     desc: str = "sampling",
     recorder: Optional["Recorder"] = None,
 ) -> Tensor:
+    if plan.noise is not None:
+        raise ValueError(f"fastdiff.sample: cuda_graph=True cannot replay {desc}'s host-side noise (Brownian-tree "
+                         "increments); use cuda_graph=False")
     if recorder is None:
         if x.device.type != "cuda":
             raise ValueError(f"fastdiff.sample: cuda_graph=True needs CUDA tensors, got noise on {x.device}")

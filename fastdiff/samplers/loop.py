@@ -116,12 +116,13 @@ def run(
     hist = torch.empty((plan.history, *x.shape), dtype=x.dtype, device=x.device) if plan.history else None
     update = LoopUpdate(hist, guidance_scale, guidance_rescale if guided else 0.0)
     bar = progress_bar(progress, len(plan), desc)
+    source = plan.noise(x, generator) if plan.noise is not None else None
     try:
         for j in range(len(plan)):
             t = plan.timesteps[j]
             out = model_fn(torch.cat([x, x]) if guided else x, t)
-            z = None
-            if plan.draws[j]:
+            z = source(j, x) if source is not None else None
+            if source is None and plan.draws[j]:
                 z = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
                 if not plan.noise_read[j]:
                     z = None

@@ -169,6 +169,7 @@ class Sampler:
             levels=levels,
             init_scale=init,
             begin=begin,
+            noise=sched.plan_noise(begin, key) if hasattr(sched, "plan_noise") else None,
         )
 
 
@@ -376,6 +377,45 @@ class DPMSolverSinglestep(DPMSolverPP):
     defaults = dict(SD_SCHEDULE, lower_order_final=True)
 
 
+class DPM2(Sampler):
+    """DPM-Solver-2 (Karras et al. 2022; k-diffusion's sample_dpm_2): an Euler step to the log-midpoint
+    level, then the whole step again with the midpoint's derivative (two model evaluations per step)."""
+
+    scheduler_class = scheduling.KDPM2DiscreteScheduler
+
+
+class DPM2Ancestral(Sampler):
+    """DPM-Solver-2 ancestral (k-diffusion's sample_dpm_2_ancestral): DPM-Solver-2 down to sigma_down,
+    then fresh noise back up to the next level."""
+
+    scheduler_class = scheduling.KDPM2AncestralDiscreteScheduler
+
+
+class TCD(Sampler):
+    """Trajectory consistency distillation's strategic stochastic sampling (Zheng et al. 2024), 2-8 steps;
+    ``eta`` (the paper's gamma, default 0.3) sets how much of each step is re-noised (0: deterministic).
+    img2img skips the first steps, as the generic diffusers pipelines TCD runs in do."""
+
+    scheduler_class = scheduling.TCDScheduler
+    defaults = LCM.defaults
+    step_options = ("eta",)
+
+    def _step_key(self) -> tuple:
+        return (self.step_kwargs.get("eta", 0.3),)
+
+
+class DPMPPSDE(Sampler):
+    """DPM-Solver++(2S) SDE (Lu et al. 2022; k-diffusion's sample_dpmpp_sde): two model evaluations per
+    step, Brownian-tree noise (needs torchsde); ``s_noise`` scales it. The tree's seed is
+    ``noise_sampler_seed`` if given, else drawn from ``generator``. Not with cuda_graph=True."""
+
+    scheduler_class = scheduling.DPMSolverSDEScheduler
+    step_options = ("s_noise",)
+
+    def _step_key(self) -> tuple:
+        return (self.step_kwargs.get("s_noise", 1.0),)
+
+
 #: fastdiff.sample(sampler=...) names
 NAMED: dict[str, tuple[type, dict]] = {
     "ddpm": (DDPM, {}),
@@ -401,6 +441,10 @@ NAMED: dict[str, tuple[type, dict]] = {
     "deis": (DEIS, {}),
     "dpmpp_2s": (DPMSolverSinglestep, {"order": 2}),
     "dpmpp_3s": (DPMSolverSinglestep, {"order": 3}),
+    "dpm2": (DPM2, {}),
+    "dpm2_ancestral": (DPM2Ancestral, {}),
+    "tcd": (TCD, {}),
+    "dpmpp_sde": (DPMPPSDE, {}),
 }
 
 

@@ -22,6 +22,7 @@ from .ddim import DDIMScheduler
 from .ddim_inverse import DDIMInverseScheduler
 from .ddpm import DDPMScheduler
 from .deis import DEISMultistepScheduler
+from .dpm_sde import DPMSolverSDEScheduler
 from .dpm_solver import DPMSolverMultistepScheduler
 from .dpm_solver_inverse import DPMSolverMultistepInverseScheduler
 from .dpm_singlestep import DPMSolverSinglestepScheduler
@@ -31,10 +32,12 @@ from .euler import EulerAncestralDiscreteScheduler, EulerDiscreteScheduler
 from .flow_match import FlowMatchEulerDiscreteScheduler
 from .heun import HeunDiscreteScheduler
 from .ipndm import IPNDMScheduler
+from .kdpm2 import KDPM2AncestralDiscreteScheduler, KDPM2DiscreteScheduler
 from .lcm import LCMScheduler
 from .lms import LMSDiscreteScheduler
 from .pndm import PNDMScheduler
 from .sa_solver import SASolverScheduler
+from .tcd import TCDScheduler
 from .unipc import UniPCMultistepScheduler
 
 __all__ = [
@@ -46,6 +49,7 @@ __all__ = [
     "DPMSolverMultistepInverseScheduler",
     "DPMSolverSinglestepScheduler",
     "EDMDPMSolverMultistepScheduler",
+    "DPMSolverSDEScheduler",
     "EDMEulerScheduler",
     "EulerAncestralDiscreteScheduler",
     "EulerDiscreteScheduler",
@@ -53,10 +57,13 @@ __all__ = [
     "FusedStep",
     "HeunDiscreteScheduler",
     "IPNDMScheduler",
+    "KDPM2AncestralDiscreteScheduler",
+    "KDPM2DiscreteScheduler",
     "LCMScheduler",
     "LMSDiscreteScheduler",
     "PNDMScheduler",
     "SASolverScheduler",
     "SchedulerOutput",
+    "TCDScheduler",
     "UniPCMultistepScheduler",
 ]

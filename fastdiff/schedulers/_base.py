@@ -52,8 +52,11 @@ class FusedStep:
         noise: Optional[Tensor] = None,
         noise_dtype: Optional[torch.dtype] = None,
         model_override: Optional[Tensor] = None,
+        z_input: Optional[Tensor] = None,
     ) -> tuple[Tensor, Optional[Tensor]]:
-        """One step at self.step_index; returns (prev_sample, view of D_i or None)."""
+        """One step at self.step_index; returns (prev_sample, view of D_i or None). ``z_input`` is
+        what the row reads through its c_z column when that is not fresh noise (KDPM2's first stage
+        reads its model output there, DPM-Solver-SDE its host-side Brownian increment)."""
         begin = self._start_run()
         prog, table = self._table(sample.device, begin, key)
         r = self._step_index - begin
@@ -61,8 +64,10 @@ class FusedStep:
             raise IndexError(f"fastdiff: step {self._step_index} is outside this schedule ({begin}..{begin + len(prog) - 1}); "
                              "call set_timesteps before sampling again")
         row = table[r]
-        z = None
-        if prog.draws[r]:
+        z = z_input
+        if z is not None:
+            z = z.to(sample.dtype) if z.dtype != sample.dtype else z
+        elif prog.draws[r]:
             if noise is None:
                 noise = torch.randn(sample.shape, generator=generator, device=sample.device, dtype=noise_dtype or sample.dtype)
             z = noise.to(sample.dtype) if noise.dtype != sample.dtype else noise
@@ -78,9 +83,10 @@ class FusedStep:
         m = model_output
         if model_override is not None:
             m, row = model_override, self._table(sample.device, begin, key, as_sample=True)[1][r]
-        if self._update is None or self._update.history is not hist:  # checked in full again for a new buffer
-            self._update = LoopUpdate(hist, None)
-        out = self._update(sample, m, row, z)
+        if self._update is None or self._update[0].history is not hist:  # checked in full again for a new buffer
+            # one per noise presence: each binds its kernel to its own call signature (KDPM2 alternates)
+            self._update = (LoopUpdate(hist, None), LoopUpdate(hist, None))
+        out = self._update[z is None](sample, m, row, z)
         slot = prog.slots[r]
         exposed = hist[slot] if (hist is not None and slot >= 0 and self._exposes) else None
         self._step_index += 1

@@ -93,7 +93,7 @@ def test_fitting_samplers_match_each_checkpoints_prediction_type():
     names = list(fastdiff.samplers.NAMED)
     ddpm, flow = dd.fitting_samplers("ddpm"), dd.fitting_samplers("flow")
     assert ddpm == [n for n in names if n not in ("lcm", "flow_euler", "ddim_inversion", "edm_euler", "ipndm",
-                                                  "dpmpp_2m_inversion", "edm_dpmpp_2m")]
+                                                  "dpmpp_2m_inversion", "edm_dpmpp_2m", "tcd")]
     assert flow == ["dpmpp_2m", "dpmpp_3m", "dpmpp_2m_sde", "dpmpp_3m_sde", "unipc", "flow_euler", "sa_solver", "deis",
                     "dpmpp_2s", "dpmpp_3s"]
 

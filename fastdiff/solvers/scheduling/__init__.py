@@ -11,6 +11,7 @@ from .ddim import DDIMScheduler
 from .ddim_inverse import DDIMInverseScheduler
 from .ddpm import DDPMScheduler
 from .deis import DEISMultistepScheduler
+from .dpm_sde import DPMSolverSDEScheduler
 from .dpm_solver import DPMSolverMultistepScheduler
 from .dpm_solver_inverse import DPMSolverMultistepInverseScheduler
 from .dpm_singlestep import DPMSolverSinglestepScheduler
@@ -20,10 +21,12 @@ from .euler import EulerAncestralDiscreteScheduler, EulerDiscreteScheduler
 from .flow_match import FlowMatchEulerDiscreteScheduler
 from .heun import HeunDiscreteScheduler
 from .ipndm import IPNDMScheduler
+from .kdpm2 import KDPM2AncestralDiscreteScheduler, KDPM2DiscreteScheduler
 from .lcm import LCMScheduler
 from .lms import LMSDiscreteScheduler
 from .pndm import PNDMScheduler
 from .sa_solver import SASolverScheduler
+from .tcd import TCDScheduler
 from .unipc import UniPCMultistepScheduler
 
 #: every core, by the diffusers class name it reproduces
@@ -33,6 +36,7 @@ CORES: dict[str, type] = {c.__name__: c for c in (
     PNDMScheduler, LMSDiscreteScheduler, EDMEulerScheduler, DDIMInverseScheduler, IPNDMScheduler,
     SASolverScheduler,
     DPMSolverMultistepInverseScheduler, EDMDPMSolverMultistepScheduler, DEISMultistepScheduler,
-    DPMSolverSinglestepScheduler)}
+    DPMSolverSinglestepScheduler,
+    KDPM2DiscreteScheduler, KDPM2AncestralDiscreteScheduler, TCDScheduler, DPMSolverSDEScheduler)}
 
 __all__ = ["CORES", "Config", "ScheduleCore", *CORES]

@@ -155,7 +155,7 @@ class ScheduleCore:
         self._programs: dict = {}
         self._device_tables: dict = {}
         self._history: Optional[Tensor] = None
-        self._update = None  # the fused step's LoopUpdate (fastdiff.schedulers)
+        self._update = None  # the fused step's LoopUpdates, without and with noise (fastdiff.schedulers)
         self._run_begin: Optional[int] = None
 
     @property

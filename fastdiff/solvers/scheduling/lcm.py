@@ -19,6 +19,8 @@ class LCMScheduler(VPScheduler):
     """
 
     _exposes = True
+    #: the table set_timesteps builds ahead of the first step
+    _DEFAULT_KEY: tuple = ()
 
     def __init__(
         self,
@@ -61,11 +63,7 @@ class LCMScheduler(VPScheduler):
             raise ValueError("Must pass exactly one of `num_inference_steps` or `custom_timesteps`.")
         if num_inference_steps is not None and timesteps is not None:
             raise ValueError("Can only pass one of `num_inference_steps` or `custom_timesteps`.")
-        original = original_inference_steps if original_inference_steps is not None else cfg.original_inference_steps
-        if original > cfg.num_train_timesteps:
-            raise ValueError(f"`original_steps`: {original} cannot be larger than `self.config.train_timesteps`: {cfg.num_train_timesteps}")
-        k = cfg.num_train_timesteps // original
-        origin = np.asarray(list(range(1, int(original * strength) + 1))) * k - 1
+        original, origin = self._origin_timesteps(original_inference_steps, strength)
         if timesteps is not None:
             ts = self._custom_timesteps(timesteps)
             self.num_inference_steps = len(ts)
@@ -86,7 +84,15 @@ class LCMScheduler(VPScheduler):
             idx = np.floor(np.linspace(0, len(origin), num=num_inference_steps, endpoint=False)).astype(np.int64)
             ts = origin[idx]
         self._install_timesteps(ts, device)
-        self._warm(0)
+        self._warm(0, self._DEFAULT_KEY)
+
+    def _origin_timesteps(self, original_inference_steps: Optional[int], strength: float) -> tuple[int, np.ndarray]:
+        """(original step count, the distillation schedule's timesteps, ascending) the inference steps are picked from."""
+        cfg = self.config
+        original = original_inference_steps if original_inference_steps is not None else cfg.original_inference_steps
+        if original > cfg.num_train_timesteps:
+            raise ValueError(f"`original_steps`: {original} cannot be larger than `self.config.train_timesteps`: {cfg.num_train_timesteps}")
+        return original, np.asarray(list(range(1, int(original * strength) + 1))) * (cfg.num_train_timesteps // original) - 1
 
     def get_scalings_for_boundary_condition_discrete(self, timestep) -> tuple[float, float]:
         self.sigma_data = 0.5

@@ -1,0 +1,55 @@
+"""KDPM2DiscreteScheduler and KDPM2AncestralDiscreteScheduler (DPM-Solver-2), one fused launch per
+model evaluation."""
+
+from __future__ import annotations
+
+from typing import Optional, Union
+
+import diffusers
+import torch
+from torch import Tensor
+
+from ..solvers.scheduling import kdpm2 as core
+from ._base import FusedStep, conform
+from ._two_stage import TwoStageStep
+
+
+class _KDPM2Step(TwoStageStep):
+    """The drop-in step both classes share. The first stage writes the sample it is given to history
+    and reads its model output through the row's z input; the second reads that sample back, so it
+    steps from exactly what diffusers stores in ``self.sample``. ``pred_original_sample`` is one extra
+    elementwise pass."""
+
+    _STEP_KEY = ("stored",)
+
+    def _kdpm2_step(self, model_output: Tensor, timestep, sample: Tensor, generator: Optional[torch.Generator], return_dict: bool):
+        first = self._start_stage(timestep)
+        x0 = self._stage_x0(self._step_index, first, sample, model_output)
+        if first:
+            prev, _ = self._fused_step(model_output, sample, key=self._STEP_KEY, z_input=model_output)
+            self.sample = sample
+        else:
+            prev, _ = self._fused_step(model_output, sample, key=self._STEP_KEY, generator=generator,
+                                       noise_dtype=model_output.dtype)
+            self.sample = None
+        return self._output(return_dict, prev, pred_original_sample=x0)
+
+
+@conform
+class KDPM2DiscreteScheduler(_KDPM2Step, FusedStep, core.KDPM2DiscreteScheduler, diffusers.KDPM2DiscreteScheduler):
+    """Drop-in for ``diffusers.KDPM2DiscreteScheduler``: two model evaluations per step (order = 2),
+    each one fused update."""
+
+    def step(self, model_output: Tensor, timestep: Union[float, Tensor], sample: Tensor, return_dict: bool = True):
+        return self._kdpm2_step(model_output, timestep, sample, None, return_dict)
+
+
+@conform
+class KDPM2AncestralDiscreteScheduler(_KDPM2Step, FusedStep, core.KDPM2AncestralDiscreteScheduler,
+                                      diffusers.KDPM2AncestralDiscreteScheduler):
+    """Drop-in for ``diffusers.KDPM2AncestralDiscreteScheduler``; the second stage's noise is drawn
+    with ``generator`` where diffusers draws it (after the second model evaluation), so seeded runs match."""
+
+    def step(self, model_output: Tensor, timestep: Union[float, Tensor], sample: Tensor,
+             generator: Optional[torch.Generator] = None, return_dict: bool = True):
+        return self._kdpm2_step(model_output, timestep, sample, generator, return_dict)

@@ -1,0 +1,52 @@
+"""Brownian-tree noise for the SDE samplers (k-diffusion's BrownianTreeNoiseSampler, as diffusers
+uses it): unit-variance increments of one Brownian motion over the sigma range, queried by level,
+so noise over overlapping intervals is consistent. Needs torchsde (optional), with the tree
+settings diffusers uses, so the same seed gives diffusers' noise."""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+from torch import Tensor
+
+
+def _torchsde():
+    try:
+        import torchsde
+    except ImportError as e:
+        raise ImportError("fastdiff: DPMSolverSDEScheduler (sampler 'dpmpp_sde') draws Brownian-tree noise with torchsde: "
+                          "pip install torchsde") from e
+    return torchsde
+
+
+def require_torchsde() -> None:
+    """Raise the ImportError above now if torchsde is missing."""
+    _torchsde()
+
+
+class BrownianNoise:
+    """Unit-variance Brownian increments between levels in [sigma_min, sigma_max] for tensors like ``x``."""
+
+    def __init__(self, x: Tensor, sigma_min: float, sigma_max: float, seed: Optional[int] = None):
+        torchsde = _torchsde()
+        if seed is None:
+            seed = torch.randint(0, 2**63 - 1, []).item()
+        # the tree's range and query levels as float32 tensors, as diffusers passes them: the increments
+        # depend on the exact query points
+        self.tree = torchsde.BrownianInterval(t0=torch.as_tensor(sigma_min), t1=torch.as_tensor(sigma_max), size=x.shape,
+                                              dtype=x.dtype, device=x.device, entropy=seed, tol=1e-6, pool_size=24,
+                                              halfway_tree=True)
+
+    def raw(self, sigma, sigma_next) -> tuple[Tensor, float]:
+        """(w, scale): the tree's increment over [min, max] of the two levels, and the factor
+        +-1 / sqrt(|sigma_next - sigma|) (negative when sigma > sigma_next) that makes ``w * scale`` the unit
+        increment from sigma to sigma_next; a caller may fold the factor into a coefficient, saving a pass."""
+        sigma, sigma_next = torch.as_tensor(sigma), torch.as_tensor(sigma_next)
+        lo, hi, sign = (sigma, sigma_next, 1.0) if sigma < sigma_next else (sigma_next, sigma, -1.0)
+        return self.tree(lo, hi), sign / float((hi - lo).abs().sqrt())
+
+    def __call__(self, sigma, sigma_next) -> Tensor:
+        """The unit-variance increment from sigma to sigma_next (diffusers' noise_sampler(sigma, sigma_next))."""
+        w, scale = self.raw(sigma, sigma_next)
+        return w * scale
