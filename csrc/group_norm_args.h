@@ -1,5 +1,5 @@
 // The parameters of one group_norm call (forward or backward), torch-free: filled once by the torch
-// side (csrc/group_norm_checks.h) and read by the CPU kernels (cpu/kernels/group_norm.cpp) and the CUDA
+// side (csrc/group_norm_fill.h) and read by the CPU kernels (cpu/kernels/group_norm.cpp) and the CUDA
 // kernels (cuda/group_norm.cuh). The CPU op and the CUDA binding differ only in how they allocate and
 // launch. Semantics: the group_norm block of csrc/ops.cpp.
 //

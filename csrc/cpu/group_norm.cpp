@@ -1,5 +1,5 @@
 // CPU implementations of group_norm and group_norm_backward (schemas and semantics: csrc/ops.cpp).
-// Checks and allocation in group_norm_checks.h (shared with the CUDA binding), threading here, the loops in
+// Checks and allocation in group_norm_fill.h (shared with the CUDA binding), threading here, the loops in
 // cpu/kernels/group_norm.cpp.
 //
 // Deterministic at any thread count: every sum is cut into the blocks of group_norm_args.h (a function
@@ -13,7 +13,7 @@
 
 #include "cpu/common.h"
 #include "cpu/kernels/group_norm.h"
-#include "group_norm_checks.h"
+#include "group_norm_fill.h"
 
 namespace fastdiff::cpu {
 namespace {
@@ -22,7 +22,7 @@ namespace {
   (best_isa() == Isa::avx2 ? ::fastdiff::cpu::avx2::fn(__VA_ARGS__) : ::fastdiff::cpu::base::fn(__VA_ARGS__))
 
 using Opt = std::optional<at::Tensor>;
-namespace checks = group_norm_checks;
+namespace fill = group_norm_fill;
 
 // Elements of an NCHW group that one task handles whole (1 MiB of float32: an L2 on the machines we use).
 constexpr int64_t kLocalGroup = 1 << 18;
@@ -69,9 +69,9 @@ void group_blocks(const GroupNormArgs& a, int64_t n, int64_t g, const Fn& fn) {
 std::tuple<at::Tensor, at::Tensor, at::Tensor> group_norm(const at::Tensor& x, int64_t num_groups, const Opt& weight,
                                                           const Opt& bias, double eps, bool silu) {
   constexpr const char* op = "group_norm";
-  GroupNormArgs a = checks::inputs(x, num_groups, weight, bias, silu, c10::DeviceType::CPU, op);
+  GroupNormArgs a = fill::inputs(x, num_groups, weight, bias, silu, c10::DeviceType::CPU, op);
   a.eps = static_cast<float>(eps);
-  checks::Buffers f = checks::forward_buffers(a, x);
+  fill::Buffers f = fill::forward_buffers(a, x);
   advise_huge_pages(f.out.data_ptr(), f.out.nbytes());
   auto stats = [&](int64_t n, int64_t c0, int64_t c1, int64_t b) { FASTDIFF_GN_CALL(group_norm_stats, a, n, c0, c1, b); };
   auto apply = [&](int64_t n, int64_t c0, int64_t c1, int64_t b) { FASTDIFF_GN_CALL(group_norm_apply, a, n, c0, c1, b); };
@@ -96,8 +96,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> group_norm_backward(const at::Ten
                                                                    int64_t num_groups, bool silu) {
   constexpr const char* op = "group_norm_backward";
   GroupNormArgs a =
-      checks::backward_inputs(grad_out, x, weight, bias, mean, rstd, num_groups, silu, c10::DeviceType::CPU, op);
-  checks::Buffers f = checks::backward_buffers(a, x, weight, bias);
+      fill::backward_inputs(grad_out, x, weight, bias, mean, rstd, num_groups, silu, c10::DeviceType::CPU, op);
+  fill::Buffers f = fill::backward_buffers(a, x, weight, bias);
   advise_huge_pages(f.grad_x.data_ptr(), f.grad_x.nbytes());
   auto coef = [&](int64_t n, int64_t g) { FASTDIFF_GN_CALL(group_norm_grad_group, a, n, g); };
   if (group_local(a)) {
