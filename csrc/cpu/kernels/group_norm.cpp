@@ -33,34 +33,63 @@ namespace {
 // exponent bits of exp(r) (normal over the whole clamped range). k is rounded by adding 1.5 * 2^23,
 // whose low mantissa bits are then k itself. The SiLU loops are bound by the two FMA/multiply pipes:
 // every step saved here counts.
-inline __m256 exp8(__m256 v) {
-  const __m256 magic = _mm256_set1_ps(12582912.0f);
-  v = _mm256_min_ps(_mm256_max_ps(v, _mm256_set1_ps(-87.0f)), _mm256_set1_ps(88.0f));
-  const __m256 t = _mm256_fmadd_ps(v, _mm256_set1_ps(1.44269504088896341f), magic);
-  const __m256 k = _mm256_sub_ps(t, magic);
-  __m256 r = _mm256_fnmadd_ps(k, _mm256_set1_ps(0.693359375f), v);
-  r = _mm256_fnmadd_ps(k, _mm256_set1_ps(-2.12194440e-4f), r);
-  __m256 p = _mm256_set1_ps(8.312493562698364e-3f);
-  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(4.189006984233856e-2f));
-  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.6667114198207855e-1f));
-  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(4.99992311000824e-1f));
-  p = _mm256_fmadd_ps(p, _mm256_mul_ps(r, r), _mm256_add_ps(r, _mm256_set1_ps(1.0f)));
-  const __m256i e = _mm256_slli_epi32(_mm256_castps_si256(t), 23);  // k << 23 (t's high bits shift out)
-  return _mm256_castsi256_ps(_mm256_add_epi32(_mm256_castps_si256(p), e));
+//
+// The functions take U vectors and interleave their U chains step by step: the chains are long
+// (~80 cycles of latency through the division), and independent instructions side by side keep the
+// pipes busy where one chain at a time would leave the schedulers full of waiting steps.
+template <int U>
+inline void one_plus_exp_neg(const __m256* y, __m256* out) {
+  const __m256 magic = _mm256_set1_ps(12582912.0f), one = _mm256_set1_ps(1.0f);
+  __m256 v[U], t[U], r[U], p[U];
+  for (int u = 0; u < U; ++u)
+    v[u] = _mm256_min_ps(_mm256_max_ps(_mm256_sub_ps(_mm256_setzero_ps(), y[u]), _mm256_set1_ps(-87.0f)),
+                         _mm256_set1_ps(88.0f));
+  for (int u = 0; u < U; ++u) t[u] = _mm256_fmadd_ps(v[u], _mm256_set1_ps(1.44269504088896341f), magic);
+  for (int u = 0; u < U; ++u) {
+    const __m256 k = _mm256_sub_ps(t[u], magic);
+    r[u] = _mm256_fnmadd_ps(k, _mm256_set1_ps(0.693359375f), v[u]);
+    r[u] = _mm256_fnmadd_ps(k, _mm256_set1_ps(-2.12194440e-4f), r[u]);
+  }
+  for (int u = 0; u < U; ++u)
+    p[u] = _mm256_fmadd_ps(_mm256_set1_ps(8.312493562698364e-3f), r[u], _mm256_set1_ps(4.189006984233856e-2f));
+  for (int u = 0; u < U; ++u) p[u] = _mm256_fmadd_ps(p[u], r[u], _mm256_set1_ps(1.6667114198207855e-1f));
+  for (int u = 0; u < U; ++u) p[u] = _mm256_fmadd_ps(p[u], r[u], _mm256_set1_ps(4.99992311000824e-1f));
+  for (int u = 0; u < U; ++u) p[u] = _mm256_fmadd_ps(p[u], _mm256_mul_ps(r[u], r[u]), _mm256_add_ps(r[u], one));
+  for (int u = 0; u < U; ++u) {
+    const __m256i e = _mm256_slli_epi32(_mm256_castps_si256(t[u]), 23);  // k << 23 (t's high bits shift out)
+    out[u] = _mm256_add_ps(one, _mm256_castsi256_ps(_mm256_add_epi32(_mm256_castps_si256(p[u]), e)));
+  }
 }
 
-// 1 + exp(-y). The divisions by it run on the divider, beside the FMA pipes.
-inline __m256 one_plus_exp_neg(__m256 y) {
-  return _mm256_add_ps(_mm256_set1_ps(1.0f), exp8(_mm256_sub_ps(_mm256_setzero_ps(), y)));
+// y = silu(y) = y / (1 + exp(-y)); the division runs on the divider, beside the FMA pipes.
+template <int U>
+inline void silu_n(__m256* y) {
+  __m256 d[U];
+  one_plus_exp_neg<U>(y, d);
+  for (int u = 0; u < U; ++u) y[u] = _mm256_div_ps(y[u], d[u]);
 }
 
-// silu(y) = y / (1 + exp(-y))
-inline __m256 silu8(__m256 y) { return _mm256_div_ps(y, one_plus_exp_neg(y)); }
+// out = silu'(y) = s (1 + y (1 - s)), s = sigmoid(y)
+template <int U>
+inline void silu_grad_n(const __m256* y, __m256* out) {
+  const __m256 one = _mm256_set1_ps(1.0f);
+  __m256 d[U];
+  one_plus_exp_neg<U>(y, d);
+  for (int u = 0; u < U; ++u) {
+    const __m256 s = _mm256_div_ps(one, d[u]);
+    out[u] = _mm256_mul_ps(s, _mm256_fmadd_ps(y[u], _mm256_sub_ps(one, s), one));
+  }
+}
 
-// silu'(y) = s (1 + y (1 - s)), s = sigmoid(y)
+inline __m256 silu8(__m256 y) {
+  silu_n<1>(&y);
+  return y;
+}
+
 inline __m256 silu_grad8(__m256 y) {
-  const __m256 one = _mm256_set1_ps(1.0f), s = _mm256_div_ps(one, one_plus_exp_neg(y));
-  return _mm256_mul_ps(s, _mm256_fmadd_ps(y, _mm256_sub_ps(one, s), one));
+  __m256 d;
+  silu_grad_n<1>(&y, &d);
+  return d;
 }
 #endif
 
@@ -131,7 +160,7 @@ inline void store8(bf16* p, __m256 v) {
   _mm_storeu_si128(reinterpret_cast<__m128i*>(p), packed);
 }
 
-// The last r < 8 elements, padded with `pad`, and their store.
+// The last r < 8 elements, padded with `pad`.
 template <typename T>
 inline __m256 load_part(const T* p, int64_t r, float pad) {
   alignas(32) float f[8];
@@ -143,13 +172,6 @@ inline __m256 load_part(const float* p, int64_t r, float pad) {
   for (int i = 0; i < 8; ++i) f[i] = i < r ? p[i] : pad;
   return _mm256_load_ps(f);
 }
-template <typename T>
-inline void store_part(T* p, __m256 v, int64_t r) {
-  alignas(32) float f[8];
-  _mm256_store_ps(f, v);
-  for (int i = 0; i < r; ++i) p[i] = from_float<T>(f[i]);
-}
-
 inline double hsum(__m256d v) {
   const __m128d s = _mm_add_pd(_mm256_castpd256_pd128(v), _mm256_extractf128_pd(v, 1));
   return _mm_cvtsd_f64(_mm_add_sd(s, _mm_unpackhi_pd(s, s)));
@@ -213,86 +235,131 @@ inline void prefetch_ahead(const T* x, int64_t j, int64_t ahead) {
   if (ahead) _mm_prefetch(reinterpret_cast<const char*>(x + j + ahead), _MM_HINT_T0);
 }
 
-// out = act((x - mean) * scale + bias); see seg_apply_task for `ahead`.
-template <bool Silu, typename T>
-void seg_apply(const T* x, int64_t n, float mean, float scale, float bias, T* out, int64_t ahead) {
-  const __m256 mv = _mm256_set1_ps(mean), sv = _mm256_set1_ps(scale), bv = _mm256_set1_ps(bias);
-  auto f = [&](__m256 v) {
-    const __m256 y = _mm256_fmadd_ps(_mm256_sub_ps(v, mv), sv, bv);
-    return Silu ? silu8(y) : y;
-  };
-  int64_t j = 0;
-  for (; j + 16 <= n; j += 16) {
-    prefetch_ahead(x, j, ahead);
-    store8(out + j, f(load8(x + j)));
-    store8(out + j + 8, f(load8(x + j + 8)));
-  }
-  for (; j + 8 <= n; j += 8) store8(out + j, f(load8(x + j)));
-  if (j < n) store_part(out + j, f(load_part(x + j, n - j, mean)), n - j);
+// Constants of the forward and backward loops, as vectors.
+struct SegVec {
+  __m256 mean, rstd, scale, bias, k1, kx, k0;
+  explicit SegVec(const SegCoef& k)
+      : mean(_mm256_set1_ps(k.mean)), rstd(_mm256_set1_ps(k.rstd)), scale(_mm256_set1_ps(k.scale)),
+        bias(_mm256_set1_ps(k.bias)), k1(_mm256_set1_ps(k.k1)), kx(_mm256_set1_ps(k.kx)), k0(_mm256_set1_ps(k.k0)) {}
+};
+
+// Vectors per step of the SiLU loops (see one_plus_exp_neg).
+constexpr int kU = 4;
+
+// The last r < 8 elements of x (and g) as a padded float row of 8, for the loops' U = 1 bodies.
+template <typename T>
+inline void pad_row(const T* x, int64_t r, float pad, float* row) {
+  for (int i = 0; i < 8; ++i) row[i] = i < r ? to_float(x[i]) : pad;
 }
 
-// dy (the gradient at y) of 8 elements: g through SiLU's derivative at y = (x - mean) * scale + bias.
-template <bool Silu>
-inline __m256 grad_at_y(__m256 d, __m256 g, __m256 sv, __m256 bv) {
-  return Silu ? _mm256_mul_ps(g, silu_grad8(_mm256_fmadd_ps(d, sv, bv))) : g;
+// out = act((x - mean) * scale + bias) of U vectors.
+template <int U, bool Silu, typename T>
+inline void apply_n(const T* x, const SegVec& k, T* out) {
+  __m256 y[U];
+  for (int u = 0; u < U; ++u) y[u] = _mm256_fmadd_ps(_mm256_sub_ps(load8(x + 8 * u), k.mean), k.scale, k.bias);
+  if (Silu) silu_n<U>(y);
+  for (int u = 0; u < U; ++u) store8(out + 8 * u, y[u]);
+}
+
+// out = act((x - mean) * scale + bias); see seg_apply_task for `ahead`.
+template <bool Silu, typename T>
+void seg_apply(const T* x, int64_t n, const SegCoef& c, T* out, int64_t ahead) {
+  const SegVec k(c);
+  int64_t j = 0;
+  for (; j + 8 * kU <= n; j += 8 * kU) {
+    for (int64_t q = 0; q < 8 * kU; q += 16) prefetch_ahead(x, j + q, ahead);
+    apply_n<kU, Silu>(x + j, k, out + j);
+  }
+  for (; j + 8 <= n; j += 8) apply_n<1, Silu>(x + j, k, out + j);
+  if (j < n) {
+    float row[8], o[8];
+    pad_row(x + j, n - j, c.mean, row);
+    apply_n<1, Silu>(row, k, o);
+    for (int64_t i = 0; i < n - j; ++i) out[j + i] = from_float<T>(o[i]);
+  }
+}
+
+// dy (the gradient at y) of U vectors, d = x - mean: g through SiLU's derivative at y.
+template <int U, bool Silu, typename T>
+inline void dy_n(const __m256* d, const T* g, const SegVec& k, __m256* dy) {
+  if (Silu) {
+    __m256 y[U];
+    for (int u = 0; u < U; ++u) y[u] = _mm256_fmadd_ps(d[u], k.scale, k.bias);
+    silu_grad_n<U>(y, dy);
+    for (int u = 0; u < U; ++u) dy[u] = _mm256_mul_ps(dy[u], load8(g + 8 * u));
+  } else {
+    for (int u = 0; u < U; ++u) dy[u] = load8(g + 8 * u);
+  }
+}
+
+// aa[u] += dy, ab[u] += dy * xhat over U vectors; dy also stored at dst (if not null).
+template <int U, bool Silu, typename T>
+inline void grad_sums_n(const T* x, const T* g, const SegVec& k, float* dst, __m256* aa, __m256* ab) {
+  __m256 d[U], dy[U];
+  for (int u = 0; u < U; ++u) d[u] = _mm256_sub_ps(load8(x + 8 * u), k.mean);
+  dy_n<U, Silu>(d, g, k, dy);
+  for (int u = 0; u < U; ++u) {
+    if (dst) _mm256_storeu_ps(dst + 8 * u, dy[u]);
+    aa[u] = _mm256_add_ps(aa[u], dy[u]);
+    ab[u] = _mm256_fmadd_ps(dy[u], _mm256_mul_ps(d[u], k.rstd), ab[u]);
+  }
 }
 
 // Backward sums of a segment; with dy_out, dy is also stored there (float32).
 template <bool Silu, typename T>
-SegGrad seg_grad_sums(const T* x, const T* g, int64_t n, const SegCoef& k, float* dy_out) {
-  const __m256 mv = _mm256_set1_ps(k.mean), rv = _mm256_set1_ps(k.rstd), sv = _mm256_set1_ps(k.scale),
-               bv = _mm256_set1_ps(k.bias), zero = _mm256_setzero_ps();
+SegGrad seg_grad_sums(const T* x, const T* g, int64_t n, const SegCoef& c, float* dy_out) {
+  const SegVec k(c);
+  const __m256 zero = _mm256_setzero_ps();
   __m256d wa = _mm256_setzero_pd(), wb = _mm256_setzero_pd();
-  __m256 aa[2] = {zero, zero}, ab[2] = {zero, zero};
-  auto step = [&](int u, __m256 xv, __m256 gv, float* dst, int64_t r) {
-    const __m256 d = _mm256_sub_ps(xv, mv), dy = grad_at_y<Silu>(d, gv, sv, bv);
-    if (dst) r == 8 ? _mm256_storeu_ps(dst, dy) : store_part(dst, dy, r);
-    aa[u] = _mm256_add_ps(aa[u], dy);
-    ab[u] = _mm256_fmadd_ps(dy, _mm256_mul_ps(d, rv), ab[u]);
-  };
   int64_t j = 0;
   while (j + 8 <= n) {
     const int64_t end = std::min(n, j + kFold);
-    for (; j + 16 <= end; j += 16) {
-      step(0, load8(x + j), load8(g + j), dy_out ? dy_out + j : nullptr, 8);
-      step(1, load8(x + j + 8), load8(g + j + 8), dy_out ? dy_out + j + 8 : nullptr, 8);
-    }
-    if (j + 8 <= end) step(0, load8(x + j), load8(g + j), dy_out ? dy_out + j : nullptr, 8), j += 8;
-    widen_add(wa, _mm256_add_ps(aa[0], aa[1])), widen_add(wb, _mm256_add_ps(ab[0], ab[1]));
-    aa[0] = aa[1] = ab[0] = ab[1] = zero;
+    __m256 aa[kU], ab[kU];
+    for (int u = 0; u < kU; ++u) aa[u] = ab[u] = zero;
+    for (; j + 8 * kU <= end; j += 8 * kU) grad_sums_n<kU, Silu>(x + j, g + j, k, dy_out ? dy_out + j : nullptr, aa, ab);
+    for (; j + 8 <= end; j += 8) grad_sums_n<1, Silu>(x + j, g + j, k, dy_out ? dy_out + j : nullptr, aa, ab);
+    widen_add(wa, add4(aa)), widen_add(wb, add4(ab));
   }
   if (j < n) {  // padding: x = mean and g = 0 add nothing
-    step(0, load_part(x + j, n - j, k.mean), load_part(g + j, n - j, 0.0f), dy_out ? dy_out + j : nullptr, n - j);
-    widen_add(wa, aa[0]), widen_add(wb, ab[0]);
+    float xr[8], gr[8], dr[8];
+    pad_row(x + j, n - j, c.mean, xr), pad_row(g + j, n - j, 0.0f, gr);
+    __m256 aa = zero, ab = zero;
+    grad_sums_n<1, Silu>(xr, gr, k, dr, &aa, &ab);
+    if (dy_out) std::copy_n(dr, n - j, dy_out + j);
+    widen_add(wa, aa), widen_add(wb, ab);
   }
   return {hsum(wa), hsum(wb)};
 }
 
-// dx = k1 * dy + kx * (x - mean) + k0, dy from dy_in (float32, what seg_grad_sums stored) or from g.
-template <bool Silu, typename T>
-void seg_grad_x(const T* x, const T* g, const float* dy_in, int64_t n, const SegCoef& k, T* dx, int64_t ahead) {
-  const __m256 mv = _mm256_set1_ps(k.mean), sv = _mm256_set1_ps(k.scale), bv = _mm256_set1_ps(k.bias),
-               k1 = _mm256_set1_ps(k.k1), kx = _mm256_set1_ps(k.kx), k0 = _mm256_set1_ps(k.k0);
-  auto f = [&](__m256 xv, __m256 dy) { return _mm256_fmadd_ps(k1, dy, _mm256_fmadd_ps(kx, _mm256_sub_ps(xv, mv), k0)); };
-  int64_t j = 0;
+// dx = k1 * dy + kx * (x - mean) + k0 of U vectors; dy from dy_in (float32) or recomputed from g.
+template <int U, bool Silu, typename T>
+inline void grad_x_n(const T* x, const T* g, const float* dy_in, const SegVec& k, T* dx) {
+  __m256 d[U], dy[U];
+  for (int u = 0; u < U; ++u) d[u] = _mm256_sub_ps(load8(x + 8 * u), k.mean);
   if (dy_in) {
-    for (; j + 16 <= n; j += 16) {
-      prefetch_ahead(x, j, ahead), prefetch_ahead(g, j, ahead);
-      store8(dx + j, f(load8(x + j), _mm256_loadu_ps(dy_in + j)));
-      store8(dx + j + 8, f(load8(x + j + 8), _mm256_loadu_ps(dy_in + j + 8)));
-    }
-    for (; j + 8 <= n; j += 8) store8(dx + j, f(load8(x + j), _mm256_loadu_ps(dy_in + j)));
-    if (j < n) store_part(dx + j, f(load_part(x + j, n - j, k.mean), load_part(dy_in + j, n - j, 0.0f)), n - j);
-    return;
+    for (int u = 0; u < U; ++u) dy[u] = _mm256_loadu_ps(dy_in + 8 * u);
+  } else {
+    dy_n<U, Silu>(d, g, k, dy);
   }
-  auto dy_of = [&](__m256 xv, __m256 gv) { return grad_at_y<Silu>(_mm256_sub_ps(xv, mv), gv, sv, bv); };
-  for (; j + 8 <= n; j += 8) {
-    const __m256 xv = load8(x + j);
-    store8(dx + j, f(xv, dy_of(xv, load8(g + j))));
+  for (int u = 0; u < U; ++u) store8(dx + 8 * u, _mm256_fmadd_ps(k.k1, dy[u], _mm256_fmadd_ps(k.kx, d[u], k.k0)));
+}
+
+// dx of a segment, dy from dy_in (what seg_grad_sums stored) or from g.
+template <bool Silu, typename T>
+void seg_grad_x(const T* x, const T* g, const float* dy_in, int64_t n, const SegCoef& c, T* dx, int64_t ahead) {
+  const SegVec k(c);
+  int64_t j = 0;
+  for (; j + 8 * kU <= n; j += 8 * kU) {
+    for (int64_t q = 0; q < 8 * kU; q += 16) prefetch_ahead(x, j + q, ahead), prefetch_ahead(g, j + q, ahead);
+    grad_x_n<kU, Silu>(x + j, g + j, dy_in ? dy_in + j : nullptr, k, dx + j);
   }
+  for (; j + 8 <= n; j += 8) grad_x_n<1, Silu>(x + j, g + j, dy_in ? dy_in + j : nullptr, k, dx + j);
   if (j < n) {
-    const __m256 xv = load_part(x + j, n - j, k.mean);
-    store_part(dx + j, f(xv, dy_of(xv, load_part(g + j, n - j, 0.0f))), n - j);
+    float xr[8], gr[8], dr[8] = {}, o[8];
+    pad_row(x + j, n - j, c.mean, xr), pad_row(g + j, n - j, 0.0f, gr);
+    if (dy_in) std::copy_n(dy_in + j, n - j, dr);
+    grad_x_n<1, Silu>(xr, gr, dy_in ? dr : nullptr, k, o);
+    for (int64_t i = 0; i < n - j; ++i) dx[j + i] = from_float<T>(o[i]);
   }
 }
 #else
@@ -326,7 +393,8 @@ SegStats seg_dev_sums(const T* x, int64_t n, float c) {
 }
 
 template <bool Silu, typename T>
-void seg_apply(const T* x, int64_t n, float mean, float scale, float bias, T* out, int64_t /*ahead*/) {
+void seg_apply(const T* x, int64_t n, const SegCoef& k, T* out, int64_t /*ahead*/) {
+  const float mean = k.mean, scale = k.scale, bias = k.bias;
   float row[kChunk], obuf[kChunk];
   for (int64_t j = 0; j < n; j += kChunk) {
     const int64_t m = std::min(kChunk, n - j);
@@ -614,9 +682,9 @@ void seg_apply_task(const GroupNormArgs& a, int64_t n, int64_t c0, int64_t c1, i
     const T* x = static_cast<const T*>(a.x) + off;
     T* out = static_cast<T*>(a.out) + off;
     if (a.silu) {
-      seg_apply<true>(x, sg.len, k.mean, k.scale, k.bias, out, prefetch_distance(a, n, c0, c1, c));
+      seg_apply<true>(x, sg.len, k, out, prefetch_distance(a, n, c0, c1, c));
     } else {
-      seg_apply<false>(x, sg.len, k.mean, k.scale, k.bias, out, prefetch_distance(a, n, c0, c1, c));
+      seg_apply<false>(x, sg.len, k, out, prefetch_distance(a, n, c0, c1, c));
     }
   }
 }
