@@ -188,6 +188,22 @@ inline void widen_add(__m256d& acc, __m256 v) {
 }
 inline __m256 add4(const __m256* v) { return _mm256_add_ps(_mm256_add_ps(v[0], v[1]), _mm256_add_ps(v[2], v[3])); }
 
+// Prefetches the element `ahead` elements past x + j (ahead 0: none); callers issue one per 16
+// elements. Addresses past the tensor are harmless (a prefetch never faults), so they are formed as
+// integers.
+template <typename T>
+inline void prefetch_ahead(const T* x, int64_t j, int64_t ahead) {
+  if (ahead) {
+    const uintptr_t at = reinterpret_cast<uintptr_t>(x) + static_cast<uintptr_t>(j + ahead) * sizeof(T);
+    _mm_prefetch(reinterpret_cast<const char*>(at), _MM_HINT_T0);
+  }
+}
+
+// How far ahead the passes that stream x (and grad_out) from memory prefetch their own stream: the
+// hardware's stream prefetch alone left the backward's first pass waiting on memory (measured: 15-20%
+// of the backward at (1, 512, 64, 64) on 1 thread).
+constexpr int64_t kStreamAhead = 512;
+
 // sum(x) in float32 lanes (for the centre of seg_dev_sums, whose sums correct it exactly).
 template <typename T>
 float seg_sum(const T* x, int64_t n) {
@@ -209,12 +225,14 @@ SegStats seg_dev_sums(const T* x, int64_t n, float m) {
   while (j + 8 <= n) {
     const int64_t end = std::min(n, j + kFold);
     __m256 a1[4] = {zero, zero, zero, zero}, a2[4] = {zero, zero, zero, zero};
-    for (; j + 32 <= end; j += 32)
+    for (; j + 32 <= end; j += 32) {
+      prefetch_ahead(x, j, kStreamAhead), prefetch_ahead(x, j + 16, kStreamAhead);
       for (int k = 0; k < 4; ++k) {
         const __m256 d = _mm256_sub_ps(load8(x + j + 8 * k), mv);
         a1[k] = _mm256_add_ps(a1[k], d);
         a2[k] = _mm256_fmadd_ps(d, d, a2[k]);
       }
+    }
     for (; j + 8 <= end; j += 8) {
       const __m256 d = _mm256_sub_ps(load8(x + j), mv);
       a1[0] = _mm256_add_ps(a1[0], d);
@@ -227,12 +245,6 @@ SegStats seg_dev_sums(const T* x, int64_t n, float m) {
     widen_add(w1, d), widen_add(w2, _mm256_mul_ps(d, d));
   }
   return {hsum(w1), hsum(w2)};
-}
-
-// Prefetches, one per 64-byte line, the element `ahead` elements past x + j (ahead 0: none).
-template <typename T>
-inline void prefetch_ahead(const T* x, int64_t j, int64_t ahead) {
-  if (ahead) _mm_prefetch(reinterpret_cast<const char*>(x + j + ahead), _MM_HINT_T0);
 }
 
 // Constants of the forward and backward loops, as vectors.
@@ -316,7 +328,10 @@ SegGrad seg_grad_sums(const T* x, const T* g, int64_t n, const SegCoef& c, float
     const int64_t end = std::min(n, j + kFold);
     __m256 aa[kU], ab[kU];
     for (int u = 0; u < kU; ++u) aa[u] = ab[u] = zero;
-    for (; j + 8 * kU <= end; j += 8 * kU) grad_sums_n<kU, Silu>(x + j, g + j, k, dy_out ? dy_out + j : nullptr, aa, ab);
+    for (; j + 8 * kU <= end; j += 8 * kU) {
+      for (int64_t q = 0; q < 8 * kU; q += 16) prefetch_ahead(x, j + q, kStreamAhead), prefetch_ahead(g, j + q, kStreamAhead);
+      grad_sums_n<kU, Silu>(x + j, g + j, k, dy_out ? dy_out + j : nullptr, aa, ab);
+    }
     for (; j + 8 <= end; j += 8) grad_sums_n<1, Silu>(x + j, g + j, k, dy_out ? dy_out + j : nullptr, aa, ab);
     widen_add(wa, add4(aa)), widen_add(wb, add4(ab));
   }
@@ -740,7 +755,6 @@ template <typename T>
 void grad_x(const GroupNormArgs& a, int64_t n, int64_t c0, int64_t c1, int64_t b, const float* dy_in) {
   a.channels_last ? rows_grad_x<T>(a, n, b) : seg_grad_x_task<T>(a, n, c0, c1, b, dy_in);
 }
-
 
 template <typename T>
 void grad_params(const GroupNormArgs& a, int64_t c0, int64_t c1) {
