@@ -8,6 +8,7 @@
 // larger groups and channels-last inputs run in three phases over tasks of about kGrain elements.
 #include <torch/library.h>
 
+#include <atomic>
 #include <tuple>
 #include <vector>
 
@@ -31,12 +32,37 @@ bool group_local(const GroupNormArgs& a) {
   return !a.channels_last && (a.channels / a.groups) * a.spatial <= kLocalGroup;
 }
 
+// Runs body(lo, hi) over consecutive ranges covering [0, total), in parallel. Ranges are handed out as
+// threads ask (guided: about remaining / (2 * threads) indices, at least one), not split up front: a
+// thread that the OS deschedules on a busy machine holds up one small range, not half of the work.
+// Every index is computed by one call whatever thread makes it, so the bits never depend on the
+// schedule; ranges of consecutive indices keep the kernels' prefetch of the next group useful.
+template <typename Body>
+void for_ranges(int64_t total, const Body& body) {
+  const int64_t threads = std::min<int64_t>(at::get_num_threads(), total);
+  if (threads <= 1) {
+    if (total > 0) body(int64_t{0}, total);
+    return;
+  }
+  std::atomic<int64_t> next{0};
+  at::parallel_for(0, threads, 1, [&](int64_t, int64_t) {
+    int64_t lo = next.load(std::memory_order_relaxed);
+    while (lo < total) {
+      const int64_t take = std::max<int64_t>(1, (total - lo) / (2 * threads));
+      if (next.compare_exchange_weak(lo, lo + take, std::memory_order_relaxed)) {
+        body(lo, std::min(total, lo + take));
+        lo = next.load(std::memory_order_relaxed);
+      }
+    }
+  });
+}
+
 // Runs fn(n, c0, c1, b) over every task of the partition, in parallel: channels-last tasks are the
 // blocks of rows (all channels); NCHW tasks are one block of a run of channels of one sample.
 template <typename Fn>
 void for_tasks(const GroupNormArgs& a, const Fn& fn) {
   if (a.channels_last) {
-    at::parallel_for(0, a.batch * a.blocks, 1, [&](int64_t lo, int64_t hi) {
+    for_ranges(a.batch * a.blocks, [&](int64_t lo, int64_t hi) {
       for (int64_t i = lo; i < hi; ++i) fn(i / a.blocks, 0, a.channels, i % a.blocks);
     });
     return;
@@ -44,7 +70,7 @@ void for_tasks(const GroupNormArgs& a, const Fn& fn) {
   // Channels per task when a channel is one block; else one channel per task.
   const int64_t run = a.blocks == 1 ? std::max<int64_t>(1, kGrain / std::max<int64_t>(a.spatial, 1)) : 1;
   const int64_t runs = (a.channels + run - 1) / run;
-  at::parallel_for(0, a.batch * runs * a.blocks, 1, [&](int64_t lo, int64_t hi) {
+  for_ranges(a.batch * runs * a.blocks, [&](int64_t lo, int64_t hi) {
     for (int64_t i = lo; i < hi; ++i) {
       const int64_t b = i % a.blocks, r = (i / a.blocks) % runs, n = i / (a.blocks * runs);
       fn(n, r * run, std::min(a.channels, (r + 1) * run), b);
@@ -54,7 +80,7 @@ void for_tasks(const GroupNormArgs& a, const Fn& fn) {
 
 template <typename Fn>
 void for_groups(const GroupNormArgs& a, const Fn& fn) {
-  at::parallel_for(0, a.batch * a.groups, 1, [&](int64_t lo, int64_t hi) {
+  for_ranges(a.batch * a.groups, [&](int64_t lo, int64_t hi) {
     for (int64_t i = lo; i < hi; ++i) fn(i / a.groups, i % a.groups);
   });
 }
@@ -104,8 +130,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> group_norm_backward(const at::Ten
     // SiLU's derivative costs an exp per element: each task keeps its group's dy from the sums pass for
     // grad_x (the same values the recomputation would give), one buffer per thread.
     const int64_t group_elems = (a.channels / a.groups) * a.spatial;
-    at::parallel_for(0, a.batch * a.groups, 1, [&](int64_t lo, int64_t hi) {
-      std::vector<float> cache(a.silu ? static_cast<size_t>(group_elems) : 0);
+    for_ranges(a.batch * a.groups, [&](int64_t lo, int64_t hi) {
+      // Kept by each thread between calls (at most kLocalGroup floats): a fresh buffer per call
+      // would fault its pages in every time.
+      thread_local std::vector<float> cache;
+      if (a.silu && cache.size() < static_cast<size_t>(group_elems)) cache.resize(static_cast<size_t>(group_elems));
       float* dy = a.silu ? cache.data() : nullptr;
       for (int64_t i = lo; i < hi; ++i) {
         const int64_t n = i / a.groups, g = i % a.groups;
