@@ -304,7 +304,7 @@ inline void dy_n(const __m256* d, const T* g, const SegVec& k, __m256* dy) {
   }
 }
 
-// aa[u] += dy, ab[u] += dy * xhat over U vectors; dy also stored at dst (if not null).
+// aa[u] += dy, ab[u] += dy * (x - mean) over U vectors; dy also stored at dst (if not null).
 template <int U, bool Silu, typename T>
 inline void grad_sums_n(const T* x, const T* g, const SegVec& k, float* dst, __m256* aa, __m256* ab) {
   __m256 d[U], dy[U];
@@ -313,7 +313,7 @@ inline void grad_sums_n(const T* x, const T* g, const SegVec& k, float* dst, __m
   for (int u = 0; u < U; ++u) {
     if (dst) _mm256_storeu_ps(dst + 8 * u, dy[u]);
     aa[u] = _mm256_add_ps(aa[u], dy[u]);
-    ab[u] = _mm256_fmadd_ps(dy[u], _mm256_mul_ps(d[u], k.rstd), ab[u]);
+    ab[u] = _mm256_fmadd_ps(dy[u], d[u], ab[u]);  // sum dy * (x - mean): times rstd once at the end
   }
 }
 
@@ -343,7 +343,7 @@ SegGrad seg_grad_sums(const T* x, const T* g, int64_t n, const SegCoef& c, float
     if (dy_out) std::copy_n(dr, n - j, dy_out + j);
     widen_add(wa, aa), widen_add(wb, ab);
   }
-  return {hsum(wa), hsum(wb)};
+  return {hsum(wa), hsum(wb) * static_cast<double>(c.rstd)};
 }
 
 // dx = k1 * dy + kx * (x - mean) + k0 of U vectors; dy from dy_in (float32) or recomputed from g.
