@@ -3,7 +3,9 @@
 // NCHW: a task is one contiguous segment per channel (a block of one channel's positions), walked by
 // the seg_* loops below: on the avx2 build 8 lanes at a time straight from the storage type, with
 // vector accumulators kept across the segment (folded into double every kFold elements and reduced
-// across lanes once per segment); on the base build in kChunk-element rows of float32.
+// across lanes once per segment); on the base build in kChunk-element rows of float32. Statistics
+// take one pass (sums around a sampled centre), the output one more with scale and shift folded
+// per channel; the backward one pass for the sums (keeping dy) and one for dx.
 // Channels-last: a task walks "rows" (one position's C channels) with per-channel constants held as
 // rows, reductions across rows per channel.
 // SiLU needs exp: the avx2 build evaluates it 8 lanes at a time with a polynomial (GCC does not
