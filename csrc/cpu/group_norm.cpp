@@ -127,17 +127,23 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> group_norm_backward(const at::Ten
   advise_huge_pages(f.grad_x.data_ptr(), f.grad_x.nbytes());
   auto coef = [&](int64_t n, int64_t g) { FASTDIFF_GN_CALL(group_norm_grad_group, a, n, g); };
   if (group_local(a)) {
-    // SiLU's derivative costs an exp per element: each task keeps its group's dy from the sums pass for
-    // grad_x (the same values the recomputation would give), one buffer per thread.
-    const int64_t group_elems = (a.channels / a.groups) * a.spatial;
+    // SiLU's derivative costs an exp per element: each task keeps k1 * dy of its group from the sums
+    // pass for grad_x (the same values the recomputation would give). A float32 grad_x holds them in
+    // place (the group's own elements, finished by grad_x: no extra buffer in the cache, and grad_x's
+    // first write happens in the pass busy with exp); other dtypes use one buffer per thread.
+    const int64_t cg = a.channels / a.groups, group_elems = cg * a.spatial;
+    const bool in_place = a.dtype == DType::f32;
     for_ranges(a.batch * a.groups, [&](int64_t lo, int64_t hi) {
       // Kept by each thread between calls (at most kLocalGroup floats): a fresh buffer per call
       // would fault its pages in every time.
       thread_local std::vector<float> cache;
-      if (a.silu && cache.size() < static_cast<size_t>(group_elems)) cache.resize(static_cast<size_t>(group_elems));
-      float* dy = a.silu ? cache.data() : nullptr;
+      const bool buffered = a.silu && !in_place;
+      if (buffered && cache.size() < static_cast<size_t>(group_elems)) cache.resize(static_cast<size_t>(group_elems));
       for (int64_t i = lo; i < hi; ++i) {
         const int64_t n = i / a.groups, g = i % a.groups;
+        float* dy = !a.silu ? nullptr
+                    : in_place ? static_cast<float*>(a.grad_x) + group_norm_index(a, n, g * cg, 0)
+                               : cache.data();
         group_blocks(a, n, g, [&](int64_t n_, int64_t c0, int64_t c1, int64_t b) {
           FASTDIFF_GN_CALL(group_norm_grad_sums, a, n_, c0, c1, b, dy);
         });

@@ -306,20 +306,20 @@ inline void dy_n(const __m256* d, const T* g, const SegVec& k, __m256* dy) {
   }
 }
 
-// aa[u] += dy, ab[u] += dy * (x - mean) over U vectors; dy also stored at dst (if not null).
+// aa[u] += dy, ab[u] += dy * (x - mean) over U vectors; k1 * dy stored at dst (if not null).
 template <int U, bool Silu, typename T>
 inline void grad_sums_n(const T* x, const T* g, const SegVec& k, float* dst, __m256* aa, __m256* ab) {
   __m256 d[U], dy[U];
   for (int u = 0; u < U; ++u) d[u] = _mm256_sub_ps(load8(x + 8 * u), k.mean);
   dy_n<U, Silu>(d, g, k, dy);
   for (int u = 0; u < U; ++u) {
-    if (dst) _mm256_storeu_ps(dst + 8 * u, dy[u]);
+    if (dst) _mm256_storeu_ps(dst + 8 * u, _mm256_mul_ps(k.k1, dy[u]));
     aa[u] = _mm256_add_ps(aa[u], dy[u]);
     ab[u] = _mm256_fmadd_ps(dy[u], d[u], ab[u]);  // sum dy * (x - mean): times rstd once at the end
   }
 }
 
-// Backward sums of a segment; with dy_out, dy is also stored there (float32).
+// Backward sums of a segment; with dy_out, k1 * dy is also stored there (float32; see group_norm.h).
 template <bool Silu, typename T>
 SegGrad seg_grad_sums(const T* x, const T* g, int64_t n, const SegCoef& c, float* dy_out) {
   const SegVec k(c);
@@ -348,20 +348,22 @@ SegGrad seg_grad_sums(const T* x, const T* g, int64_t n, const SegCoef& c, float
   return {hsum(wa), hsum(wb) * static_cast<double>(c.rstd)};
 }
 
-// dx = k1 * dy + kx * (x - mean) + k0 of U vectors; dy from dy_in (float32) or recomputed from g.
+// dx = k1 * dy + kx * (x - mean) + k0 of U vectors; k1 * dy from dy_in (float32, possibly dx itself)
+// or dy recomputed from g.
 template <int U, bool Silu, typename T>
 inline void grad_x_n(const T* x, const T* g, const float* dy_in, const SegVec& k, T* dx) {
   __m256 d[U], dy[U];
   for (int u = 0; u < U; ++u) d[u] = _mm256_sub_ps(load8(x + 8 * u), k.mean);
   if (dy_in) {
-    for (int u = 0; u < U; ++u) dy[u] = _mm256_loadu_ps(dy_in + 8 * u);
-  } else {
-    dy_n<U, Silu>(d, g, k, dy);
+    for (int u = 0; u < U; ++u)
+      store8(dx + 8 * u, _mm256_add_ps(_mm256_loadu_ps(dy_in + 8 * u), _mm256_fmadd_ps(k.kx, d[u], k.k0)));
+    return;
   }
+  dy_n<U, Silu>(d, g, k, dy);
   for (int u = 0; u < U; ++u) store8(dx + 8 * u, _mm256_fmadd_ps(k.k1, dy[u], _mm256_fmadd_ps(k.kx, d[u], k.k0)));
 }
 
-// dx of a segment, dy from dy_in (what seg_grad_sums stored) or from g.
+// dx of a segment, from dy_in (what seg_grad_sums stored) or from g.
 template <bool Silu, typename T>
 void seg_grad_x(const T* x, const T* g, const float* dy_in, int64_t n, const SegCoef& c, T* dx, int64_t ahead) {
   const SegVec k(c);
@@ -449,7 +451,9 @@ SegGrad seg_grad_sums(const T* x, const T* g, int64_t n, const SegCoef& k, float
     float xh[kChunk];
     for (int64_t i = 0; i < m; ++i) xh[i] = d[i] * k.rstd;
     s.a += row_sum(dy, m), s.b += row_dot(dy, xh, m);
-    if (dy_out) std::copy_n(dy, m, dy_out + j);
+    if (dy_out) {
+      for (int64_t i = 0; i < m; ++i) dy_out[j + i] = k.k1 * dy[i];
+    }
   }
   return s;
 }
@@ -468,8 +472,9 @@ void seg_grad_x(const T* x, const T* g, const float* dy_in, int64_t n, const Seg
     } else {
       row_dy<Silu>(x + j, g + j, m, k, d, dy);
     }
-    float* o = out_row(dx + j, obuf);
-    for (int64_t i = 0; i < m; ++i) o[i] = k.k1 * dyr[i] + (k.kx * d[i] + k.k0);
+    float* o = out_row(dx + j, obuf);  // may be dy_in's own row: each element is read before written
+    const float k1 = dy_in ? 1.0f : k.k1;  // dy_in holds k1 * dy already
+    for (int64_t i = 0; i < m; ++i) o[i] = k1 * dyr[i] + (k.kx * d[i] + k.k0);
     flush(dx + j, o, m);
   }
 }
