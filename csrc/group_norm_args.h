@@ -1,5 +1,5 @@
 // The parameters of one group_norm call (forward or backward), torch-free: filled once by the torch
-// side (csrc/group_norm_checks.h) and read by the CPU kernels (cpu/kernels/group_norm.cpp) and the CUDA
+// side (csrc/group_norm_fill.h) and read by the CPU kernels (cpu/kernels/group_norm.cpp) and the CUDA
 // kernels (cuda/group_norm.cuh). The CPU op and the CUDA binding differ only in how they allocate and
 // launch. Semantics: the group_norm block of csrc/ops.cpp.
 //
@@ -7,9 +7,10 @@
 // on every launch): each channel's S spatial positions are cut into `blocks` blocks of `block_len`
 // positions (the last may be shorter). One partial record of kGroupNormPartial floats is kept per
 // (sample n, channel c, block b), at partial + ((n * C + c) * blocks + b) * kGroupNormPartial:
-//   forward:  {m, s1, s2}: m a centre (the block's mean as first estimated), s1 = sum(x - m),
+//   forward:  {m, s1, s2}: m a centre near the block's mean (CUDA: the mean as first estimated
+//             in a pass of its own; CPU: the mean of the block's first 64 elements), s1 = sum(x - m),
 //             s2 = sum((x - m)^2) over the block; so the block's mean is m + s1/len and its M2 is
-//             s2 - s1^2/len with s1 ~ 0: no cancellation whatever the data's mean.
+//             s2 - s1^2/len with s1^2/len small beside M2: no cancellation whatever the data's mean.
 //   backward: {a, b, -}: a = sum(dy), b = sum(dy * xhat) over the block, dy the gradient at the
 //             affine output (through SiLU when silu).
 // The blocks and channels of a group are then combined in a fixed order, in double.

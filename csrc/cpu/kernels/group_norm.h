@@ -20,7 +20,8 @@ namespace fastdiff::cpu {
   /* out of the task's elements. */                                                                      \
   void group_norm_apply(const GroupNormArgs& a, int64_t n, int64_t c0, int64_t c1, int64_t b);           \
   /* Backward partials {sum dy, sum dy*xhat} of the task. dy_out (NCHW only; may be null): also store     \
-     dy of channel c, position s at dy_out[(c - c0) * S + s], for group_norm_grad_x to reuse. */         \
+     k1 * dy = rstd * w * dy (the part of dx known before the group's sums) of channel c, position s at   \
+     dy_out[(c - c0) * S + s], for group_norm_grad_x to finish; for float32 it may be grad_x itself. */  \
   void group_norm_grad_sums(const GroupNormArgs& a, int64_t n, int64_t c0, int64_t c1, int64_t b,        \
                             float* dy_out);                                                              \
   /* channel_sums of the channels of group g of sample n, and its group_coef. */                         \

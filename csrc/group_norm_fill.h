@@ -15,7 +15,7 @@
 #include "group_norm_args.h"
 #include "torch_args.h"
 
-namespace fastdiff::group_norm_checks {
+namespace fastdiff::group_norm_fill {
 
 using Opt = std::optional<at::Tensor>;
 
@@ -148,4 +148,4 @@ inline Buffers backward_buffers(GroupNormArgs& a, const at::Tensor& x, const Opt
   return f;
 }
 
-}  // namespace fastdiff::group_norm_checks
+}  // namespace fastdiff::group_norm_fill
