@@ -108,23 +108,10 @@ def geglu(x: Tensor, *, approximate: str = "none") -> Tensor:
 
 
 # ---------------------------------------------------------------------------------------------
-# Autograd (the backward is itself a custom op, so torch.compile sees it whole) and fake kernels
+# Fake kernels. Autograd is registered in C++ (csrc/autograd.cpp: save x, backward = the
+# geglu_backward op, itself a custom op so torch.compile sees it whole), which spares each call
+# torch.library's Python autograd wrapper.
 # ---------------------------------------------------------------------------------------------
-def _register_autograd(suffix: str) -> None:
-    backward_op = getattr(torch.ops.fastdiff, "geglu_backward" + suffix)
-
-    def setup(ctx, inputs, output):
-        x, tanh = inputs
-        ctx.save_for_backward(x)
-        ctx.tanh = tanh
-
-    def backward(ctx, grad_out):
-        (x,) = ctx.saved_tensors
-        return backward_op(grad_out.contiguous(), x, ctx.tanh), None
-
-    torch.library.register_autograd(f"fastdiff::geglu{suffix}", backward, setup_context=setup)
-
-
 def _forward_fake(x: Tensor, tanh: bool) -> Tensor:
     return x.new_empty((*x.shape[:-1], x.shape[-1] // 2))
 
@@ -136,5 +123,3 @@ def _backward_fake(grad_out: Tensor, x: Tensor, tanh: bool) -> Tensor:
 for _name, _fake in (("geglu", _forward_fake), ("geglu_backward", _backward_fake)):
     register_fake([_name, _name + "_triton"], _fake)
     register_triton(_name, "geglu", _name)
-_register_autograd("")
-_register_autograd("_triton")

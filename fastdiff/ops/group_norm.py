@@ -176,27 +176,10 @@ def group_norm(
 
 
 # ---------------------------------------------------------------------------------------------
-# Autograd (the backward is itself a custom op, so torch.compile sees it whole) and fake kernels
+# Fake kernels. Autograd is registered in C++ (csrc/autograd.cpp: save x, weight, bias and the
+# statistics; backward = the group_norm_backward op on grad_out in x's layout, itself a custom op so
+# torch.compile sees it whole), which spares each call torch.library's Python autograd wrapper.
 # ---------------------------------------------------------------------------------------------
-def _register_autograd(suffix: str) -> None:
-    backward_op = getattr(torch.ops.fastdiff, "group_norm_backward" + suffix)
-
-    def setup(ctx, inputs, output):
-        x, num_groups, weight, bias, _eps, silu = inputs
-        _, mean, rstd = output
-        ctx.save_for_backward(x, weight, bias, mean, rstd)
-        ctx.num_groups, ctx.silu = num_groups, silu
-
-    def backward(ctx, grad_out, _grad_mean, _grad_rstd):
-        x, weight, bias, mean, rstd = ctx.saved_tensors
-        fmt = memory_format(x)
-        g = torch.zeros_like(x, memory_format=fmt) if grad_out is None else grad_out.contiguous(memory_format=fmt)
-        gx, gw, gb = backward_op(g, x, weight, bias, mean, rstd, ctx.num_groups, ctx.silu)
-        return gx, None, gw if weight is not None else None, gb if bias is not None else None, None, None
-
-    torch.library.register_autograd(f"fastdiff::group_norm{suffix}", backward, setup_context=setup)
-
-
 def _forward_fake(x, num_groups, weight, bias, eps, silu):
     stats = x.new_empty((x.shape[0], num_groups), dtype=torch.float32)
     return torch.empty_like(x, memory_format=memory_format(x)), stats, torch.empty_like(stats)
@@ -213,5 +196,3 @@ register_fake(["group_norm", "group_norm_triton"], _forward_fake)
 register_fake(["group_norm_backward", "group_norm_backward_triton"], _backward_fake)
 register_triton("group_norm", "group_norm", "group_norm")
 register_triton("group_norm_backward", "group_norm", "group_norm_backward")
-_register_autograd("")
-_register_autograd("_triton")
