@@ -301,57 +301,10 @@ def gated_residual_adaln(
 
 
 # ---------------------------------------------------------------------------------------------
-# Autograd: each forward op's backward is itself a custom op (so torch.compile sees it whole)
-# ---------------------------------------------------------------------------------------------
-def _grad(g: Optional[Tensor], like: Tensor) -> Tensor:
-    return torch.zeros_like(like, memory_format=torch.contiguous_format) if g is None else g.contiguous()
-
-
-def _register_autograd(suffix: str) -> None:
-    ops = torch.ops.fastdiff
-
-    def modulate_setup(ctx, inputs, output):
-        x, shift, scale, weight, bias, eps, rms = inputs
-        _, mean, rstd = output
-        ctx.save_for_backward(x, scale, weight, bias, mean, rstd)
-        ctx.rms, ctx.shift_per_token = rms, shift.dim() == 3
-
-    def modulate_backward(ctx, grad_out, _grad_mean, _grad_rstd):
-        x, scale, weight, bias, mean, rstd = ctx.saved_tensors
-        gx, gs, gsc, gw, gb = getattr(ops, "adaln_modulate_backward" + suffix)(
-            _grad(grad_out, x), x, scale, weight, bias, mean, rstd, ctx.rms, ctx.shift_per_token
-        )
-        return gx, gs, gsc, gw if weight is not None else None, gb if bias is not None else None, None, None
-
-    def residual_setup(ctx, inputs, output):
-        _, gate, h = inputs
-        ctx.save_for_backward(gate, h)
-
-    def residual_backward(ctx, grad_out):
-        gate, h = ctx.saved_tensors
-        g = _grad(grad_out, h)
-        grad_gate, grad_h = getattr(ops, "gated_residual_backward" + suffix)(g, gate, h)
-        return g, grad_gate, grad_h
-
-    def fused_setup(ctx, inputs, output):
-        _, gate, h, shift, scale, weight, bias, eps, rms = inputs
-        x_out, _, mean, rstd = output
-        ctx.save_for_backward(x_out, gate, h, scale, weight, bias, mean, rstd)
-        ctx.rms, ctx.shift_per_token = rms, shift.dim() == 3
-
-    def fused_backward(ctx, grad_x_out, grad_out, _grad_mean, _grad_rstd):
-        x_out, gate, h, scale, weight, bias, mean, rstd = ctx.saved_tensors
-        gx, gg, gh, gs, gsc, gw, gb = getattr(ops, "gated_residual_adaln_backward" + suffix)(
-            _grad(grad_x_out, x_out), _grad(grad_out, x_out), x_out, gate, h, scale, weight, bias, mean, rstd,
-            ctx.rms, ctx.shift_per_token,
-        )
-        return gx, gg, gh, gs, gsc, gw if weight is not None else None, gb if bias is not None else None, None, None
-
-    torch.library.register_autograd(f"fastdiff::adaln_modulate{suffix}", modulate_backward, setup_context=modulate_setup)
-    torch.library.register_autograd(f"fastdiff::gated_residual{suffix}", residual_backward, setup_context=residual_setup)
-    torch.library.register_autograd(f"fastdiff::gated_residual_adaln{suffix}", fused_backward, setup_context=fused_setup)
-
-
+# Autograd is registered in C++ (csrc/autograd.cpp): each forward saves what its backward op reads
+# (modulate: x, scale, weight, bias and the statistics; gated_residual: gate, h; the fused op: x_out,
+# gate, h, scale, weight, bias and the statistics) and the backward is itself a custom op, so
+# torch.compile sees it whole; C++ spares each call torch.library's Python autograd wrapper.
 # ---------------------------------------------------------------------------------------------
 # Fake kernels (shapes only)
 # ---------------------------------------------------------------------------------------------
@@ -406,5 +359,3 @@ _FAKES = {
 for _name, _fake in _FAKES.items():
     register_fake([_name, _name + "_triton"], _fake)
     register_triton(_name, "adaln", _name)
-_register_autograd("")
-_register_autograd("_triton")
