@@ -1,6 +1,7 @@
 """Comparison helpers shared by the tests."""
 
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
 _ULP = {torch.float16: 2.0**-10, torch.bfloat16: 2.0**-7}
 
@@ -17,3 +18,19 @@ def assert_close_to_reference(out: torch.Tensor, ref: torch.Tensor, *, ulps: flo
         torch.testing.assert_close(out.double(), ref, rtol=ulps * eps, atol=1e-3 * eps * scale + 1e-7)
     else:
         torch.testing.assert_close(out.double(), ref, rtol=1e-12, atol=1e-12 * scale)
+
+
+class DispatchedOps(TorchDispatchMode):
+    """Records every op dispatched inside it (``ops``); ``compute()``: those other than element
+    selection, allocations and random draws (what "one launch per step" counts)."""
+
+    def __init__(self):
+        super().__init__()
+        self.ops: list[str] = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.ops.append(str(func))
+        return func(*args, **(kwargs or {}))
+
+    def compute(self) -> list[str]:
+        return [op for op in self.ops if not op.startswith(("aten.select", "aten.empty", "aten.randn"))]

@@ -7,9 +7,9 @@ import math
 
 import pytest
 import torch
-from torch.utils._python_dispatch import TorchDispatchMode
 
 from tests.samplers.harness import SD, compare, quiet_diffusers, toy_model
+from tests.helpers import DispatchedOps
 from tests.samplers.test_sample import IMAGE, SHAPE, close, diffusers_loop, fused, noise_for
 
 diffusers = pytest.importorskip("diffusers")
@@ -258,14 +258,6 @@ def test_singlestep_history_holds_the_group_so_far_and_sde_third_order_is_refuse
 # ---------------------------------------------------------------------------------------------
 # What every class shares: one launch per step, serialisation, the sampler names
 # ---------------------------------------------------------------------------------------------
-class _Ops(TorchDispatchMode):
-    def __init__(self):
-        super().__init__()
-        self.ops: list[str] = []
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        self.ops.append(str(func))
-        return func(*args, **(kwargs or {}))
 
 
 #: (class, config): configurations that use each class's longest history, and its noise where it has some
@@ -287,7 +279,7 @@ def test_each_step_is_one_fused_launch_and_no_host_sync(name, cfg):
     m = torch.tanh(x)
     for t in s.timesteps:
         xi = s.scale_model_input(x, t)
-        with _Ops() as seen:
+        with DispatchedOps() as seen:
             x = s.step(m, t, xi).prev_sample
         fused_ops = [o for o in seen.ops if o.startswith("fastdiff.")]
         assert fused_ops == ["fastdiff.sampler_update.default"] or fused_ops == ["fastdiff.sampler_update_cpu.default"], seen.ops

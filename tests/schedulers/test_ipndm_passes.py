@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from tests.samplers.harness import SHAPE, quiet_diffusers, toy_model
-from tests.schedulers.test_sa_solver import DispatchedOps
+from tests.helpers import DispatchedOps
 
 diffusers = pytest.importorskip("diffusers")
 import fastdiff.schedulers as fs  # noqa: E402

@@ -8,9 +8,9 @@ import tempfile
 
 import pytest
 import torch
-from torch.utils._python_dispatch import TorchDispatchMode
 
 from fastdiff.samplers import make_sampler
+from tests.helpers import DispatchedOps
 from tests.samplers.harness import SD, compare, quiet_diffusers, toy_model
 from tests.samplers.test_sample import IMAGE, SHAPE, close, diffusers_loop, fused, noise_for
 
@@ -22,18 +22,6 @@ from tests.schedulers.test_pipelines_roundtrip import run, sd_parts  # noqa: E40
 SPACING = ["leading", "trailing", "linspace"]
 X0 = torch.linspace(-1, 1, 120).reshape(2, 3, 5, 4)
 KDPM2 = ["KDPM2DiscreteScheduler", "KDPM2AncestralDiscreteScheduler"]
-
-
-class _Ops(TorchDispatchMode):
-    """Records every op dispatched while active."""
-
-    def __init__(self):
-        super().__init__()
-        self.ops: list[str] = []
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        self.ops.append(str(func))
-        return func(*args, **(kwargs or {}))
 
 
 def scaled_input_loop(s, *, steps, seed=0, step_kw=None, model=toy_model):
@@ -58,7 +46,7 @@ def launches_per_step(s, *, steps, step_kw=None):
     for t in s.timesteps:
         xi = s.scale_model_input(x, t)
         m = toy_model(xi, t)
-        with _Ops() as rec:
+        with DispatchedOps() as rec:
             x = s.step(m, t, x, **(step_kw or {})).prev_sample
         counts.append(sum("sampler_update" in op for op in rec.ops))
     return counts

@@ -8,10 +8,10 @@ import math
 import numpy as np
 import pytest
 import torch
-from torch.utils._python_dispatch import TorchDispatchMode
 
 from fastdiff.samplers import make_sampler
 from fastdiff.solvers import sa_solver
+from tests.helpers import DispatchedOps
 from tests.samplers.harness import SD, SHAPE, compare, quiet_diffusers, toy_model, trajectory
 from tests.samplers.test_sample import IMAGE, SHAPE as IMAGE_SHAPE, close, diffusers_loop, fused, noise_for
 
@@ -159,20 +159,6 @@ def test_repeated_levels_fall_back_to_the_distinct_nodes():
 # ---------------------------------------------------------------------------------------------
 # One fused launch per step; serialisation; fastdiff.sample
 # ---------------------------------------------------------------------------------------------
-class DispatchedOps(TorchDispatchMode):
-    """Records every op dispatched inside it; ``compute()``: those other than views, allocations and draws."""
-
-    def __init__(self):
-        super().__init__()
-        self.ops: list[str] = []
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        self.ops.append(str(func))
-        return func(*args, **(kwargs or {}))
-
-    def compute(self) -> list[str]:
-        return [op for op in self.ops if not op.startswith(("aten.select", "aten.empty", "aten.randn"))]
-
 
 @pytest.mark.parametrize("cfg", [{}, {"predictor_order": 3, "corrector_order": 4, "algorithm_type": "noise_prediction"}])
 def test_every_step_is_one_sampler_update_launch(cfg):
