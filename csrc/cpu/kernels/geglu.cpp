@@ -21,6 +21,10 @@
 #include "cpu/kernels/geglu.h"
 #include "cpu/kernels/rows.h"
 
+#if defined(__AVX__)
+#include <immintrin.h>
+#endif
+
 // The base build passes these 32-byte vectors through memory where it does not inline (GCC warns
 // that the ABI differs from AVX's); every helper below is forced inline, so none is passed at all.
 #pragma GCC diagnostic ignored "-Wpsabi"
@@ -42,6 +46,20 @@ FD_INLINE vf loadv(const float* p) {
 FD_INLINE void storev(float* p, vf v) { std::memcpy(p, &v, sizeof v); }
 FD_INLINE vf select(vi mask, vf a, vf b) { return mask ? a : b; }
 FD_INLINE vf vabs(vf v) { return reinterpret_cast<vf>(reinterpret_cast<vi>(v) & 0x7FFFFFFF); }
+// max(lo, v), min(hi, v) (v where v is NaN), and v where v >= lo else 0 (NaN kept): one instruction
+// each on the avx2 build, where GCC would emit compare-and-blend pairs for the vector-type forms.
+#if defined(__AVX__)
+FD_INLINE __m256 m256(vf v) { return reinterpret_cast<__m256>(v); }
+FD_INLINE vf vmax(vf lo, vf v) { return reinterpret_cast<vf>(_mm256_max_ps(m256(lo), m256(v))); }
+FD_INLINE vf vmin(vf hi, vf v) { return reinterpret_cast<vf>(_mm256_min_ps(m256(hi), m256(v))); }
+FD_INLINE vf zero_below(vf v, vf x, float lo) {
+  return reinterpret_cast<vf>(_mm256_andnot_ps(_mm256_cmp_ps(m256(x), _mm256_set1_ps(lo), _CMP_LT_OQ), m256(v)));
+}
+#else
+FD_INLINE vf vmax(vf lo, vf v) { return lo > v ? lo : v; }
+FD_INLINE vf vmin(vf hi, vf v) { return hi < v ? hi : v; }
+FD_INLINE vf zero_below(vf v, vf x, float lo) { return x < lo ? vf{} : v; }
+#endif
 
 #define FD_UNROLL _Pragma("GCC unroll 8")
 
@@ -76,8 +94,7 @@ template <int U>
 FD_INLINE void one_plus_exp(const vf* x, vf* out) {
   vf xc[U];
   FD_UNROLL for (int u = 0; u < U; ++u) {
-    xc[u] = select(x[u] < -87.0f, splat(-87.0f), x[u]);
-    xc[u] = select(xc[u] > 88.0f, splat(88.0f), xc[u]);
+    xc[u] = vmin(splat(88.0f), vmax(splat(-87.0f), x[u]));
   }
   vexp_core<U>(xc, out);
   FD_UNROLL for (int u = 0; u < U; ++u)
@@ -115,12 +132,12 @@ FD_INLINE void gelu_exact(const vf* g, vf* y, vf* slope) {
     // splitting g to make it exact cost 30% of this loop's time for no visible gain. (-t^2 would
     // add t's rounding, doubled, on top.)
     x[u] = ag * (-0.5f * ag);
-    e[u] = select(x[u] < -87.0f, splat(-87.0f), x[u]);
+    e[u] = vmax(splat(-87.0f), x[u]);
   }
   vexp_core<U>(e, e);
   half_erfcx<U>(t, h);
   FD_UNROLL for (int u = 0; u < U; ++u) {
-    e[u] = select(x[u] < -87.0f, vf{}, e[u]);  // exp(-t^2) underflows there (NaN stays: no clamp holds)
+    e[u] = zero_below(e[u], x[u], -87.0f);  // exp(-t^2) underflows there
     const vf half_erfc = e[u] * h[u];
     const vf phi = select(g[u] < 0.0f, half_erfc, 1.0f - half_erfc);  // the normal CDF
     if constexpr (kSlope) slope[u] = phi + g[u] * (e[u] * kInvSqrt2Pi);
