@@ -8,9 +8,8 @@ import diffusers
 import torch
 from torch import Tensor
 
-from ..solvers import methods
 from ..solvers.scheduling import heun as core
-from ._base import FusedStep, conform, x0_from_coeffs
+from ._base import FusedStep, conform, ve_x0_coeffs, x0_from_coeffs
 
 
 @conform
@@ -27,7 +26,7 @@ class HeunDiscreteScheduler(FusedStep, core.HeunDiscreteScheduler, diffusers.Heu
         cfg = self.config
         i, first = self._step_index, self._first_order
         # both stages read the model at sigmas[i] (the corrector's level is the predictor's target)
-        a, b = methods.ve_conversion(cfg.prediction_type, self._sig[i])
+        a, b = ve_x0_coeffs(cfg.prediction_type, self._sig[i])
         x0 = x0_from_coeffs(a, b, sample, model_output)
         override = None
         if cfg.clip_sample:
