@@ -10,7 +10,7 @@ import collections
 import functools
 import inspect
 import sys
-from typing import Any, Optional
+from typing import Any, Optional, Union
 
 import torch
 from torch import Tensor
@@ -107,6 +107,34 @@ class FusedStep:
         begin = self._start_run()
         _, rows = self._row_views(sample.device, begin, key)
         return x0_from_row(rows[self._step_index - begin], sample, model_output)
+
+
+class SigmaInputScale:
+    """diffusers' ``scale_model_input`` of the sigma-parameterised schedulers, ``x / (sigma**2 + 1) ** 0.5``,
+    with the divisors derived once per level tensor by the same float32 tensor operations diffusers
+    applies to one level per call (so the same values; the division by a float32 scalar is the same
+    kernel): diffusers' four scalar tensor ops per call cost more than the division at SD sizes on CPU.
+    Off the CPU it is diffusers' per-call form (deriving the table there would read the device)."""
+
+    _fastdiff_keeps = ("scale_model_input",)  # conform keeps this one, not diffusers'
+    _flags_scaling = False  # Euler, Euler-ancestral and LMS record the call (is_scale_input_called)
+
+    def _input_level(self) -> tuple[Tensor, int]:
+        """The level tensor and the index diffusers' scale_model_input reads at this step."""
+        return self.sigmas, self.step_index
+
+    def scale_model_input(self, sample: Tensor, timestep: Union[float, Tensor]) -> Tensor:
+        if self.step_index is None:
+            self._init_step_index(timestep)
+        levels, i = self._input_level()
+        if self._flags_scaling:
+            self.is_scale_input_called = True
+        if levels.device.type != "cpu" or sample.device.type != "cpu" or sample.dtype != torch.float32 or levels.dtype != torch.float32:
+            return sample / ((levels[i] ** 2 + 1) ** 0.5)
+        cached = self.__dict__.get("_input_divisors")
+        if cached is None or cached[0] is not levels:
+            cached = self._input_divisors = (levels, ((levels**2 + 1) ** 0.5).tolist())
+        return sample / cached[1][i]
 
 
 # -- making a core + fused step a diffusers scheduler -------------------------------------------

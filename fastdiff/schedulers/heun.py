@@ -9,11 +9,11 @@ import torch
 from torch import Tensor
 
 from ..solvers.scheduling import heun as core
-from ._base import FusedStep, conform, ve_x0_coeffs, x0_from_coeffs
+from ._base import FusedStep, SigmaInputScale, conform, ve_x0_coeffs, x0_from_coeffs
 
 
 @conform
-class HeunDiscreteScheduler(FusedStep, core.HeunDiscreteScheduler, diffusers.HeunDiscreteScheduler):
+class HeunDiscreteScheduler(SigmaInputScale, FusedStep, core.HeunDiscreteScheduler, diffusers.HeunDiscreteScheduler):
     """Drop-in for ``diffusers.HeunDiscreteScheduler``: two model evaluations per step (order = 2),
     each followed by one fused update. The predictor writes the corrector's base (its input plus half
     its Euler step) to history, so the corrector reads that and the sample it is given, as diffusers

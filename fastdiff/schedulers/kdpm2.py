@@ -10,7 +10,7 @@ import torch
 from torch import Tensor
 
 from ..solvers.scheduling import kdpm2 as core
-from ._base import FusedStep, conform
+from ._base import FusedStep, SigmaInputScale, conform
 from ._two_stage import TwoStageStep
 
 
@@ -36,19 +36,27 @@ class _KDPM2Step(TwoStageStep):
 
 
 @conform
-class KDPM2DiscreteScheduler(_KDPM2Step, FusedStep, core.KDPM2DiscreteScheduler, diffusers.KDPM2DiscreteScheduler):
+class KDPM2DiscreteScheduler(_KDPM2Step, SigmaInputScale, FusedStep, core.KDPM2DiscreteScheduler, diffusers.KDPM2DiscreteScheduler):
     """Drop-in for ``diffusers.KDPM2DiscreteScheduler``: two model evaluations per step (order = 2),
     each one fused update."""
+
+    def _input_level(self) -> tuple[Tensor, int]:
+        i = self.step_index
+        return (self.sigmas, i) if self.state_in_first_order else (self.sigmas_interpol, i)
 
     def step(self, model_output: Tensor, timestep: Union[float, Tensor], sample: Tensor, return_dict: bool = True):
         return self._kdpm2_step(model_output, timestep, sample, None, return_dict)
 
 
 @conform
-class KDPM2AncestralDiscreteScheduler(_KDPM2Step, FusedStep, core.KDPM2AncestralDiscreteScheduler,
+class KDPM2AncestralDiscreteScheduler(_KDPM2Step, SigmaInputScale, FusedStep, core.KDPM2AncestralDiscreteScheduler,
                                       diffusers.KDPM2AncestralDiscreteScheduler):
     """Drop-in for ``diffusers.KDPM2AncestralDiscreteScheduler``; the second stage's noise is drawn
     with ``generator`` where diffusers draws it (after the second model evaluation), so seeded runs match."""
+
+    def _input_level(self) -> tuple[Tensor, int]:
+        i = self.step_index
+        return (self.sigmas, i) if self.state_in_first_order else (self.sigmas_interpol, i - 1)
 
     def step(self, model_output: Tensor, timestep: Union[float, Tensor], sample: Tensor,
              generator: Optional[torch.Generator] = None, return_dict: bool = True):
