@@ -17,20 +17,25 @@ from ._two_stage import TwoStageStep
 class _KDPM2Step(TwoStageStep):
     """The drop-in step both classes share. The first stage writes the sample it is given to history
     and reads its model output through the row's z input; the second reads that sample back, so it
-    steps from exactly what diffusers stores in ``self.sample``. ``pred_original_sample`` is one extra
-    elementwise pass."""
+    steps from exactly what diffusers stores in ``self.sample``. The first stage's ``pred_original_sample``
+    is one extra elementwise pass; the second's is the D its launch writes to history (its x0 at
+    sigma_mid; a view valid until the next step, as Euler's)."""
 
     _STEP_KEY = ("stored",)
+    _exposes = True  # every D gets a history slot: the second stage's D is its x0
 
     def _kdpm2_step(self, model_output: Tensor, timestep, sample: Tensor, generator: Optional[torch.Generator], return_dict: bool):
         first = self._start_stage(timestep)
-        x0 = self._stage_x0(self._step_index, first, sample, model_output)
+        k = self._step_index
         if first:
+            x0 = self._stage_x0(k, first, sample, model_output)
             prev, _ = self._fused_step(model_output, sample, key=self._STEP_KEY, z_input=model_output)
             self.sample = sample
         else:
-            prev, _ = self._fused_step(model_output, sample, key=self._STEP_KEY, generator=generator,
-                                       noise_dtype=model_output.dtype)
+            prev, x0 = self._fused_step(model_output, sample, key=self._STEP_KEY, generator=generator,
+                                        noise_dtype=model_output.dtype)
+            if x0 is None:
+                x0 = self._stage_x0(k, first, sample, model_output)
             self.sample = None
         return self._output(return_dict, prev, pred_original_sample=x0)
 

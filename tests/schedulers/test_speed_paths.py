@@ -56,3 +56,24 @@ def test_x0_from_coeffs_float32_paths_match_the_float_formula(a, b):
     torch.testing.assert_close(x0_from_coeffs(row[0], row[1], x, m), want, rtol=2e-6, atol=2e-6)
     half = x0_from_coeffs(a, b, x.half(), m.half())
     assert half.dtype == torch.float16
+
+
+@pytest.mark.parametrize("name", ["HeunDiscreteScheduler", "KDPM2DiscreteScheduler", "KDPM2AncestralDiscreteScheduler"])
+@pytest.mark.parametrize("prediction_type", ["epsilon", "v_prediction"])
+def test_second_stage_x0_is_the_launch_s_own_output_and_matches_diffusers(name, prediction_type):
+    """The corrector / second stage returns the D its launch wrote (no extra pass): diffusers' x0 to float32 rounding."""
+    warnings.simplefilter("ignore")
+    ours, theirs = getattr(fs, name)(prediction_type=prediction_type), getattr(diffusers, name)(prediction_type=prediction_type)
+    ours.set_timesteps(6)
+    theirs.set_timesteps(6)
+    x = 14 * torch.randn(2, 4, 8, 8)
+    for j, t in enumerate(theirs.timesteps):
+        m = torch.tanh(theirs.scale_model_input(x, t))
+        ours.scale_model_input(x, t)
+        kw = (lambda: {"generator": torch.Generator().manual_seed(j)}) if "Ancestral" in name else dict
+        mine, ref = ours.step(m, t, x, **kw()), theirs.step(m, t, x, **kw())
+        if j % 2 == 1:  # a second stage: x0 is a view of the history buffer
+            assert mine.pred_original_sample._base is ours._history
+        torch.testing.assert_close(mine.pred_original_sample, ref.pred_original_sample, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(mine.prev_sample, ref.prev_sample, rtol=1e-5, atol=1e-5)
+        x = ref.prev_sample
