@@ -32,6 +32,7 @@ from torch import Tensor
 import fastdiff  # noqa: E402
 from fastdiff.samplers import make_sampler  # noqa: E402
 from fastdiff.samplers.graph import CudaGraphRecorder, GraphedSteps  # noqa: E402
+from fastdiff.bench._timing import CLOCKS  # noqa: E402
 
 SAMPLERS = {"dpmpp_2m": "DPMSolverMultistepScheduler", "unipc": "UniPCMultistepScheduler", "euler": "EulerDiscreteScheduler",
             "ddim": "DDIMScheduler", "pndm": "PNDMScheduler",
@@ -41,7 +42,9 @@ SAMPLERS = {"dpmpp_2m": "DPMSolverMultistepScheduler", "unipc": "UniPCMultistepS
             "dpmpp_2m_inversion": "DPMSolverMultistepInverseScheduler", "edm_dpmpp_2m": "EDMDPMSolverMultistepScheduler",
             "deis": "DEISMultistepScheduler", "dpmpp_2s": "DPMSolverSinglestepScheduler", "dpmpp_3s": "DPMSolverSinglestepScheduler",
             "dpm2": "KDPM2DiscreteScheduler", "dpm2_ancestral": "KDPM2AncestralDiscreteScheduler", "tcd": "TCDScheduler",
-            "dpmpp_sde": "DPMSolverSDEScheduler"}
+            "dpmpp_sde": "DPMSolverSDEScheduler",
+            "ddpm": "DDPMScheduler", "euler_ancestral": "EulerAncestralDiscreteScheduler", "heun": "HeunDiscreteScheduler",
+            "lcm": "LCMScheduler", "flow_euler": "FlowMatchEulerDiscreteScheduler"}
 #: what a plain run measures (--samplers picks others from SAMPLERS)
 DEFAULT_SAMPLERS = "dpmpp_2m,unipc,euler,ddim"
 
@@ -57,15 +60,18 @@ MODELS = {
 }
 
 
-def scheduler_loop(sched, x0, model, guidance: float, steps: int, device, combine: bool = False) -> float:
+def scheduler_loop(sched, x0, model, guidance: float, steps: int, device, combine: bool = False, clock: str = "wall") -> float:
     """A pipeline's denoising loop, set_timesteps included; ``combine``: guidance by
-    fastdiff.ops.guidance_combine (one fused pass) instead of ``u + s (c - u)``."""
+    fastdiff.ops.guidance_combine (one fused pass) instead of ``u + s (c - u)``. Seconds on ``clock``
+    (fastdiff.bench._timing.CLOCKS)."""
+    now = CLOCKS[clock]
     _sync(device)
-    t0 = time.perf_counter()
+    t0 = now()
     sched.set_timesteps(steps, device=device)
     x = x0 * float(getattr(sched, "init_noise_sigma", 1.0))
+    scale = getattr(sched, "scale_model_input", None)  # flow matching has none
     for t in sched.timesteps:
-        xi = sched.scale_model_input(x, t)
+        xi = scale(x, t) if scale is not None else x
         out = model(torch.cat([xi, xi]), t)  # a pipeline's doubled batch for classifier-free guidance
         if combine:
             guided = fastdiff.ops.guidance_combine(out, guidance)
@@ -74,17 +80,18 @@ def scheduler_loop(sched, x0, model, guidance: float, steps: int, device, combin
             guided = u + guidance * (c - u)
         x = sched.step(guided, t, x).prev_sample
     _sync(device)
-    return time.perf_counter() - t0
+    return (now() - t0) * 1e-9
 
 
-def fused_loop(name: str, x0, model, guidance: float, steps: int, device) -> float:
+def fused_loop(name: str, x0, model, guidance: float, steps: int, device, clock: str = "wall") -> float:
     """The public call, set-up included (as set_timesteps is in the scheduler loops): a repeated
     call finds its plan in the cache, as a pipeline generating image after image does."""
+    now = CLOCKS[clock]
     _sync(device)
-    t0 = time.perf_counter()
+    t0 = now()
     fastdiff.sample(model, x0, sampler=name, steps=steps, guidance_scale=guidance, progress=False)
     _sync(device)
-    return time.perf_counter() - t0
+    return (now() - t0) * 1e-9
 
 
 def make_graphed(plan, model, x: Tensor, guidance: float):
@@ -105,7 +112,8 @@ def graphed_loop(graphed, plan, x0, device) -> float:
     return time.perf_counter() - t0
 
 
-def bench(shape, device, steps: int, repeats: int, model_kind: str = "free", names: str = DEFAULT_SAMPLERS) -> list[dict]:
+def bench(shape, device, steps: int, repeats: int, model_kind: str = "free", names: str = DEFAULT_SAMPLERS,
+          clock: str = "wall") -> list[dict]:
     import diffusers
 
     warnings.filterwarnings("ignore")
@@ -120,10 +128,10 @@ def bench(shape, device, steps: int, repeats: int, model_kind: str = "free", nam
         ours = getattr(fastdiff.schedulers, cls).from_config(sampler.config)
         plan = sampler.plan(steps, device)
         graphed = make_graphed(plan, model, x0 * plan.init_scale, 7.5)
-        loops = {"diffusers": lambda: scheduler_loop(ref, x0, model, 7.5, steps, device),
-                 "fastdiff.schedulers": lambda: scheduler_loop(ours, x0, model, 7.5, steps, device),
-                 "fastdiff.schedulers+combine": lambda: scheduler_loop(ours, x0, model, 7.5, steps, device, combine=True),
-                 "fastdiff.sample": lambda: fused_loop(name, x0, model, 7.5, steps, device)}
+        loops = {"diffusers": lambda: scheduler_loop(ref, x0, model, 7.5, steps, device, clock=clock),
+                 "fastdiff.schedulers": lambda: scheduler_loop(ours, x0, model, 7.5, steps, device, clock=clock),
+                 "fastdiff.schedulers+combine": lambda: scheduler_loop(ours, x0, model, 7.5, steps, device, combine=True, clock=clock),
+                 "fastdiff.sample": lambda: fused_loop(name, x0, model, 7.5, steps, device, clock=clock)}
         if graphed is not None:
             loops["fastdiff.sample+graph"] = lambda: graphed_loop(graphed, plan, x0, device)
         runs = {k: [] for k in loops}
@@ -134,7 +142,7 @@ def bench(shape, device, steps: int, repeats: int, model_kind: str = "free", nam
             for k, fn in loops.items():
                 runs[k].append(fn() / steps)
         d = runs["diffusers"]
-        row = {"sampler": name, "shape": list(shape), "device": str(device), "steps": steps, "model": model_kind}
+        row = {"sampler": name, "shape": list(shape), "device": str(device), "steps": steps, "model": model_kind, "clock": clock}
         for k, v in runs.items():
             row[f"{k}_us_per_step"] = statistics.median(v) * 1e6
             if k != "diffusers":
@@ -174,22 +182,30 @@ def main(argv: "list[str] | None" = None) -> int:
     ap.add_argument("--model", choices=sorted(MODELS), default="free", help="the trivial model (see the module docstring)")
     ap.add_argument("--out", type=Path, default=None, help="folder to write the JSON and markdown results into")
     ap.add_argument("--samplers", default=DEFAULT_SAMPLERS, help=f"comma-separated, from {', '.join(SAMPLERS)}")
+    ap.add_argument("--clock", choices=sorted(CLOCKS), default="wall",
+                    help="CPU clock: wall time, or this process's CPU time (not counting time other jobs take the cores; "
+                         "meaningful with --threads 1) (default: %(default)s)")
+    ap.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
     args = ap.parse_args(argv)
+    if args.clock == "cpu" and args.device != "cpu":
+        ap.error("--clock cpu times CPU work only; use it with --device cpu")
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     rows = []
     for s in args.shapes.split(","):
-        rows += bench(tuple(int(v) for v in s.split("x")), device, args.steps, args.repeats, args.model, args.samplers)
+        rows += bench(tuple(int(v) for v in s.split("x")), device, args.steps, args.repeats, args.model, args.samplers, args.clock)
     import diffusers
 
     md = markdown(rows) + (f"\nCommand: `fastdiff bench overhead {' '.join(argv if argv is not None else sys.argv[1:])}`; "
-                           f"torch {torch.__version__}, diffusers {diffusers.__version__}, {torch.get_num_threads()} threads, "
+                           f"{args.clock} clock; torch {torch.__version__}, diffusers {diffusers.__version__}, {torch.get_num_threads()} threads, "
                            f"{platform.processor() or platform.machine()}, load average {os.getloadavg()[0]:.2f} at the end.\n")
     print(md)
     if args.out is not None:
         commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip() or "unknown"
-        stem = f"{time.strftime('%Y-%m-%d')}-{commit}-sampler_overhead-{args.model}-{args.steps}steps"
+        stem = f"{time.strftime('%Y-%m-%d')}-{commit}-sampler_overhead-{args.model}-{args.steps}steps" + ("-cpuclock" if args.clock == "cpu" else "")
         args.out.mkdir(parents=True, exist_ok=True)
-        meta = {"torch": torch.__version__, "threads": torch.get_num_threads(), "machine": platform.machine(),
+        meta = {"torch": torch.__version__, "threads": torch.get_num_threads(), "clock": args.clock, "machine": platform.machine(),
                 "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor()}
         (args.out / f"{stem}.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
         (args.out / f"{stem}.md").write_text(md)

@@ -10,12 +10,13 @@ import collections
 import functools
 import inspect
 import sys
-from typing import Any, Optional
+from typing import Any, Optional, Union
 
 import torch
 from torch import Tensor
 
 from ..ops.sampler_update import LoopUpdate
+from ..solvers.methods import ve_conversion
 from ..solvers.rows import A, B, check_prediction_type, x0_conversion
 from ..solvers.scheduling import ScheduleCore
 
@@ -58,35 +59,36 @@ class FusedStep:
         what the row reads through its c_z column when that is not fresh noise (KDPM2's first stage
         reads its model output there, DPM-Solver-SDE its host-side Brownian increment)."""
         begin = self._start_run()
-        prog, table = self._table(sample.device, begin, key)
+        dev = sample.device
+        prog, rows = self._row_views(dev, begin, key)
         r = self._step_index - begin
-        if not 0 <= r < len(prog):
+        if not 0 <= r < len(rows):
             raise IndexError(f"fastdiff: step {self._step_index} is outside this schedule ({begin}..{begin + len(prog) - 1}); "
                              "call set_timesteps before sampling again")
-        row = table[r]
+        row = rows[r]
         z = z_input
         if z is not None:
             z = z.to(sample.dtype) if z.dtype != sample.dtype else z
         elif prog.draws[r]:
             if noise is None:
-                noise = torch.randn(sample.shape, generator=generator, device=sample.device, dtype=noise_dtype or sample.dtype)
+                noise = torch.randn(sample.shape, generator=generator, device=dev, dtype=noise_dtype or sample.dtype)
             z = noise.to(sample.dtype) if noise.dtype != sample.dtype else noise
             if not prog.reads_noise[r]:
                 z = None  # drawn for seeded parity with diffusers, multiplied by 0
         hist = None
         if prog.history:
-            want = (prog.history, *sample.shape)
             h = self._history
-            if h is None or tuple(h.shape) != want or h.dtype != sample.dtype or h.device != sample.device:
-                h = self._history = torch.empty(want, dtype=sample.dtype, device=sample.device)
+            if h is None or h.shape[1:] != sample.shape or h.shape[0] != prog.history or h.dtype != sample.dtype or h.device != dev:
+                h = self._history = torch.empty((prog.history, *sample.shape), dtype=sample.dtype, device=dev)
             hist = h
         m = model_output
         if model_override is not None:
-            m, row = model_override, self._table(sample.device, begin, key, as_sample=True)[1][r]
-        if self._update is None or self._update[0].history is not hist:  # checked in full again for a new buffer
+            m, row = model_override, self._row_views(dev, begin, key, as_sample=True)[1][r]
+        update = self._update
+        if update is None or update[0].history is not hist:  # checked in full again for a new buffer
             # one per noise presence: each binds its kernel to its own call signature (KDPM2 alternates)
-            self._update = (LoopUpdate(hist, None), LoopUpdate(hist, None))
-        out = self._update[z is None](sample, m, row, z)
+            update = self._update = (LoopUpdate(hist, None), LoopUpdate(hist, None))
+        out = update[z is None](sample, m, row, z)
         slot = prog.slots[r]
         exposed = hist[slot] if (hist is not None and slot >= 0 and self._exposes) else None
         self._step_index += 1
@@ -103,8 +105,36 @@ class FusedStep:
     def _x0_from_table(self, sample: Tensor, model_output: Tensor, key: tuple = ()) -> Tensor:
         """The model's x0 at this step from the table row (device scalars, no host sync)."""
         begin = self._start_run()
-        _, table = self._table(sample.device, begin, key)
-        return x0_from_row(table[self._step_index - begin], sample, model_output)
+        _, rows = self._row_views(sample.device, begin, key)
+        return x0_from_row(rows[self._step_index - begin], sample, model_output)
+
+
+class SigmaInputScale:
+    """diffusers' ``scale_model_input`` of the sigma-parameterised schedulers, ``x / (sigma**2 + 1) ** 0.5``,
+    with the divisors derived once per level tensor by the same float32 tensor operations diffusers
+    applies to one level per call (so the same values; the division by a float32 scalar is the same
+    kernel): diffusers' four scalar tensor ops per call cost more than the division at SD sizes on CPU.
+    Off the CPU it is diffusers' per-call form (deriving the table there would read the device)."""
+
+    _fastdiff_keeps = ("scale_model_input",)  # conform keeps this one, not diffusers'
+    _flags_scaling = False  # Euler, Euler-ancestral and LMS record the call (is_scale_input_called)
+
+    def _input_level(self) -> tuple[Tensor, int]:
+        """The level tensor and the index diffusers' scale_model_input reads at this step."""
+        return self.sigmas, self.step_index
+
+    def scale_model_input(self, sample: Tensor, timestep: Union[float, Tensor]) -> Tensor:
+        if self.step_index is None:
+            self._init_step_index(timestep)
+        levels, i = self._input_level()
+        if self._flags_scaling:
+            self.is_scale_input_called = True
+        if levels.device.type != "cpu" or sample.device.type != "cpu" or sample.dtype != torch.float32 or levels.dtype != torch.float32:
+            return sample / ((levels[i] ** 2 + 1) ** 0.5)
+        cached = self.__dict__.get("_input_divisors")
+        if cached is None or cached[0] is not levels:
+            cached = self._input_divisors = (levels, ((levels**2 + 1) ** 0.5).tolist())
+        return sample / cached[1][i]
 
 
 # -- making a core + fused step a diffusers scheduler -------------------------------------------
@@ -195,7 +225,18 @@ def clip_x0(config: Any, x0: Tensor) -> Tensor:
 
 def x0_from_coeffs(a: Any, b: Any, sample: Tensor, model_output: Tensor) -> Tensor:
     """a x + b m in float32, cast back to the sample's dtype (a, b: floats or device scalars)."""
+    if sample.dtype == model_output.dtype == torch.float32:
+        # one pass (epsilon and flow: a = 1) or two, instead of three passes and two temporaries
+        if isinstance(b, float) and isinstance(a, float):
+            return torch.add(sample, model_output, alpha=b) if a == 1.0 else torch.mul(sample, a).add_(model_output, alpha=b)
+        if isinstance(b, Tensor) and b.dim() == 0:
+            return torch.addcmul(torch.mul(sample, a), model_output, b)
     return (a * sample.float() + b * model_output.float()).to(sample.dtype)
+
+
+#: (a, b) of x0 = a x + b m for a plain (VE) state at level sigma, memoised: derived per step it is a
+#: few microseconds of symbol algebra
+ve_x0_coeffs = functools.lru_cache(maxsize=4096)(ve_conversion)
 
 
 def x0_from_row(row: Tensor, sample: Tensor, model_output: Tensor) -> Tensor:

@@ -2,16 +2,12 @@
 
 from __future__ import annotations
 
-import functools
 from typing import Any
 
 import torch
 from torch import Tensor
 
-from ..solvers.methods import ve_conversion
-from ._base import x0_from_coeffs
-
-_conversion = functools.lru_cache(maxsize=4096)(ve_conversion)  # per step otherwise: a few us of symbol algebra
+from ._base import ve_x0_coeffs, x0_from_coeffs
 
 
 class TwoStageStep:
@@ -33,7 +29,5 @@ class TwoStageStep:
     def _stage_x0(self, k: int, first: bool, sample: Tensor, model_output: Tensor) -> Tensor:
         """pred_original_sample: x0 at the level the model read (sigma, or sigma_mid in a second stage); one pass."""
         sigma, mid = self._stage(k, first)
-        a, b = _conversion(self.config.prediction_type, sigma if first else mid)
-        if a == 1.0 and sample.dtype == model_output.dtype == torch.float32:  # epsilon: x - sigma m, one pass
-            return torch.add(sample, model_output, alpha=b)
+        a, b = ve_x0_coeffs(self.config.prediction_type, sigma if first else mid)
         return x0_from_coeffs(a, b, sample, model_output)

@@ -9,15 +9,17 @@ import torch
 from torch import Tensor
 
 from ..solvers.scheduling import euler as core
-from ._base import FusedStep, conform
+from ._base import FusedStep, SigmaInputScale, conform
 
 
 @conform
-class EulerDiscreteScheduler(FusedStep, core.EulerDiscreteScheduler, diffusers.EulerDiscreteScheduler):
+class EulerDiscreteScheduler(SigmaInputScale, FusedStep, core.EulerDiscreteScheduler, diffusers.EulerDiscreteScheduler):
     """Drop-in for ``diffusers.EulerDiscreteScheduler`` (churn options are step() arguments, as there;
     each distinct setting gets its own table, built once). ``pred_original_sample`` is a view valid
     until the next step; with churn it omits the churn noise diffusers adds to it.
     """
+
+    _flags_scaling = True
 
     def step(
         self,
@@ -39,8 +41,10 @@ class EulerDiscreteScheduler(FusedStep, core.EulerDiscreteScheduler, diffusers.E
 
 
 @conform
-class EulerAncestralDiscreteScheduler(FusedStep, core.EulerAncestralDiscreteScheduler, diffusers.EulerAncestralDiscreteScheduler):
+class EulerAncestralDiscreteScheduler(SigmaInputScale, FusedStep, core.EulerAncestralDiscreteScheduler, diffusers.EulerAncestralDiscreteScheduler):
     """Drop-in for ``diffusers.EulerAncestralDiscreteScheduler`` (also takes prediction_type="sample")."""
+
+    _flags_scaling = True
 
     def step(self, model_output: Tensor, timestep: Union[float, Tensor], sample: Tensor,
              generator: Optional[torch.Generator] = None, return_dict: bool = True):

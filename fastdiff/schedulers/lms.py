@@ -10,14 +10,16 @@ import torch
 from torch import Tensor
 
 from ..solvers.scheduling import lms as core
-from ._base import FusedStep, conform
+from ._base import FusedStep, SigmaInputScale, conform
 
 
 @conform
-class LMSDiscreteScheduler(FusedStep, core.LMSDiscreteScheduler, diffusers.LMSDiscreteScheduler):
+class LMSDiscreteScheduler(SigmaInputScale, FusedStep, core.LMSDiscreteScheduler, diffusers.LMSDiscreteScheduler):
     """Drop-in for ``diffusers.LMSDiscreteScheduler``: the derivative history lives in the fused
     update's history buffer, so a step of any order is one launch; ``pred_original_sample`` is
     formed from this step's derivative (x - sigma d, one more elementwise pass)."""
+
+    _flags_scaling = True
 
     def step(self, model_output: Tensor, timestep: Union[float, Tensor], sample: Tensor, order: int = 4,
              return_dict: bool = True):

@@ -271,8 +271,19 @@ class ScheduleCore:
             rows = prog.rows.clone()
             if as_sample:
                 rows[:, layout.A], rows[:, layout.B] = 0.0, 1.0
-            self._device_tables[tk] = rows.to(device=device, dtype=torch.float32)
+            table = rows.to(device=device, dtype=torch.float32)
+            self._device_tables[tk] = table
+            self._device_tables[("rows", *tk)] = (prog, table.unbind(0))
         return prog, self._device_tables[tk]
+
+    def _row_views(self, device: torch.device, begin: int, key: tuple = (), *, as_sample: bool = False) -> tuple[Program, tuple]:
+        """The program and its table's rows as views, made with the table (at set_timesteps for the
+        default one), so a step indexes a tuple instead of launching a select."""
+        got = self._device_tables.get(("rows", begin, key, device, as_sample))
+        if got is None:
+            self._table(device, begin, key, as_sample=as_sample)
+            got = self._device_tables[("rows", begin, key, device, as_sample)]
+        return got
 
     def _warm(self, begin: int, key: tuple = ()) -> None:
         """Build the default table (and move it to the timesteps' device) before sampling starts."""
