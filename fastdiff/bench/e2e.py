@@ -13,7 +13,8 @@ loop, patched model, fastdiff scheduler), ``generate`` (fastdiff.sample's loop, 
 model in diffusers' loop) and ``compile+acc+gen``; ``loop:eager``, ``loop:accelerate`` and
 ``loop:generate`` time the loops alone around one recorded model output (what a loop costs besides
 the model), against ``loop:eager``. Decode and training columns: eager, patched (and the compiled
-ones). Speedups are medians of per-round ratios against eager. Before timing, every column's output
+ones) and ``control``, an unpatched copy of the eager model: what two identical models measure
+apart, the floor for reading the patched column. Speedups are medians of per-round ratios against eager. Before timing, every column's output
 is compared with its baseline's (relative max error, reported).
 """
 
@@ -128,9 +129,13 @@ def candidates(case: Case, device, dtype, use_compile: bool) -> dict[str, Callab
     fastdiff.patch(fast)
     comp = (lambda m: torch.compile(m)) if use_compile else None
     g = torch.Generator().manual_seed(2)
+    # decode and train: a second, unpatched copy (two identical models differ by this much, the floor
+    # for reading "patched")
+    twin = copy.deepcopy(base) if case.kind in ("decode", "train") else None
     if case.kind == "decode":
         z = torch.randn(case.batch, 4, case.res, case.res, generator=g).to(device, dtype)
-        fns = {"eager": lambda: base.decode(z).sample, "patched": lambda: fast.decode(z).sample}
+        fns = {"eager": lambda: base.decode(z).sample, "patched": lambda: fast.decode(z).sample,
+               "control": lambda: twin.decode(z).sample}
         if comp:
             cb, cf = copy.deepcopy(base), copy.deepcopy(fast)
             cb.decoder, cf.decoder = comp(cb.decoder), comp(cf.decoder)
@@ -151,7 +156,7 @@ def candidates(case: Case, device, dtype, use_compile: bool) -> dict[str, Callab
             return run
         # eval mode: DiT's class-label dropout would make every call different; no other layer of
         # these models behaves differently in training, so the work timed is a training step's
-        return {"eager": step(base), "patched": step(fast)}
+        return {"eager": step(base), "patched": step(fast), "control": step(twin)}
     cfg = diffusers.DDIMScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012, clip_sample=False,
                                   set_alpha_to_one=False, steps_offset=1).config
     name = {"ddim": "DDIMScheduler", "dpmpp_2m": "DPMSolverMultistepScheduler"}[case.sampler]

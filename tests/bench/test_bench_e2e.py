@@ -24,7 +24,8 @@ def test_cpu_smoke_run_writes_checked_results(tmp_path):
                      "--save", str(tmp_path)]) == 0
     (path,) = tmp_path.glob("*-e2e.json")
     row = json.loads(path.read_text())["rows"][0]
-    assert set(row["columns"]) == {"eager", "patched"}
+    assert set(row["columns"]) == {"eager", "patched", "control"}
+    assert row["columns"]["control"]["rel_err_vs_eager"] == 0  # the same model, unpatched
     assert row["columns"]["patched"]["rel_err_vs_eager"] < 1e-4
     assert json.loads(path.read_text())["clock"] == "cpu"
     md = (tmp_path / path.name.replace(".json", ".md")).read_text()
