@@ -26,15 +26,15 @@ at::MemoryFormat kept_format(const Tensor& x) {
   return at::MemoryFormat::Contiguous;
 }
 
+template <typename Signature>
+c10::TypedOperatorHandle<Signature> find_op(const char* name) {
+  return c10::Dispatcher::singleton().findSchemaOrThrow(name, "").typed<Signature>();
+}
+
 Tensor or_undefined(const c10::optional<Tensor>& t) { return t.has_value() ? *t : Tensor(); }
 c10::optional<Tensor> or_none(const Tensor& t) { return t.defined() ? c10::optional<Tensor>(t) : c10::nullopt; }
 Tensor contiguous_or_zeros(const Tensor& g, const Tensor& like) {
   return g.defined() ? g.contiguous() : at::zeros_like(like, at::MemoryFormat::Contiguous);
-}
-
-template <typename Signature>
-c10::TypedOperatorHandle<Signature> find_op(const char* name) {
-  return c10::Dispatcher::singleton().findSchemaOrThrow(name, "").typed<Signature>();
 }
 
 using GroupNormOp = std::tuple<Tensor, Tensor, Tensor>(const Tensor&, int64_t, const c10::optional<Tensor>&,
@@ -51,7 +51,7 @@ struct GroupNormFunction : public torch::autograd::Function<GroupNormFunction<kT
   static variable_list forward(AutogradContext* ctx, const Tensor& x, int64_t num_groups,
                                const c10::optional<Tensor>& weight, const c10::optional<Tensor>& bias, double eps,
                                bool silu) {
-    static const auto op = c10::Dispatcher::singleton().findSchemaOrThrow(kForward, "").typed<GroupNormOp>();
+    static const auto op = find_op<GroupNormOp>(kForward);
     Tensor out, mean, rstd;
     {
       at::AutoDispatchBelowADInplaceOrView guard;
@@ -65,7 +65,7 @@ struct GroupNormFunction : public torch::autograd::Function<GroupNormFunction<kT
   }
 
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
-    static const auto op = c10::Dispatcher::singleton().findSchemaOrThrow(kBackward, "").typed<GroupNormBackwardOp>();
+    static const auto op = find_op<GroupNormBackwardOp>(kBackward);
     const auto saved = ctx->get_saved_variables();
     const Tensor& x = saved[0];
     const c10::optional<Tensor> weight = saved[1].defined() ? c10::optional<Tensor>(saved[1]) : c10::nullopt;
@@ -92,7 +92,7 @@ struct GegluFunction : public torch::autograd::Function<GegluFunction<kTriton>> 
   static constexpr const char* kBackward = kTriton ? "fastdiff::geglu_backward_triton" : "fastdiff::geglu_backward";
 
   static Tensor forward(AutogradContext* ctx, const Tensor& x, bool tanh) {
-    static const auto op = c10::Dispatcher::singleton().findSchemaOrThrow(kForward, "").typed<Tensor(const Tensor&, bool)>();
+    static const auto op = find_op<Tensor(const Tensor&, bool)>(kForward);
     Tensor out;
     {
       at::AutoDispatchBelowADInplaceOrView guard;
@@ -104,9 +104,7 @@ struct GegluFunction : public torch::autograd::Function<GegluFunction<kTriton>> 
   }
 
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
-    static const auto op = c10::Dispatcher::singleton()
-                               .findSchemaOrThrow(kBackward, "")
-                               .typed<Tensor(const Tensor&, const Tensor&, bool)>();
+    static const auto op = find_op<Tensor(const Tensor&, const Tensor&, bool)>(kBackward);
     const Tensor x = ctx->get_saved_variables()[0];
     if (!grads[0].defined()) return {at::zeros_like(x), Tensor()};
     return {op.call(grads[0].contiguous(), x, ctx->saved_data["tanh"].toBool()), Tensor()};

@@ -16,9 +16,6 @@
 namespace fastdiff::cpu {
 namespace {
 
-#define FASTDIFF_ADALN_CALL(fn, ...)                                                              \
-  (best_isa() == Isa::avx2 ? ::fastdiff::cpu::avx2::fn(__VA_ARGS__) : ::fastdiff::cpu::base::fn(__VA_ARGS__))
-
 using Opt = std::optional<at::Tensor>;
 
 using Shape = AdalnShape;
@@ -59,7 +56,7 @@ at::Tensor per_sample_sum(const at::Tensor& partial, int which) {
   at::parallel_for(0, b * col_blocks, 1, [&](int64_t lo, int64_t hi) {
     for (int64_t i = lo; i < hi; ++i) {
       const int64_t s = i / col_blocks, j0 = (i % col_blocks) * kCols, j1 = std::min(d, j0 + kCols);
-      FASTDIFF_ADALN_CALL(sum_strided, p + s * chunks * kAdalnPartials * d, kAdalnPartials * d, chunks, j0, j1,
+      FASTDIFF_CPU_CALL(sum_strided, p + s * chunks * kAdalnPartials * d, kAdalnPartials * d, chunks, j0, j1,
                           o + s * d);
     }
   });
@@ -71,7 +68,7 @@ at::Tensor finish(const at::Tensor& partial, int which, bool over_samples, at::S
   at::Tensor s = per_sample_sum(partial, which);
   if (over_samples) {
     at::Tensor total = at::empty({s.size(1)}, s.options());
-    FASTDIFF_ADALN_CALL(sum_strided, s.data_ptr<float>(), s.size(1), s.size(0), 0, s.size(1), total.data_ptr<float>());
+    FASTDIFF_CPU_CALL(sum_strided, s.data_ptr<float>(), s.size(1), s.size(0), 0, s.size(1), total.data_ptr<float>());
     s = total;
   }
   return dtype == at::kFloat ? s : s.to(dtype);
@@ -88,7 +85,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> adaln_modulate(const at::Tensor& 
   at::Tensor rstd = at::empty({s.b, s.n}, x.options().dtype(at::kFloat));
   a.out = out.data_ptr(), a.mean = mean.data_ptr<float>(), a.rstd = rstd.data_ptr<float>();
   if (s.b * s.n == 0) return {out, mean, rstd};
-  at::parallel_for(0, s.b * s.n, row_grain(s.d), [&](int64_t lo, int64_t hi) { FASTDIFF_ADALN_CALL(adaln_forward, a, lo, hi); });
+  at::parallel_for(0, s.b * s.n, row_grain(s.d), [&](int64_t lo, int64_t hi) { FASTDIFF_CPU_CALL(adaln_forward, a, lo, hi); });
   return {out, mean, rstd};
 }
 
@@ -104,7 +101,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> adaln_mod
   at::Tensor grad_scale = a.scale_per_token ? at::empty_like(x) : at::Tensor();
   if (shift_per_token) a.grad_shift = grad_shift.data_ptr();
   if (a.scale_per_token) a.grad_scale = grad_scale.data_ptr();
-  at::Tensor partial = run_chunks(s, x, [&](int64_t r0, int64_t r1, float* p) { FASTDIFF_ADALN_CALL(adaln_backward, a, r0, r1, p); });
+  at::Tensor partial = run_chunks(s, x, [&](int64_t r0, int64_t r1, float* p) { FASTDIFF_CPU_CALL(adaln_backward, a, r0, r1, p); });
   const auto dt = x.scalar_type();
   if (!shift_per_token) grad_shift = finish(partial, kPartShift, false, dt);
   if (!a.scale_per_token) grad_scale = finish(partial, kPartScale, false, dt);
@@ -119,7 +116,7 @@ at::Tensor gated_residual(const at::Tensor& x, const at::Tensor& gate, const at:
   at::Tensor out = at::empty_like(x);
   a.out = out.data_ptr();
   if (out.numel() == 0) return out;
-  at::parallel_for(0, s.b * s.n, row_grain(s.d), [&](int64_t lo, int64_t hi) { FASTDIFF_ADALN_CALL(gated_residual_forward, a, lo, hi); });
+  at::parallel_for(0, s.b * s.n, row_grain(s.d), [&](int64_t lo, int64_t hi) { FASTDIFF_CPU_CALL(gated_residual_forward, a, lo, hi); });
   return out;
 }
 
@@ -132,7 +129,7 @@ std::tuple<at::Tensor, at::Tensor> gated_residual_backward(const at::Tensor& gra
   a.grad_h = grad_h.data_ptr();
   if (a.gate_per_token) a.grad_gate = grad_gate.data_ptr();
   at::Tensor partial =
-      run_chunks(s, h, [&](int64_t r0, int64_t r1, float* p) { FASTDIFF_ADALN_CALL(gated_residual_backward, a, r0, r1, p); });
+      run_chunks(s, h, [&](int64_t r0, int64_t r1, float* p) { FASTDIFF_CPU_CALL(gated_residual_backward, a, r0, r1, p); });
   if (!a.gate_per_token) grad_gate = finish(partial, kPartGate, false, h.scalar_type());
   return {grad_gate, grad_h};
 }
@@ -148,7 +145,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> gated_residual_adaln(
   at::Tensor rstd = at::empty({s.b, s.n}, x.options().dtype(at::kFloat));
   a.x_out = x_out.data_ptr(), a.out = out.data_ptr(), a.mean = mean.data_ptr<float>(), a.rstd = rstd.data_ptr<float>();
   if (s.b * s.n == 0) return {x_out, out, mean, rstd};
-  at::parallel_for(0, s.b * s.n, row_grain(s.d), [&](int64_t lo, int64_t hi) { FASTDIFF_ADALN_CALL(adaln_forward, a, lo, hi); });
+  at::parallel_for(0, s.b * s.n, row_grain(s.d), [&](int64_t lo, int64_t hi) { FASTDIFF_CPU_CALL(adaln_forward, a, lo, hi); });
   return {x_out, out, mean, rstd};
 }
 
@@ -168,7 +165,7 @@ gated_residual_adaln_backward(const at::Tensor& grad_x_out, const at::Tensor& gr
   if (a.gate_per_token) a.grad_gate = grad_gate.data_ptr();
   if (shift_per_token) a.grad_shift = grad_shift.data_ptr();
   if (a.scale_per_token) a.grad_scale = grad_scale.data_ptr();
-  at::Tensor partial = run_chunks(s, x_out, [&](int64_t r0, int64_t r1, float* p) { FASTDIFF_ADALN_CALL(adaln_backward, a, r0, r1, p); });
+  at::Tensor partial = run_chunks(s, x_out, [&](int64_t r0, int64_t r1, float* p) { FASTDIFF_CPU_CALL(adaln_backward, a, r0, r1, p); });
   const auto dt = x_out.scalar_type();
   if (!a.gate_per_token) grad_gate = finish(partial, kPartGate, false, dt);
   if (!shift_per_token) grad_shift = finish(partial, kPartShift, false, dt);

@@ -10,16 +10,13 @@
 namespace fastdiff::cpu {
 namespace {
 
-#define FASTDIFF_GEGLU_CALL(fn, ...) \
-  (best_isa() == Isa::avx2 ? ::fastdiff::cpu::avx2::fn(__VA_ARGS__) : ::fastdiff::cpu::base::fn(__VA_ARGS__))
-
 at::Tensor geglu(const at::Tensor& x, bool tanh) {
   GegluArgs a = geglu_fill::input<::fastdiff::OnCpu>(x, tanh, "geglu");
   at::Tensor out = empty_output(geglu_fill::out_shape(x), x.options());
   if (out.numel() == 0) return out;
   a.out = out.data_ptr();
   for_each_segment(a.rows, a.half,
-                   [&](int64_t r, int64_t begin, int64_t end) { FASTDIFF_GEGLU_CALL(geglu_forward, a, r, begin, end); });
+                   [&](int64_t r, int64_t begin, int64_t end) { FASTDIFF_CPU_CALL(geglu_forward, a, r, begin, end); });
   return out;
 }
 
@@ -31,7 +28,7 @@ at::Tensor geglu_backward(const at::Tensor& grad_out, const at::Tensor& x, bool 
   a.grad_out = grad_out.data_ptr();
   a.grad_x = grad_x.data_ptr();
   for_each_segment(a.rows, a.half,
-                   [&](int64_t r, int64_t begin, int64_t end) { FASTDIFF_GEGLU_CALL(geglu_backward, a, r, begin, end); });
+                   [&](int64_t r, int64_t begin, int64_t end) { FASTDIFF_CPU_CALL(geglu_backward, a, r, begin, end); });
   return grad_x;
 }
 

@@ -19,9 +19,6 @@
 namespace fastdiff::cpu {
 namespace {
 
-#define FASTDIFF_GN_CALL(fn, ...) \
-  (best_isa() == Isa::avx2 ? ::fastdiff::cpu::avx2::fn(__VA_ARGS__) : ::fastdiff::cpu::base::fn(__VA_ARGS__))
-
 using Opt = std::optional<at::Tensor>;
 namespace fill = group_norm_fill;
 
@@ -99,9 +96,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> group_norm(const at::Tensor& x, i
   a.eps = static_cast<float>(eps);
   fill::Buffers f = fill::forward_buffers(a, x);
   advise_huge_pages(f.out.data_ptr(), f.out.nbytes());
-  auto stats = [&](int64_t n, int64_t c0, int64_t c1, int64_t b) { FASTDIFF_GN_CALL(group_norm_stats, a, n, c0, c1, b); };
-  auto apply = [&](int64_t n, int64_t c0, int64_t c1, int64_t b) { FASTDIFF_GN_CALL(group_norm_apply, a, n, c0, c1, b); };
-  auto finalize = [&](int64_t n, int64_t g) { FASTDIFF_GN_CALL(group_norm_finalize, a, n, g); };
+  auto stats = [&](int64_t n, int64_t c0, int64_t c1, int64_t b) { FASTDIFF_CPU_CALL(group_norm_stats, a, n, c0, c1, b); };
+  auto apply = [&](int64_t n, int64_t c0, int64_t c1, int64_t b) { FASTDIFF_CPU_CALL(group_norm_apply, a, n, c0, c1, b); };
+  auto finalize = [&](int64_t n, int64_t g) { FASTDIFF_CPU_CALL(group_norm_finalize, a, n, g); };
   if (group_local(a)) {
     for_groups(a, [&](int64_t n, int64_t g) {
       group_blocks(a, n, g, stats);
@@ -125,7 +122,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> group_norm_backward(const at::Ten
       fill::backward_inputs(grad_out, x, weight, bias, mean, rstd, num_groups, silu, c10::DeviceType::CPU, op);
   fill::Buffers f = fill::backward_buffers(a, x, weight, bias);
   advise_huge_pages(f.grad_x.data_ptr(), f.grad_x.nbytes());
-  auto coef = [&](int64_t n, int64_t g) { FASTDIFF_GN_CALL(group_norm_grad_group, a, n, g); };
+  auto coef = [&](int64_t n, int64_t g) { FASTDIFF_CPU_CALL(group_norm_grad_group, a, n, g); };
   if (group_local(a)) {
     // SiLU's derivative costs an exp per element: each task keeps k1 * dy of its group from the sums
     // pass for grad_x (the same values the recomputation would give). A float32 grad_x holds them in
@@ -145,26 +142,26 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> group_norm_backward(const at::Ten
                     : in_place ? static_cast<float*>(a.grad_x) + group_norm_index(a, n, g * cg, 0)
                                : cache.data();
         group_blocks(a, n, g, [&](int64_t n_, int64_t c0, int64_t c1, int64_t b) {
-          FASTDIFF_GN_CALL(group_norm_grad_sums, a, n_, c0, c1, b, dy);
+          FASTDIFF_CPU_CALL(group_norm_grad_sums, a, n_, c0, c1, b, dy);
         });
         coef(n, g);
         group_blocks(a, n, g, [&](int64_t n_, int64_t c0, int64_t c1, int64_t b) {
-          FASTDIFF_GN_CALL(group_norm_grad_x, a, n_, c0, c1, b, dy);
+          FASTDIFF_CPU_CALL(group_norm_grad_x, a, n_, c0, c1, b, dy);
         });
       }
     });
   } else {
     for_tasks(a, [&](int64_t n, int64_t c0, int64_t c1, int64_t b) {
-      FASTDIFF_GN_CALL(group_norm_grad_sums, a, n, c0, c1, b, nullptr);
+      FASTDIFF_CPU_CALL(group_norm_grad_sums, a, n, c0, c1, b, nullptr);
     });
     for_groups(a, coef);
     for_tasks(a, [&](int64_t n, int64_t c0, int64_t c1, int64_t b) {
-      FASTDIFF_GN_CALL(group_norm_grad_x, a, n, c0, c1, b, nullptr);
+      FASTDIFF_CPU_CALL(group_norm_grad_x, a, n, c0, c1, b, nullptr);
     });
   }
   // N * C additions: on the calling thread, as one more parallel region costs more (and waits on
   // every thread's wake-up on a loaded machine).
-  if (a.grad_weight || a.grad_bias) FASTDIFF_GN_CALL(group_norm_grad_params, a, 0, a.channels);
+  if (a.grad_weight || a.grad_bias) FASTDIFF_CPU_CALL(group_norm_grad_params, a, 0, a.channels);
   return {f.grad_x, f.grad_weight, f.grad_bias};
 }
 
