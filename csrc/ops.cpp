@@ -124,6 +124,9 @@ TORCH_LIBRARY(fastdiff, m) {
   m.def("attention_bwd_triton(Tensor grad_out, Tensor q, Tensor k, Tensor v, Tensor out, Tensor lse, Tensor? key_mask, "
         "Tensor? bias, float scale) -> (Tensor grad_q, Tensor grad_k, Tensor grad_v)");
 
+  // ---- noise: torch.randn's values on a CPU tensor, from (and advancing) the same generator ----
+  m.def("torch_randn_(Tensor(a!) out, Generator? generator) -> Tensor(a!)");
+
   // ---- geglu: the gated GELU of transformer feed-forwards (diffusers' GEGLU after its projection) ---
   // x: (..., 2H), contiguous, float32/float16/bfloat16, H >= 0 (an odd last dim is an argument error).
   // Each row is [a | gate], a = x[..., :H], gate = x[..., H:]; out = a * gelu(gate), (..., H), x's dtype.

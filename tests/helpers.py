@@ -2,6 +2,7 @@
 
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
+from fastdiff.ops.randn import fast_path_reason
 
 _ULP = {torch.float16: 2.0**-10, torch.bfloat16: 2.0**-7}
 
@@ -22,14 +23,21 @@ def assert_close_to_reference(out: torch.Tensor, ref: torch.Tensor, *, ulps: flo
 
 class DispatchedOps(TorchDispatchMode):
     """Records every op dispatched inside it (``ops``); ``compute()``: those other than element
-    selection, allocations and random draws (what "one launch per step" counts)."""
+    selection, allocations and random draws (what "one launch per step" counts). A draw through
+    fastdiff.ops.randn (fastdiff::torch_randn_) is torch.randn's draw and is recorded as
+    ``aten.randn.fastdiff``; its one-time check against torch.randn runs before recording starts."""
 
     def __init__(self):
         super().__init__()
         self.ops: list[str] = []
 
+    def __enter__(self):
+        fast_path_reason()
+        return super().__enter__()
+
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        self.ops.append(str(func))
+        name = str(func)
+        self.ops.append("aten.randn.fastdiff" if name.startswith("fastdiff.torch_randn_") else name)
         return func(*args, **(kwargs or {}))
 
     def compute(self) -> list[str]:

@@ -1,7 +1,8 @@
 """fastdiff ops: typed Python entry points over the `torch.ops.fastdiff` custom ops.
 
 Each family module holds the entry point, its pure-PyTorch reference, the fake kernel and the
-registration of its Triton variant.
+registration of its Triton variant. Beside them, `fastdiff.ops.randn.randn` draws torch.randn's values
+faster on CPU (the schedulers' and samplers' noise); it is no kernel family and has no backends to force.
 """
 
 from ._common import InputError

@@ -3,7 +3,7 @@
 Each model evaluation is the model call plus one `fastdiff.ops.sampler_update` launch, which fuses
 classifier-free guidance, the prediction-type conversion, the solver update, the history write and
 the noise injection. Nothing in the loop reads a device value on the host: rows and timesteps are
-views into tensors moved to the device once, noise is drawn with ``torch.randn`` on the device, and
+views into tensors moved to the device once, noise is drawn with ``torch.randn``'s values on the device (`fastdiff.ops.randn`), and
 progress / callbacks only see device tensors. ``cuda_graph=True`` replays the same step as a CUDA
 graph (fastdiff/samplers/graph.py).
 
@@ -26,6 +26,7 @@ from typing import Any, Callable, Optional, Sequence, Union
 import torch
 from torch import Tensor
 
+from ..ops.randn import randn
 from ..ops.sampler_update import LoopUpdate
 from .graph import run_graphed
 from .inpaint import Inpaint
@@ -123,7 +124,7 @@ def run(
             out = model_fn(torch.cat([x, x]) if guided else x, t)
             z = source(j, x) if source is not None else None
             if source is None and plan.draws[j]:
-                z = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+                z = randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
                 if not plan.noise_read[j]:
                     z = None
             x = update(x, out, plan.table[j], z)

@@ -15,6 +15,7 @@ from typing import Any, Optional, Union
 import torch
 from torch import Tensor
 
+from ..ops.randn import randn
 from ..ops.sampler_update import LoopUpdate
 from ..solvers.methods import ve_conversion
 from ..solvers.rows import A, B, check_prediction_type, x0_conversion
@@ -71,7 +72,7 @@ class FusedStep:
             z = z.to(sample.dtype) if z.dtype != sample.dtype else z
         elif prog.draws[r]:
             if noise is None:
-                noise = torch.randn(sample.shape, generator=generator, device=dev, dtype=noise_dtype or sample.dtype)
+                noise = draw_noise(sample.shape, generator, dev, noise_dtype or sample.dtype)
             z = noise.to(sample.dtype) if noise.dtype != sample.dtype else noise
             if not prog.reads_noise[r]:
                 z = None  # drawn for seeded parity with diffusers, multiplied by 0
@@ -109,6 +110,17 @@ class FusedStep:
         return x0_from_row(rows[self._step_index - begin], sample, model_output)
 
 
+def draw_noise(shape, generator, device, dtype: torch.dtype) -> Tensor:
+    """diffusers' ``randn_tensor(shape, generator=..., device=..., dtype=...)``: the same values; a CPU
+    draw takes fastdiff.ops.randn (PyTorch's sampler without its per-number overhead)."""
+    device = torch.device(device)
+    if device.type == "cpu" and (generator is None or (isinstance(generator, torch.Generator) and generator.device.type == "cpu")):
+        return randn(shape, generator=generator, device=device, dtype=dtype)
+    from diffusers.utils.torch_utils import randn_tensor
+
+    return randn_tensor(tuple(shape), generator=generator, device=device, dtype=dtype)
+
+
 class SigmaInputScale:
     """diffusers' ``scale_model_input`` of the sigma-parameterised schedulers, ``x / (sigma**2 + 1) ** 0.5``,
     with the divisors derived once per level tensor by the same float32 tensor operations diffusers
@@ -123,6 +135,14 @@ class SigmaInputScale:
         """The level tensor and the index diffusers' scale_model_input reads at this step."""
         return self.sigmas, self.step_index
 
+    @staticmethod
+    def _input_scale(levels: Tensor) -> Tensor:
+        """diffusers' per-level input scaling (applied elementwise: a level tensor of any shape)."""
+        return (levels**2 + 1) ** 0.5
+
+    def _apply_input_scale(self, sample: Tensor, scale: "Tensor | float") -> Tensor:
+        return sample / scale
+
     def scale_model_input(self, sample: Tensor, timestep: Union[float, Tensor]) -> Tensor:
         if self.step_index is None:
             self._init_step_index(timestep)
@@ -130,11 +150,29 @@ class SigmaInputScale:
         if self._flags_scaling:
             self.is_scale_input_called = True
         if levels.device.type != "cpu" or sample.device.type != "cpu" or sample.dtype != torch.float32 or levels.dtype != torch.float32:
-            return sample / ((levels[i] ** 2 + 1) ** 0.5)
-        cached = self.__dict__.get("_input_divisors")
-        if cached is None or cached[0] is not levels:
-            cached = self._input_divisors = (levels, ((levels**2 + 1) ** 0.5).tolist())
-        return sample / cached[1][i]
+            return self._apply_input_scale(sample, self._input_scale(levels[i]))
+        # one table per level tensor: two-stage schedulers alternate between two (KDPM2's sigmas and
+        # sigmas_interpol), and a single slot would rebuild on every call
+        cache = self.__dict__.setdefault("_input_scales", {})
+        entry = cache.get(id(levels))
+        if entry is None or entry[0] is not levels:
+            if len(cache) > 4:  # the level tensors of earlier set_timesteps calls
+                cache.clear()
+            entry = cache[id(levels)] = (levels, self._input_scale(levels).tolist())
+        return self._apply_input_scale(sample, entry[1][i])
+
+
+class EDMInputScale(SigmaInputScale):
+    """diffusers' EDM ``scale_model_input``: ``x * c_in``, ``c_in = 1 / (sigma**2 + sigma_data**2) ** 0.5``
+    (the EDM classes set ``is_scale_input_called``)."""
+
+    _flags_scaling = True
+
+    def _input_scale(self, levels: Tensor) -> Tensor:
+        return self._get_conditioning_c_in(levels)
+
+    def _apply_input_scale(self, sample: Tensor, scale: "Tensor | float") -> Tensor:
+        return sample * scale
 
 
 # -- making a core + fused step a diffusers scheduler -------------------------------------------

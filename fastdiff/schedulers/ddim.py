@@ -11,7 +11,7 @@ from torch import Tensor
 
 from ..solvers.rows import x0_conversion
 from ..solvers.scheduling import ddim as core
-from ._base import FusedStep, clip_x0, conform, x0_from_coeffs
+from ._base import FusedStep, clip_x0, conform, draw_noise, x0_from_coeffs
 
 
 @conform
@@ -107,6 +107,6 @@ class DDIMScheduler(FusedStep, core.DDIMScheduler, diffusers.DDIMScheduler):
         prev = math.sqrt(abp) * x0 + math.sqrt(max(1.0 - abp - std * std, 0.0)) * eps
         if eta > 0:
             if variance_noise is None:
-                variance_noise = torch.randn(model_output.shape, generator=generator, device=model_output.device, dtype=model_output.dtype)
+                variance_noise = draw_noise(model_output.shape, generator, model_output.device, model_output.dtype)
             prev = prev + std * variance_noise
         return self._output(return_dict, prev, pred_original_sample=x0)

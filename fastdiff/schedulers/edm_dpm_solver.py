@@ -9,11 +9,11 @@ import torch
 from torch import Tensor
 
 from ..solvers.scheduling import edm_dpm_solver as core
-from ._base import FusedStep, conform, threshold_sample
+from ._base import EDMInputScale, FusedStep, conform, threshold_sample
 
 
 @conform
-class EDMDPMSolverMultistepScheduler(FusedStep, core.EDMDPMSolverMultistepScheduler, diffusers.EDMDPMSolverMultistepScheduler):
+class EDMDPMSolverMultistepScheduler(EDMInputScale, FusedStep, core.EDMDPMSolverMultistepScheduler, diffusers.EDMDPMSolverMultistepScheduler):
     """Drop-in for ``diffusers.EDMDPMSolverMultistepScheduler``: orders 1-3, midpoint / heun, ODE and
     SDE; earlier data predictions live in the fused step's history ring (order - 1 slots)."""
 

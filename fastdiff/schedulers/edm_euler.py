@@ -9,11 +9,11 @@ import torch
 from torch import Tensor
 
 from ..solvers.scheduling import edm_euler as core
-from ._base import FusedStep, conform
+from ._base import EDMInputScale, FusedStep, conform
 
 
 @conform
-class EDMEulerScheduler(FusedStep, core.EDMEulerScheduler, diffusers.EDMEulerScheduler):
+class EDMEulerScheduler(EDMInputScale, FusedStep, core.EDMEulerScheduler, diffusers.EDMEulerScheduler):
     """Drop-in for ``diffusers.EDMEulerScheduler``; ``pred_original_sample`` is a view valid until the
     next step (with churn it omits the churn noise's c_skip share that diffusers' includes)."""
 

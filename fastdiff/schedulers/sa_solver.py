@@ -6,11 +6,10 @@ from typing import Optional, Union
 
 import diffusers
 import torch
-from diffusers.utils.torch_utils import randn_tensor
 from torch import Tensor
 
 from ..solvers.scheduling import sa_solver as core
-from ._base import FusedStep, conform
+from ._base import FusedStep, conform, draw_noise
 
 
 @conform
@@ -33,7 +32,7 @@ class SASolverScheduler(FusedStep, core.SASolverScheduler, diffusers.SASolverSch
             # the mean channels; diffusers draws its noise at the full output's shape here, and fails
             model_output = model_output[:, :3]
         # drawn as diffusers draws it (shape, device and dtype of the model output, every step)
-        noise = randn_tensor(model_output.shape, generator=generator, device=model_output.device, dtype=model_output.dtype)
+        noise = draw_noise(model_output.shape, generator, model_output.device, model_output.dtype)
         override = self._thresholded(model_output, sample) if cfg.thresholding else None
         prev, _ = self._fused_step(model_output, sample, noise=noise, model_override=override)
         return self._output(return_dict, prev)
