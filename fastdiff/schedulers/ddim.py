@@ -101,10 +101,18 @@ class DDIMScheduler(FusedStep, core.DDIMScheduler, diffusers.DDIMScheduler):
         return self._plain_step(x0_raw, x0, sample, ab, abp, eta, False, generator, variance_noise, model_output, return_dict)
 
     def _plain_step(self, x0_raw, x0, sample, ab, abp, eta, use_clipped, generator, variance_noise, model_output, return_dict):
-        """diffusers' DDIM update in PyTorch (eq. 12), epsilon from the unclipped x0 unless use_clipped."""
-        eps = (sample - math.sqrt(ab) * (x0 if use_clipped else x0_raw)) / math.sqrt(1.0 - ab)
+        """diffusers' DDIM update in PyTorch (eq. 12), epsilon from the unclipped x0 unless use_clipped
+        (an epsilon model's unclipped epsilon is its output, as diffusers takes it)."""
+        if not use_clipped and self.config.prediction_type == "epsilon":
+            eps = model_output
+        else:
+            eps = (sample - math.sqrt(ab) * (x0 if use_clipped else x0_raw)) / math.sqrt(1.0 - ab)
         std = eta * math.sqrt(max((1.0 - abp) / (1.0 - ab) * (1.0 - ab / abp), 0.0))
-        prev = math.sqrt(abp) * x0 + math.sqrt(max(1.0 - abp - std * std, 0.0)) * eps
+        c_eps = math.sqrt(max(1.0 - abp - std * std, 0.0))
+        if eps.dtype == x0.dtype == torch.float32:
+            prev = torch.mul(eps, c_eps).add_(x0, alpha=math.sqrt(abp))
+        else:
+            prev = math.sqrt(abp) * x0 + c_eps * eps
         if eta > 0:
             if variance_noise is None:
                 variance_noise = draw_noise(model_output.shape, generator, model_output.device, model_output.dtype)

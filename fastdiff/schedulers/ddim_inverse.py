@@ -6,6 +6,7 @@ import math
 from typing import Union
 
 import diffusers
+import torch
 from torch import Tensor
 
 from ..solvers.inversion import noise_estimate
@@ -51,7 +52,13 @@ class DDIMInverseScheduler(FusedStep, core.DDIMInverseScheduler, diffusers.DDIMI
         alpha, sigma = math.sqrt(ab), math.sqrt(1.0 - ab)
         x0 = x0_from_coeffs(*x0_conversion(pt, alpha, sigma), sample, model_output)
         if self.config.clip_sample:
-            x0 = x0.clamp(-self.config.clip_sample_range, self.config.clip_sample_range)
-        eps = x0_from_coeffs(*noise_estimate(pt, alpha, sigma), sample, model_output)
-        prev = math.sqrt(ab_next) * x0 + math.sqrt(1.0 - ab_next) * eps
+            r = self.config.clip_sample_range
+            x0 = x0.clamp_(-r, r)  # x0_from_coeffs returns a new tensor
+        ea, eb = noise_estimate(pt, alpha, sigma)
+        # an epsilon model's output is the noise estimate: no pass to derive it
+        eps = model_output if (ea, eb) == (0.0, 1.0) else x0_from_coeffs(ea, eb, sample, model_output)
+        if eps.dtype == x0.dtype == torch.float32:
+            prev = torch.mul(eps, math.sqrt(1.0 - ab_next)).add_(x0, alpha=math.sqrt(ab_next))
+        else:
+            prev = math.sqrt(ab_next) * x0 + math.sqrt(1.0 - ab_next) * eps
         return self._output(return_dict, prev, pred_original_sample=x0)

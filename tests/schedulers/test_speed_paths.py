@@ -11,7 +11,7 @@ import fastdiff.schedulers as fs
 from fastdiff.schedulers._base import x0_from_coeffs
 
 NAMES = ["HeunDiscreteScheduler", "KDPM2DiscreteScheduler", "KDPM2AncestralDiscreteScheduler", "EulerDiscreteScheduler",
-         "EulerAncestralDiscreteScheduler", "LMSDiscreteScheduler"]
+         "EulerAncestralDiscreteScheduler", "LMSDiscreteScheduler", "EDMEulerScheduler", "EDMDPMSolverMultistepScheduler"]
 CONFIGS = [{}, {"beta_schedule": "scaled_linear", "prediction_type": "v_prediction"}, {"use_karras_sigmas": True}]
 
 
@@ -33,6 +33,17 @@ def test_scale_model_input_is_bitwise_diffusers_at_every_stage(name, cfg):
         ours.step(m, t, x, **kw)
         x = theirs.step(m, t, x, **kw).prev_sample
     assert getattr(ours, "is_scale_input_called", None) == getattr(theirs, "is_scale_input_called", None)
+
+
+def test_two_stage_schedulers_derive_each_level_tables_once(monkeypatch):
+    s = fs.KDPM2DiscreteScheduler()
+    derived = []
+    monkeypatch.setattr(fs.KDPM2DiscreteScheduler, "_input_scale", staticmethod(lambda levels: derived.append(levels) or (levels**2 + 1) ** 0.5))
+    s.set_timesteps(6)
+    x = torch.randn(1, 4, 8, 8)
+    for t in s.timesteps:  # the stages alternate between sigmas and sigmas_interpol
+        x = s.step(torch.tanh(x), t, s.scale_model_input(x, t)).prev_sample
+    assert len(derived) == 2
 
 
 def test_scale_model_input_follows_a_new_schedule():

@@ -59,14 +59,20 @@ class DDIMInverseScheduler(VPScheduler):
                                   f"timestep {v:g} is not one of them")
 
     def _abar_pairs(self, begin: int) -> tuple[list[float], list[float]]:
-        """(abar read at, abar moved to) per step from ``begin``."""
+        """(abar read at, abar moved to) per step from ``begin``; derived once per schedule and start
+        (every step reads them, and the derivation lists all training levels)."""
+        cached = self.__dict__.get("_pairs_cache")
+        if cached is not None and cached[0] is self._ts_host and cached[1] == begin:
+            return cached[2]
         cfg = self.config
         ac = self.alphas_cumprod.double().tolist()
         initial = float(self.initial_alpha_cumprod)
         ratio = cfg.num_train_timesteps // self.num_inference_steps
         ts = self._ts_host.tolist()[begin:]
         src = [min(t - ratio, cfg.num_train_timesteps - 1) for t in ts]
-        return [ac[s] if s >= 0 else initial for s in src], [ac[t] for t in ts]
+        pairs = [ac[s] if s >= 0 else initial for s in src], [ac[t] for t in ts]
+        self._pairs_cache = (self._ts_host, begin, pairs)
+        return pairs
 
     def _builder(self, begin: int, key: tuple):
         src, dst = self._abar_pairs(begin)
