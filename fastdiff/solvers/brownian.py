@@ -7,6 +7,9 @@ from __future__ import annotations
 
 from typing import Optional
 
+import contextlib
+from typing import Iterator
+
 import torch
 from torch import Tensor
 
@@ -23,6 +26,29 @@ def _torchsde():
 def require_torchsde() -> None:
     """Raise the ImportError above now if torchsde is missing."""
     _torchsde()
+
+
+def _seeded_randn(size, dtype, device, seed) -> Tensor:
+    """torchsde's brownian_interval._randn (a fresh generator per seed, then torch.randn), drawn
+    through fastdiff.ops.randn: the same values."""
+    from ..ops.randn import randn  # lazily: the op layer imports solvers
+
+    return randn(size, generator=torch.Generator(device).manual_seed(int(seed)), device=device, dtype=dtype)
+
+
+@contextlib.contextmanager
+def _fast_tree_noise() -> Iterator[None]:
+    """While a tree is queried, torchsde draws its noise through `_seeded_randn`. A query draws
+    dozens of latent-sized tensors (each a torch.randn from a new seed), most of a step's time; the
+    values are torch.randn's, so other users of torchsde see no difference."""
+    from torchsde._brownian import brownian_interval as bi
+
+    original = bi._randn
+    bi._randn = _seeded_randn
+    try:
+        yield
+    finally:
+        bi._randn = original
 
 
 class BrownianNoise:
@@ -44,7 +70,9 @@ class BrownianNoise:
         increment from sigma to sigma_next; a caller may fold the factor into a coefficient, saving a pass."""
         sigma, sigma_next = torch.as_tensor(sigma), torch.as_tensor(sigma_next)
         lo, hi, sign = (sigma, sigma_next, 1.0) if sigma < sigma_next else (sigma_next, sigma, -1.0)
-        return self.tree(lo, hi), sign / float((hi - lo).abs().sqrt())
+        with _fast_tree_noise():
+            w = self.tree(lo, hi)
+        return w, sign / float((hi - lo).abs().sqrt())
 
     def __call__(self, sigma, sigma_next) -> Tensor:
         """The unit-variance increment from sigma to sigma_next (diffusers' noise_sampler(sigma, sigma_next))."""

@@ -216,6 +216,24 @@ def test_brownian_noise_is_diffusers_noise_for_the_same_seed_and_levels():
         torch.testing.assert_close(w * scale, ref(a, b), rtol=1e-6, atol=1e-6)
 
 
+def test_brownian_noise_draws_through_fastdiff_randn_with_torchsde_values_and_restores_torchsde():
+    import torchsde
+    from torchsde._brownian import brownian_interval
+
+    from fastdiff.solvers.brownian import BrownianNoise
+
+    original = brownian_interval._randn
+    x = torch.zeros(2, 4, 5, 7)  # 280 values: past the 16-value minimum, not a multiple of 16
+    ours = BrownianNoise(x, 0.03, 14.6, seed=7)
+    plain = torchsde.BrownianInterval(t0=torch.as_tensor(0.03), t1=torch.as_tensor(14.6), size=x.shape, dtype=x.dtype,
+                                      entropy=7, tol=1e-6, pool_size=24, halfway_tree=True)  # torchsde's own draws
+    for a, b in [(14.6, 9.1), (9.1, 2.0), (2.0, 0.03)]:
+        a, b = torch.tensor(a), torch.tensor(b)
+        w, _ = ours.raw(a, b)
+        torch.testing.assert_close(w, plain(b, a), rtol=0, atol=0)
+    assert brownian_interval._randn is original
+
+
 def test_without_torchsde_a_clear_import_error():
     import subprocess
     import sys
