@@ -277,6 +277,41 @@ def x0_from_coeffs(a: Any, b: Any, sample: Tensor, model_output: Tensor) -> Tens
 ve_x0_coeffs = functools.lru_cache(maxsize=4096)(ve_conversion)
 
 
+class AffinePass:
+    """``c_x x + c_m m (+ c_z z)`` in one pass: the fused update with a fixed row (d = m), for the steps
+    that no table row expresses (DDIM's clipped x0 recombined with the unclipped noise estimate), where
+    PyTorch would take two or three passes. Rows are kept per coefficient tuple: a schedule reuses its
+    few. ``usable`` says whether a call can take it (kernel dtypes, no autograd), else use PyTorch."""
+
+    _KERNEL_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+
+    def __init__(self):
+        self._update = LoopUpdate(None, None)
+        self._rows: dict[tuple, Tensor] = {}
+
+    def usable(self, *tensors: Tensor) -> bool:
+        t0 = tensors[0]
+        return all(t.dtype == t0.dtype and t.device == t0.device and t.dtype in self._KERNEL_DTYPES and not t.requires_grad
+                   and t.shape == t0.shape for t in tensors)
+
+    def __call__(self, x: Tensor, m: Tensor, c_x: float, c_m: float, z: Optional[Tensor] = None, c_z: float = 0.0) -> Tensor:
+        key = (c_x, c_m, c_z, x.device)
+        row = self._rows.get(key)
+        if row is None:
+            if len(self._rows) >= 4096:
+                self._rows.clear()
+            row = self._rows[key] = torch.tensor([0.0, 1.0, c_x, c_m, c_z, -1.0], dtype=torch.float32, device=x.device)
+        return self._update(x, m, row, z if c_z != 0.0 else None)
+
+
+def affine_pass(scheduler: Any) -> AffinePass:
+    """The scheduler's AffinePass (made at first use: diffusers builds instances without our __init__)."""
+    p = scheduler.__dict__.get("_affine_pass")
+    if p is None:
+        p = scheduler.__dict__["_affine_pass"] = AffinePass()
+    return p
+
+
 def x0_from_row(row: Tensor, sample: Tensor, model_output: Tensor) -> Tensor:
     """a x + b m for a device row (two device scalars, no host sync)."""
     return x0_from_coeffs(row[A], row[B], sample, model_output)

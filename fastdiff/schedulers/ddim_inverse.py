@@ -6,13 +6,12 @@ import math
 from typing import Union
 
 import diffusers
-import torch
 from torch import Tensor
 
 from ..solvers.inversion import noise_estimate
 from ..solvers.rows import x0_conversion
 from ..solvers.scheduling import ddim_inverse as core
-from ._base import FusedStep, conform, x0_from_coeffs
+from ._base import FusedStep, affine_pass, conform, x0_from_coeffs
 
 
 @conform
@@ -46,19 +45,21 @@ class DDIMInverseScheduler(FusedStep, core.DDIMInverseScheduler, diffusers.DDIMI
         return float(self.alphas_cumprod[s]) if s >= 0 else float(self.initial_alpha_cumprod), float(self.alphas_cumprod[t])
 
     def _plain_step(self, model_output: Tensor, sample: Tensor, ab: float, ab_next: float, return_dict: bool):
-        """The step in PyTorch: x0 (clipped if configured, which is not linear) and the unclipped noise
-        estimate, read at level ``ab`` and recombined at ``ab_next``."""
+        """The step outside the fused table: x0 (clipped if configured, which is not linear) and the
+        unclipped noise estimate, read at level ``ab`` and recombined at ``ab_next``."""
         pt = self.config.prediction_type
         alpha, sigma = math.sqrt(ab), math.sqrt(1.0 - ab)
-        x0 = x0_from_coeffs(*x0_conversion(pt, alpha, sigma), sample, model_output)
-        if self.config.clip_sample:
-            r = self.config.clip_sample_range
-            x0 = x0.clamp_(-r, r)  # x0_from_coeffs returns a new tensor
+        a, b = x0_conversion(pt, alpha, sigma)
         ea, eb = noise_estimate(pt, alpha, sigma)
-        # an epsilon model's output is the noise estimate: no pass to derive it
-        eps = model_output if (ea, eb) == (0.0, 1.0) else x0_from_coeffs(ea, eb, sample, model_output)
-        if eps.dtype == x0.dtype == torch.float32:
-            prev = torch.mul(eps, math.sqrt(1.0 - ab_next)).add_(x0, alpha=math.sqrt(ab_next))
+        affine = affine_pass(self)
+        # an epsilon model's output is the noise estimate: two one-pass launches and the clamp
+        fused = (ea, eb) == (0.0, 1.0) and affine.usable(sample, model_output)
+        x0 = affine(sample, model_output, a, b) if fused else x0_from_coeffs(a, b, sample, model_output)
+        if self.config.clip_sample:
+            x0 = x0.clamp_(-self.config.clip_sample_range, self.config.clip_sample_range)  # x0 is a new tensor
+        if fused:
+            prev = affine(x0, model_output, math.sqrt(ab_next), math.sqrt(1.0 - ab_next))
         else:
+            eps = x0_from_coeffs(ea, eb, sample, model_output)
             prev = math.sqrt(ab_next) * x0 + math.sqrt(1.0 - ab_next) * eps
         return self._output(return_dict, prev, pred_original_sample=x0)

@@ -65,7 +65,7 @@ def test_model_output_dtype_may_differ_from_the_sample(backend_device, xdtype, m
     check(backend, x, m, row(2, 0, seed=1), h, z, guidance_scale=4.0)
 
 
-@pytest.mark.parametrize("k", [0, 1, 3])
+@pytest.mark.parametrize("k", [0, 1, 2, 3, 5])  # up to 3 history reads take one pass; more, a staged chunk
 @pytest.mark.parametrize("guided", [False, True])
 @pytest.mark.parametrize("noise", [False, True])
 def test_every_optional_part(backend_device, k, guided, noise):
