@@ -11,7 +11,7 @@ from torch import Tensor
 
 from ..solvers.rows import x0_conversion
 from ..solvers.scheduling import ddim as core
-from ._base import FusedStep, clip_x0, conform, draw_noise, x0_from_coeffs
+from ._base import FusedStep, affine_pass, clip_x0, conform, draw_noise, threshold_sample, x0_from_coeffs
 
 
 @conform
@@ -90,6 +90,8 @@ class DDIMScheduler(FusedStep, core.DDIMScheduler, diffusers.DDIMScheduler):
         """Clipping / thresholding x0 is not linear. With use_clipped_model_output the step is still
         linear in (x, clipped x0): the fused row reads the clipped x0. Otherwise DDIM mixes the
         clipped x0 with the unclipped epsilon, and the step is computed in plain PyTorch."""
+        if not use_clipped and self.config.prediction_type == "epsilon" and affine_pass(self).usable(sample, model_output):
+            return self._clipped_epsilon_step(model_output, sample, eta, generator, variance_noise, return_dict)
         x0_raw = self._x0_from_table(sample, model_output, (eta,))
         x0 = clip_x0(self.config, x0_raw)
         if use_clipped:
@@ -99,6 +101,31 @@ class DDIMScheduler(FusedStep, core.DDIMScheduler, diffusers.DDIMScheduler):
         ab, abp = self._abar_at(int(self._ts_host[self._step_index]))
         self._step_index += 1
         return self._plain_step(x0_raw, x0, sample, ab, abp, eta, False, generator, variance_noise, model_output, return_dict)
+
+    def _clipped_epsilon_step(self, model_output, sample, eta, generator, variance_noise, return_dict):
+        """An epsilon model's clipped step: x0 = a x + b m in one pass, clipped in place, then
+        sqrt(abp) x0 + c_eps m (+ std z) in another (two fused launches with fixed rows, AffinePass)."""
+        ab, abp = self._abar_at(int(self._ts_host[self._step_index]))
+        self._step_index += 1
+        affine = affine_pass(self)
+        x0 = affine(sample, model_output, *x0_conversion("epsilon", math.sqrt(ab), math.sqrt(1.0 - ab)))
+        cfg = self.config
+        if cfg.thresholding:
+            x0 = threshold_sample(x0, cfg.dynamic_thresholding_ratio, cfg.sample_max_value)
+        else:
+            x0 = x0.clamp_(-cfg.clip_sample_range, cfg.clip_sample_range)  # a new tensor: clip in place
+        std = eta * math.sqrt(max((1.0 - abp) / (1.0 - ab) * (1.0 - ab / abp), 0.0))
+        c_eps = math.sqrt(max(1.0 - abp - std * std, 0.0))
+        if eta > 0:
+            if variance_noise is None:
+                variance_noise = draw_noise(model_output.shape, generator, model_output.device, model_output.dtype)
+            if affine.usable(sample, variance_noise):
+                prev = affine(x0, model_output, math.sqrt(abp), c_eps, variance_noise, std)
+            else:
+                prev = affine(x0, model_output, math.sqrt(abp), c_eps) + std * variance_noise
+        else:
+            prev = affine(x0, model_output, math.sqrt(abp), c_eps)
+        return self._output(return_dict, prev, pred_original_sample=x0)
 
     def _plain_step(self, x0_raw, x0, sample, ab, abp, eta, use_clipped, generator, variance_noise, model_output, return_dict):
         """diffusers' DDIM update in PyTorch (eq. 12), epsilon from the unclipped x0 unless use_clipped
