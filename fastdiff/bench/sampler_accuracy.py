@@ -28,6 +28,7 @@ import time
 from pathlib import Path
 from typing import Callable, Optional
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -40,17 +41,19 @@ from ._report import finish_study, pyplot
 NFE = [5, 10, 15, 20, 50]
 #: samplers that inject fresh noise: no single ODE solution to compare with (SA-Solver: tau = 1 on
 #: timesteps 200..800, its default)
-STOCHASTIC = {"ddpm", "euler_ancestral", "dpmpp_2m_sde", "dpmpp_3m_sde", "lcm", "sa_solver", "tcd"}
+STOCHASTIC = {"ddpm", "euler_ancestral", "dpmpp_2m_sde", "dpmpp_3m_sde", "lcm", "sa_solver", "tcd", "dpm2_ancestral", "dpmpp_sde"}
 #: runs up the levels, from data to noise: it starts at exact data samples noised to its first level, and
 #: its target is the exact marginal at its last level
-INVERSION = {"ddim_inversion"}
+INVERSION = {"ddim_inversion", "dpmpp_2m_inversion"}
 _KARRAS = {"use_karras_sigmas": True}
-#: named samplers outside this benchmark: the EDM DPM-Solver's and the DPM-Solver inversion's model
-#: inputs sit at levels diffusers_level does not yet read from their schedulers
-NOT_MEASURED = {"edm_dpmpp_2m", "dpmpp_2m_inversion"}
-#: DPM-Solver-2 (plain and ancestral) and DPM-Solver-SDE evaluate their second stage at the log-midpoint
-#: level, while the level this benchmark's exact model reads (as diffusers' add_noise) is the step's end
-NOT_MEASURED |= {"dpm2", "dpm2_ancestral", "dpmpp_sde"}
+#: schedulers whose model is EDM's preconditioned network F
+EDM = {"EDMEulerScheduler", "EDMDPMSolverMultistepScheduler"}
+NOT_MEASURED: set = set()
+#: two-stage samplers whose second stage evaluates at the log-midpoint level, where the plan's levels say
+#: the step's end (the level diffusers' add_noise reads, which inpainting needs): their model's level is
+#: read from its time input instead, sigma(t) on the training schedule's log-sigmas, which inverts the
+#: schedulers' own sigma -> t interpolation
+MIDPOINT = {"KDPM2DiscreteScheduler", "KDPM2AncestralDiscreteScheduler", "DPMSolverSDEScheduler"}
 #: Two grids. "sd": each sampler's SD set-up (scaled_linear betas, trailing timesteps, final sigma 0),
 #: what a pipeline runs; EDM-Euler and IPNDM run on their own schedules (EDM's Karras sigmas 80 ..
 #: 0.002 with preconditioning, IPNDM's sin^2 levels), which have no SD form. "karras": the samplers that take Karras sigmas, all on the same rho = 7 grid
@@ -79,9 +82,13 @@ def ring(dim: int = 2, components: int = 8, radius: float = 3.0, std: float = 0.
     return GaussianMixture(means, torch.full((components,), std, dtype=torch.float64), weights)
 
 
+TWO_STAGE = {"heun", "dpm2", "dpm2_ancestral", "dpmpp_sde"}
+
+
 def steps_for(name: str, nfe: int) -> int:
-    """The step count whose model evaluations come closest to nfe without passing it (Heun: 2 steps - 1)."""
-    return (nfe + 1) // 2 if name == "heun" else nfe
+    """The step count whose model evaluations come closest to nfe without passing it (the two-stage
+    samplers, Heun and DPM-Solver-2/-SDE: 2 steps - 1)."""
+    return (nfe + 1) // 2 if name in TWO_STAGE else nfe
 
 
 # ---------------------------------------------------------------------------------------------
@@ -92,7 +99,7 @@ def exact_output(mix: GaussianMixture, sampler: Sampler, x: Tensor, level: Level
     sampler's type, or for EDM the network F of its preconditioning (Karras et al. 2022, table 1:
     denoised = c_skip x_ve + c_out F at sigma = q / p, x_ve = x / p)."""
     p, q = level
-    if sampler.scheduler_name != "EDMEulerScheduler":
+    if sampler.scheduler_name not in EDM:
         return mix.predict(x, p, q, sampler.prediction_type)
     sd, sigma = sampler.config.get("sigma_data", sampler.scheduler_class._init_params()["sigma_data"]), q / p
     c_skip = sd**2 / (sigma**2 + sd**2)
@@ -100,12 +107,30 @@ def exact_output(mix: GaussianMixture, sampler: Sampler, x: Tensor, level: Level
     return (mix.predict(x, p, q, "sample") - c_skip * (x / p)) / c_out
 
 
+_LOG_SIGMAS: dict[str, np.ndarray] = {}
+
+
+def midpoint_level(sampler: Sampler, t) -> Level:
+    """(alpha, sigma) of a MIDPOINT sampler's model input at time input t: sigma(t) interpolated on the
+    training schedule's log-sigmas, the input scaled by 1 / sqrt(sigma^2 + 1)."""
+    key = repr(sorted(sampler.config.items()))
+    if key not in _LOG_SIGMAS:
+        import diffusers
+
+        ac = getattr(diffusers, sampler.scheduler_name).from_config(sampler.config).alphas_cumprod.double().numpy()
+        _LOG_SIGMAS[key] = np.log(((1 - ac) / ac) ** 0.5)
+    log_sigmas = _LOG_SIGMAS[key]
+    sigma = math.exp(float(np.interp(float(t), np.arange(len(log_sigmas)), log_sigmas)))
+    a = 1 / math.sqrt(sigma**2 + 1)
+    return a, sigma * a
+
+
 def run_fastdiff(mix: GaussianMixture, sampler: Sampler, steps: int, noise: Tensor, seed: int) -> tuple[Tensor, int]:
     plan = sampler.plan(steps, noise.device)
     calls = []
 
     def model(x, t):  # the state before evaluation j sits at plan.levels[j]
-        level = plan.levels[len(calls)]
+        level = midpoint_level(sampler, t) if sampler.scheduler_name in MIDPOINT else plan.levels[len(calls)]
         calls.append(t)
         return exact_output(mix, sampler, x, level)
 
@@ -122,7 +147,7 @@ def diffusers_level(sched, i: int, t) -> Level:
         src = min(int(t) - sched.config.num_train_timesteps // sched.num_inference_steps, sched.config.num_train_timesteps - 1)
         ac = float(sched.alphas_cumprod[src] if src >= 0 else sched.initial_alpha_cumprod)
         return math.sqrt(ac), math.sqrt(1 - ac)
-    if name == "EDMEulerScheduler":  # the model input is c_in x = x / sqrt(sigma^2 + sigma_data^2)
+    if name in EDM:  # the model input is c_in x = x / sqrt(sigma^2 + sigma_data^2)
         sigma = float(sched.sigmas[i])
         c_in = 1 / math.sqrt(sigma**2 + sched.config.sigma_data**2)
         return c_in, sigma * c_in
@@ -146,7 +171,9 @@ def run_diffusers(mix: GaussianMixture, sampler: Sampler, steps: int, noise: Ten
     x = noise * float(getattr(sched, "init_noise_sigma", 1.0))  # flow matching starts at pure noise
     scale_input = getattr(sched, "scale_model_input", lambda x, t: x)  # flow matching feeds the state as is
     for i, t in enumerate(sched.timesteps):
-        out = exact_output(mix, sampler, scale_input(x, t), diffusers_level(sched, i, t))
+        xi = scale_input(x, t)
+        level = midpoint_level(sampler, t) if sampler.scheduler_name in MIDPOINT else diffusers_level(sched, i, t)
+        out = exact_output(mix, sampler, xi, level)
         x = sched.step(out, t, x, **({"generator": gen} if takes_generator else {})).prev_sample
     return x, len(sched.timesteps)
 
