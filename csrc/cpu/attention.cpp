@@ -8,6 +8,7 @@
 // function of the shape, so the bits are the same at any thread count.
 #include <torch/library.h>
 
+#include <atomic>
 #include <cmath>
 #include <limits>
 #include <optional>
@@ -107,12 +108,9 @@ Inputs check_inputs(const at::Tensor& q, const at::Tensor& k, const at::Tensor& 
 
 at::Tensor floats(int64_t n) { return at::empty({n}, at::TensorOptions().dtype(at::kFloat)); }
 
-// kadd for every sample; k (and v) packed for every (b, h).
-void pack_keys(const AttentionArgs& a, bool backward) {
-  for (int64_t b = 0; b < a.batch; ++b) FASTDIFF_CPU_CALL(attention_key_mask, a, b);
-  at::parallel_for(0, a.batch * a.heads, 1, [&](int64_t lo, int64_t hi) {
-    for (int64_t bh = lo; bh < hi; ++bh) FASTDIFF_CPU_CALL(attention_pack_keys, a, bh, backward);
-  });
+uint64_t next_call() {
+  static std::atomic<uint64_t> calls{0};
+  return ++calls;
 }
 
 // fn(bh, i0, i1) over every block of kAttnQueryBlock rows (of n rows) of every (b, h), in parallel.
@@ -139,14 +137,9 @@ std::tuple<at::Tensor, at::Tensor> attention_fwd(const at::Tensor& q, const at::
     lse.fill_(std::numeric_limits<double>::infinity());
     return {out, lse};
   }
-  const int64_t bh = a.batch * a.heads;
-  at::Tensor kadd = floats(a.batch * a.nk_pad), kt = floats(bh * a.dp * a.nk_pad), vn = floats(bh * a.nk_pad * a.dp);
-  a.kadd = kadd.mutable_data_ptr<float>();
-  a.kt = kt.mutable_data_ptr<float>();
-  a.vn = vn.mutable_data_ptr<float>();
   a.out = out.mutable_data_ptr();
   a.lse = lse.mutable_data_ptr<float>();
-  pack_keys(a, false);
+  a.call = next_call();
   for_row_blocks(a, a.nq, [&](int64_t p, int64_t i0, int64_t i1) { FASTDIFF_CPU_CALL(attention_fwd_rows, a, p, i0, i1); });
   return {out, lse};
 }
@@ -189,27 +182,16 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> attention_bwd(const at::Tensor& g
   const int64_t chunks = std::min({blocks, (kBwdTasks + bh - 1) / bh, kMaxChunks});
   a.chunk_blocks = (blocks + chunks - 1) / chunks;
   a.chunks = (blocks + a.chunk_blocks - 1) / a.chunk_blocks;
-  at::Tensor kadd = floats(a.batch * a.nk_pad), kt = floats(bh * a.dp * a.nk_pad), kn = floats(bh * a.nk_pad * a.dp),
-             vt = floats(bh * a.dp * a.nk_pad), qc = floats(bh * a.nq_pad * a.dp), dof = floats(bh * a.nq_pad * a.dp),
-             lse2 = floats(bh * a.nq_pad), delta = floats(bh * a.nq_pad),
-             dq_part = floats(bh * a.chunks * a.nq_pad * a.dp);
-  a.kadd = kadd.mutable_data_ptr<float>();
-  a.kt = kt.mutable_data_ptr<float>();
-  a.kn = kn.mutable_data_ptr<float>();
-  a.vt = vt.mutable_data_ptr<float>();
-  a.qc = qc.mutable_data_ptr<float>();
-  a.dof = dof.mutable_data_ptr<float>();
-  a.lse2 = lse2.mutable_data_ptr<float>();
-  a.delta = delta.mutable_data_ptr<float>();
-  a.dq_part = dq_part.mutable_data_ptr<float>();
-  pack_keys(a, true);
-  for_row_blocks(a, a.nq_pad, [&](int64_t p, int64_t i0, int64_t i1) {
-    FASTDIFF_CPU_CALL(attention_pack_queries, a, p, i0, i1);
-  });
+  // One chunk per (b, h) needs one parallel region; several add the region that sums their grad_q.
+  at::Tensor dq_part = a.chunks > 1 ? floats(bh * a.chunks * a.nq_pad * a.dp) : at::Tensor();
+  a.dq_part = a.chunks > 1 ? dq_part.mutable_data_ptr<float>() : nullptr;
+  a.call = next_call();
   at::parallel_for(0, bh * a.chunks, 1, [&](int64_t lo, int64_t hi) {
     for (int64_t t = lo; t < hi; ++t) FASTDIFF_CPU_CALL(attention_bwd_chunk, a, t / a.chunks, t % a.chunks);
   });
-  for_row_blocks(a, a.nq, [&](int64_t p, int64_t i0, int64_t i1) { FASTDIFF_CPU_CALL(attention_bwd_dq, a, p, i0, i1); });
+  if (a.chunks > 1) {
+    for_row_blocks(a, a.nq, [&](int64_t p, int64_t i0, int64_t i1) { FASTDIFF_CPU_CALL(attention_bwd_dq, a, p, i0, i1); });
+  }
   return {dq, dk, dv};
 }
 

@@ -197,9 +197,10 @@ void add_bias(const AttentionArgs& a, int64_t b, int64_t h, int64_t i0, int64_t 
   }
 }
 
-void add_masks(const AttentionArgs& a, int64_t b, int64_t h, int64_t i0, int64_t rows, int64_t j0, int64_t n,
-               float* S) {
-  if (a.key_mask != nullptr || j0 + n > a.nk) add_key_mask(S, a.kadd + b * a.nk_pad + j0, n);
+// kadd: the additive mask of keys j0 .. j0 + n (0 or -inf; padding keys -inf).
+void add_masks(const AttentionArgs& a, const float* kadd, int64_t b, int64_t h, int64_t i0, int64_t rows, int64_t j0,
+               int64_t n, float* S) {
+  if (a.key_mask != nullptr || j0 + n > a.nk) add_key_mask(S, kadd, n);
   if (a.bias != nullptr && rows > 0) add_bias(a, b, h, i0, rows, j0, std::min(n, a.nk - j0), S);
 }
 
@@ -256,10 +257,80 @@ FD_INLINE int64_t row_offset(const int64_t* st, int64_t b, int64_t n, int64_t h)
 }
 
 // A per-thread float buffer of at least n elements, kept between calls (no page faults per call).
+// Slot 0 is a task's, slot 1 the packing helpers' (called inside tasks).
+template <int Slot = 0>
 float* scratch(int64_t n) {
   thread_local std::vector<float> buf;
   if (buf.size() < static_cast<size_t>(n)) buf.resize(static_cast<size_t>(n));
   return buf.data();
+}
+
+// Per-thread packed rows of one (b, h), kept while the same call's next task is on the same (b, h)
+// (tasks of a (b, h) are consecutive, and at::parallel_for hands each thread a consecutive range):
+// every task packs what it reads, so a call needs one parallel region, not a packing pass first.
+struct Packed {
+  uint64_t call = 0;
+  int64_t bh = -1;
+  std::vector<float> buf;
+  // Whether (call, bh) must be packed now; grows the buffer to n floats if so.
+  bool miss(const AttentionArgs& a, int64_t bh_, int64_t n) {
+    if (call == a.call && bh == bh_) return false;
+    if (buf.size() < static_cast<size_t>(n)) buf.resize(static_cast<size_t>(n));
+    call = a.call;
+    bh = bh_;
+    return true;
+  }
+};
+
+// Keys [j0, j0 + ld) of (b, h) (ld a multiple of 16; keys >= Nk are zeros), each output optional:
+// kt (dp, ld) transposed, kn (ld, dp), vn (ld, dp), vt (dp, ld) transposed, kadd (ld) additive mask.
+void pack_keys(const AttentionArgs& a, int64_t b, int64_t h, int64_t j0, int64_t ld, float* kt, float* kn, float* vn,
+               float* vt, float* kadd) {
+  const int64_t dp = a.dp, D = a.head_dim;
+  float* kr = scratch<1>(2 * dp);
+  float* vr = kr + dp;
+  for (int64_t jj = 0; jj < ld; ++jj) {
+    const int64_t j = j0 + jj;
+    const bool real = j < a.nk;
+    if (real) {
+      load_row(a.k, a.dtype, row_offset(a.k_strides, b, j, h), a.k_strides[3], D, dp, 1.0f, kr);
+      load_row(a.v, a.dtype, row_offset(a.v_strides, b, j, h), a.v_strides[3], D, dp, 1.0f, vr);
+    } else {
+      std::fill(kr, kr + 2 * dp, 0.0f);
+    }
+    kadd[jj] = real && (a.key_mask == nullptr || a.key_mask[b * a.nk + j] != 0) ? 0.0f : -kInf;
+    for (int64_t d = 0; d < dp; ++d) kt[d * ld + jj] = kr[d];
+    if (kn) std::copy(kr, kr + dp, kn + jj * dp);
+    if (vn) std::copy(vr, vr + dp, vn + jj * dp);
+    if (vt) {
+      for (int64_t d = 0; d < dp; ++d) vt[d * ld + jj] = vr[d];
+    }
+  }
+}
+
+// The backward's query side of (b, h), rows [0, nq_pad): qc = q * scale * log2(e), dof = grad_out
+// (nq_pad, dp); lse2 = lse * log2(e) and delta = rowsum(grad_out * out) (nq_pad); padding rows get
+// zeros and lse2 = +inf, so their P = 2^-inf = 0 contributes nothing.
+void pack_queries(const AttentionArgs& a, int64_t b, int64_t h, float* qc, float* dof, float* lse2, float* delta) {
+  const int64_t dp = a.dp, D = a.head_dim, bh = b * a.heads + h;
+  float* o = scratch<1>(dp);
+  for (int64_t i = 0; i < a.nq_pad; ++i) {
+    float *q = qc + i * dp, *g = dof + i * dp;
+    if (i >= a.nq) {
+      std::fill(q, q + dp, 0.0f);
+      std::fill(g, g + dp, 0.0f);
+      lse2[i] = kInf;
+      delta[i] = 0.0f;
+      continue;
+    }
+    load_row(a.q, a.dtype, row_offset(a.q_strides, b, i, h), a.q_strides[3], D, dp, a.scale * kLog2e, q);
+    load_row(a.grad_out, a.dtype, row_offset(a.grad_out_strides, b, i, h), a.grad_out_strides[3], D, dp, 1.0f, g);
+    load_row(a.out_in, a.dtype, ((b * a.nq + i) * a.heads + h) * D, 1, D, dp, 1.0f, o);
+    float sum = 0.0f;
+    for (int64_t d = 0; d < D; ++d) sum += g[d] * o[d];
+    lse2[i] = a.lse_in[bh * a.nq + i] * kLog2e;
+    delta[i] = sum;
+  }
 }
 
 // ---- forward --------------------------------------------------------------------------------------
@@ -280,13 +351,18 @@ void fwd_rows(const AttentionArgs& a, int64_t bh, int64_t i0, int64_t i1) {
   std::fill(O, O + rows_pad * dp, 0.0f);
   std::fill(m, m + rows_pad, -kInf);
   std::fill(l, l + rows_pad, 0.0f);
-  const float* kt = a.kt + bh * dp * a.nk_pad;
-  const float* vn = a.vn + bh * a.nk_pad * dp;
-  for (int64_t j0 = 0; j0 < a.nk_pad; j0 += kBk) {
-    const int64_t n = std::min(kBk, a.nk_pad - j0);
+  thread_local Packed keys;
+  const int64_t ld = a.nk_pad;
+  if (keys.miss(a, bh, 2 * dp * ld + ld)) {
+    float* p = keys.buf.data();
+    pack_keys(a, b, h, 0, ld, p, nullptr, p + dp * ld, nullptr, p + 2 * dp * ld);
+  }
+  const float *kt = keys.buf.data(), *vn = kt + dp * ld, *kadd = vn + dp * ld;
+  for (int64_t j0 = 0; j0 < ld; j0 += kBk) {
+    const int64_t n = std::min(kBk, ld - j0);
     for (int64_t r0 = 0; r0 < rows_pad; r0 += kR) {
-      dot_tile<DP>(Q + r0 * dp, dp, kt + j0, a.nk_pad, n, S);
-      add_masks(a, b, h, i0 + r0, std::min<int64_t>(kR, rows - r0), j0, n, S);
+      dot_tile<DP>(Q + r0 * dp, dp, kt + j0, ld, n, S);
+      add_masks(a, kadd + j0, b, h, i0 + r0, std::min<int64_t>(kR, rows - r0), j0, n, S);
       for (int r = 0; r < kR; ++r) {
         float* s = S + r * kBk;
         const float m_old = m[r0 + r], m_new = std::max(m_old, row_max(s, n));
@@ -316,22 +392,28 @@ void fwd_rows(const AttentionArgs& a, int64_t bh, int64_t i0, int64_t i1) {
 template <int DP>
 void bwd_chunk(const AttentionArgs& a, int64_t bh, int64_t c) {
   const int64_t dp = DP ? DP : a.dp, D = a.head_dim, b = bh / a.heads, h = bh % a.heads, nq_pad = a.nq_pad;
-  float* S = scratch(2 * kR * kBk + 2 * kBk * dp);
-  float *dS = S + kR * kBk, *dV = dS + kR * kBk, *dK = dV + kBk * dp;
-  float* dq = a.dq_part + (bh * a.chunks + c) * nq_pad * dp;
+  thread_local Packed queries;
+  if (queries.miss(a, bh, 2 * nq_pad * dp + 2 * nq_pad)) {
+    float* p = queries.buf.data();
+    pack_queries(a, b, h, p, p + nq_pad * dp, p + 2 * nq_pad * dp, p + 2 * nq_pad * dp + nq_pad);
+  }
+  const float *qc = queries.buf.data(), *dof = qc + nq_pad * dp, *lse2 = dof + nq_pad * dp, *delta = lse2 + nq_pad;
+  // This chunk's keys, packed here: k transposed (scores), k (grad_q), v transposed (dP).
+  const int64_t k0 = c * a.chunk_blocks * kBk, ld = std::min(a.nk_pad, k0 + a.chunk_blocks * kBk) - k0;
+  float* kt = scratch(3 * dp * ld + ld + 2 * kR * kBk + 2 * kBk * dp + (a.chunks == 1 ? nq_pad * dp : 0));
+  float *kn = kt + dp * ld, *vt = kn + dp * ld, *kadd = vt + dp * ld;
+  float *S = kadd + ld, *dS = S + kR * kBk, *dV = dS + kR * kBk, *dK = dV + kBk * dp;
+  pack_keys(a, b, h, k0, ld, kt, kn, nullptr, vt, kadd);
+  // One chunk: grad_q is finished here; several: this chunk's partial, summed by attention_bwd_dq.
+  float* dq = a.chunks == 1 ? dK + kBk * dp : a.dq_part + (bh * a.chunks + c) * nq_pad * dp;
   std::fill(dq, dq + nq_pad * dp, 0.0f);
-  const float *qc = a.qc + bh * nq_pad * dp, *dof = a.dof + bh * nq_pad * dp;
-  const float *lse2 = a.lse2 + bh * nq_pad, *delta = a.delta + bh * nq_pad;
-  const float *kt = a.kt + bh * dp * a.nk_pad, *kn = a.kn + bh * a.nk_pad * dp, *vt = a.vt + bh * dp * a.nk_pad;
-  const int64_t blocks = (a.nk_pad + kBk - 1) / kBk;
-  const int64_t first = c * a.chunk_blocks, last = std::min(blocks, first + a.chunk_blocks);
-  for (int64_t blk = first; blk < last; ++blk) {
-    const int64_t j0 = blk * kBk, n = std::min(kBk, a.nk_pad - j0);
+  for (int64_t j0 = 0; j0 < ld; j0 += kBk) {
+    const int64_t n = std::min(kBk, ld - j0);
     std::fill(dV, dV + 2 * kBk * dp, 0.0f);  // dV and dK
     for (int64_t r0 = 0; r0 < nq_pad; r0 += kR) {
-      dot_tile<DP>(qc + r0 * dp, dp, kt + j0, a.nk_pad, n, S);
-      add_masks(a, b, h, r0, std::min<int64_t>(kR, a.nq - r0), j0, n, S);
-      dot_tile<DP>(dof + r0 * dp, dp, vt + j0, a.nk_pad, n, dS);  // dP = dO v^T
+      dot_tile<DP>(qc + r0 * dp, dp, kt + j0, ld, n, S);
+      add_masks(a, kadd + j0, b, h, r0, std::min<int64_t>(kR, a.nq - r0), k0 + j0, n, S);
+      dot_tile<DP>(dof + r0 * dp, dp, vt + j0, ld, n, dS);  // dP = dO v^T
       for (int r = 0; r < kR; ++r) {
         const vf l2 = splat(lse2[r0 + r]), dl = splat(delta[r0 + r]);
         for (int64_t j = 0; j < n; j += kW) {
@@ -345,10 +427,15 @@ void bwd_chunk(const AttentionArgs& a, int64_t bh, int64_t c) {
       acc_rows<DP>(dS, kn + j0 * dp, dp, n, dq + r0 * dp, nullptr);
     }
     // dk = scale * dS^T q = ln2 * dS^T qc (qc = q * scale * log2(e)).
-    for (int64_t j = 0; j < std::min(n, a.nk - j0); ++j) {
-      const int64_t offset = ((b * a.nk + j0 + j) * a.heads + h) * D;
+    for (int64_t j = 0; j < std::min(n, a.nk - k0 - j0); ++j) {
+      const int64_t offset = ((b * a.nk + k0 + j0 + j) * a.heads + h) * D;
       store_row(a.grad_k, a.dtype, offset, D, kLn2, dK + j * dp);
       store_row(a.grad_v, a.dtype, offset, D, 1.0f, dV + j * dp);
+    }
+  }
+  if (a.chunks == 1) {
+    for (int64_t i = 0; i < a.nq; ++i) {
+      store_row(a.grad_q, a.dtype, ((b * a.nq + i) * a.heads + h) * D, D, a.scale, dq + i * dp);
     }
   }
 }
@@ -368,62 +455,8 @@ void bwd_chunk(const AttentionArgs& a, int64_t bh, int64_t c) {
 
 }  // namespace
 
-void attention_key_mask(const AttentionArgs& a, int64_t b) {
-  float* kadd = a.kadd + b * a.nk_pad;
-  for (int64_t j = 0; j < a.nk_pad; ++j) {
-    const bool attend = j < a.nk && (a.key_mask == nullptr || a.key_mask[b * a.nk + j] != 0);
-    kadd[j] = attend ? 0.0f : -kInf;
-  }
-}
-
-void attention_pack_keys(const AttentionArgs& a, int64_t bh, bool backward) {
-  const int64_t dp = a.dp, D = a.head_dim, b = bh / a.heads, h = bh % a.heads, ld = a.nk_pad;
-  float* kr = scratch(2 * dp);
-  float* vr = kr + dp;
-  float* kt = a.kt + bh * dp * ld;
-  float* vn = backward ? a.vt + bh * dp * ld : a.vn + bh * ld * dp;
-  for (int64_t j = 0; j < ld; ++j) {
-    if (j < a.nk) {
-      load_row(a.k, a.dtype, row_offset(a.k_strides, b, j, h), a.k_strides[3], D, dp, 1.0f, kr);
-      load_row(a.v, a.dtype, row_offset(a.v_strides, b, j, h), a.v_strides[3], D, dp, 1.0f, vr);
-    } else {
-      std::fill(kr, kr + 2 * dp, 0.0f);
-    }
-    for (int64_t d = 0; d < dp; ++d) kt[d * ld + j] = kr[d];
-    if (backward) {
-      std::copy(kr, kr + dp, a.kn + (bh * ld + j) * dp);
-      for (int64_t d = 0; d < dp; ++d) vn[d * ld + j] = vr[d];
-    } else {
-      std::copy(vr, vr + dp, vn + j * dp);
-    }
-  }
-}
-
 void attention_fwd_rows(const AttentionArgs& a, int64_t bh, int64_t i0, int64_t i1) {
   FD_HEAD_DIM_DISPATCH(fwd_rows, a, bh, i0, i1)
-}
-
-void attention_pack_queries(const AttentionArgs& a, int64_t bh, int64_t i0, int64_t i1) {
-  const int64_t dp = a.dp, D = a.head_dim, b = bh / a.heads, h = bh % a.heads;
-  float* o = scratch(dp);
-  for (int64_t i = i0; i < i1; ++i) {
-    float* qc = a.qc + (bh * a.nq_pad + i) * dp;
-    float* dof = a.dof + (bh * a.nq_pad + i) * dp;
-    if (i >= a.nq) {  // padding rows: P = 2^-inf = 0 contributes nothing
-      std::fill(qc, qc + dp, 0.0f);
-      std::fill(dof, dof + dp, 0.0f);
-      a.lse2[bh * a.nq_pad + i] = kInf;
-      a.delta[bh * a.nq_pad + i] = 0.0f;
-      continue;
-    }
-    load_row(a.q, a.dtype, row_offset(a.q_strides, b, i, h), a.q_strides[3], D, dp, a.scale * kLog2e, qc);
-    load_row(a.grad_out, a.dtype, row_offset(a.grad_out_strides, b, i, h), a.grad_out_strides[3], D, dp, 1.0f, dof);
-    load_row(a.out_in, a.dtype, ((b * a.nq + i) * a.heads + h) * D, 1, D, dp, 1.0f, o);
-    float delta = 0.0f;
-    for (int64_t d = 0; d < D; ++d) delta += dof[d] * o[d];
-    a.lse2[bh * a.nq_pad + i] = a.lse_in[bh * a.nq + i] * kLog2e;
-    a.delta[bh * a.nq_pad + i] = delta;
-  }
 }
 
 void attention_bwd_chunk(const AttentionArgs& a, int64_t bh, int64_t c) { FD_HEAD_DIM_DISPATCH(bwd_chunk, a, bh, c) }

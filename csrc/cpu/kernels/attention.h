@@ -2,9 +2,11 @@
 // Compiled once per ISA like kernels.h; csrc/cpu/attention.cpp checks the arguments, allocates the
 // outputs and the float32 scratch below, and threads the calls.
 //
-// Everything runs on float32 copies padded to whole vectors: the head dim to dp = D rounded up to 8
-// (zero columns add nothing to a dot product), the keys to nk_pad = Nk rounded up to 16 (their
-// scores are -inf through kadd, so their probabilities are exactly 0), the queries to rows of 4.
+// Everything runs on float32 copies, packed by each task into per-thread buffers and padded to whole
+// vectors: the head dim to dp = D rounded up to 8 (zero columns add nothing to a dot product), the
+// keys to nk_pad = Nk rounded up to 16 (their scores get -inf from an additive mask row, so their
+// probabilities are exactly 0), the queries to rows of 4. k and v are packed transposed where the
+// products run over keys (8 keys per vector).
 // Scores are kept in base 2: the queries are packed pre-multiplied by scale * log2(e), so that a
 // probability is one exp2 and the scale costs nothing per score.
 #pragma once
@@ -34,18 +36,12 @@ struct AttentionArgs {
   // Outputs: out, grad_q (B, Nq, H, D), grad_k, grad_v (B, Nk, H, D), contiguous; lse (B, H, Nq).
   void *out, *grad_q, *grad_k, *grad_v;
   float* lse;
-  // float32 scratch, per (b, h) = bh unless said otherwise:
-  float* kadd;                 // (B, nk_pad): 0 for an attended key, -inf for a masked or padding one
-  float* kt;                   // (BH, dp, nk_pad): k transposed (scores vectorised over keys)
-  float* kn;                   // (BH, nk_pad, dp): k (backward: grad_q = dS k)
-  float* vn;                   // (BH, nk_pad, dp): v (forward: out = P v)
-  float* vt;                   // (BH, dp, nk_pad): v transposed (backward: dP = dO v^T)
-  float* qc;                   // (BH, nq_pad, dp): q * scale * log2(e)            (backward)
-  float* dof;                  // (BH, nq_pad, dp): grad_out                        (backward)
-  float* lse2;                 // (BH, nq_pad): lse * log2(e), +inf on padding rows (backward)
-  float* delta;                // (BH, nq_pad): rowsum(grad_out * out)              (backward)
-  float* dq_part;              // (BH, chunks, nq_pad, dp): grad_q / scale per key chunk (backward)
-  int64_t chunks, chunk_blocks;  // backward: key chunks per (b, h), key blocks per chunk
+  // Backward: key chunks per (b, h) and key blocks per chunk; with several chunks, float32 scratch
+  // (BH, chunks, nq_pad, dp) for each chunk's grad_q / scale.
+  int64_t chunks, chunk_blocks;
+  float* dq_part;
+  // Distinct for every op call: tasks keep the rows they packed for the next task of the same call.
+  uint64_t call;
 };
 
 // Keys per block (the unit of the online softmax) and query rows per task of the forward.
@@ -55,15 +51,9 @@ constexpr int64_t kAttnRows = 4;
 
 #define FASTDIFF_ATTENTION_DECLARE(isa)                                                                \
   namespace isa {                                                                                      \
-  /* kadd row of sample b. */                                                                          \
-  void attention_key_mask(const AttentionArgs& a, int64_t b);                                         \
-  /* kt and vn of (b, h) (forward), or kt, kn and vt (backward). */                                    \
-  void attention_pack_keys(const AttentionArgs& a, int64_t bh, bool backward);                        \
   /* out rows [i0, i1) of (b, h) and their lse. */                                                     \
   void attention_fwd_rows(const AttentionArgs& a, int64_t bh, int64_t i0, int64_t i1);                \
-  /* qc, dof, lse2 and delta of rows [i0, i1) of (b, h) (i1 <= nq_pad). */                             \
-  void attention_pack_queries(const AttentionArgs& a, int64_t bh, int64_t i0, int64_t i1);            \
-  /* grad_k, grad_v of the keys of chunk c of (b, h), and its dq_part. */                              \
+  /* grad_k, grad_v of the keys of chunk c of (b, h); grad_q when chunks == 1, else its dq_part. */    \
   void attention_bwd_chunk(const AttentionArgs& a, int64_t bh, int64_t c);                            \
   /* grad_q rows [i0, i1) of (b, h): scale * the sum of the chunks' dq_part, in chunk order. */        \
   void attention_bwd_dq(const AttentionArgs& a, int64_t bh, int64_t i0, int64_t i1);                  \
