@@ -283,7 +283,10 @@ struct Packed {
 };
 
 // Keys [j0, j0 + ld) of (b, h) (ld a multiple of 16; keys >= Nk are zeros), each output optional:
-// kt (dp, ld) transposed, kn (ld, dp), vn (ld, dp), vt (dp, ld) transposed, kadd (ld) additive mask.
+// kn (ld, dp), vn (ld, dp), kadd (ld) additive mask, and kt, vt transposed per block of kBk keys,
+// (ld / kBk rounded up, dp, kBk): block j0 / kBk starts at j0 * dp and its dp rows are 256 bytes
+// apart, where one (dp, ld) matrix had rows a power-of-two number of KiB apart for long sequences,
+// and dot_tile's rows fell into the same few L1 sets.
 void pack_keys(const AttentionArgs& a, int64_t b, int64_t h, int64_t j0, int64_t ld, float* kt, float* kn, float* vn,
                float* vt, float* kadd) {
   const int64_t dp = a.dp, D = a.head_dim;
@@ -299,11 +302,13 @@ void pack_keys(const AttentionArgs& a, int64_t b, int64_t h, int64_t j0, int64_t
       std::fill(kr, kr + 2 * dp, 0.0f);
     }
     kadd[jj] = real && (a.key_mask == nullptr || a.key_mask[b * a.nk + j] != 0) ? 0.0f : -kInf;
-    for (int64_t d = 0; d < dp; ++d) kt[d * ld + jj] = kr[d];
+    float* ktj = kt + (jj / kBk) * dp * kBk + jj % kBk;
+    for (int64_t d = 0; d < dp; ++d) ktj[d * kBk] = kr[d];
     if (kn) std::copy(kr, kr + dp, kn + jj * dp);
     if (vn) std::copy(vr, vr + dp, vn + jj * dp);
     if (vt) {
-      for (int64_t d = 0; d < dp; ++d) vt[d * ld + jj] = vr[d];
+      float* vtj = vt + (jj / kBk) * dp * kBk + jj % kBk;
+      for (int64_t d = 0; d < dp; ++d) vtj[d * kBk] = vr[d];
     }
   }
 }
@@ -353,15 +358,16 @@ void fwd_rows(const AttentionArgs& a, int64_t bh, int64_t i0, int64_t i1) {
   std::fill(l, l + rows_pad, 0.0f);
   thread_local Packed keys;
   const int64_t ld = a.nk_pad;
-  if (keys.miss(a, bh, 2 * dp * ld + ld)) {
+  const int64_t ldb = (ld + kBk - 1) / kBk * kBk;  // kt's blocks
+  if (keys.miss(a, bh, dp * ldb + dp * ld + ld)) {
     float* p = keys.buf.data();
-    pack_keys(a, b, h, 0, ld, p, nullptr, p + dp * ld, nullptr, p + 2 * dp * ld);
+    pack_keys(a, b, h, 0, ld, p, nullptr, p + dp * ldb, nullptr, p + dp * ldb + dp * ld);
   }
-  const float *kt = keys.buf.data(), *vn = kt + dp * ld, *kadd = vn + dp * ld;
+  const float *kt = keys.buf.data(), *vn = kt + dp * ldb, *kadd = vn + dp * ld;
   for (int64_t j0 = 0; j0 < ld; j0 += kBk) {
     const int64_t n = std::min(kBk, ld - j0);
     for (int64_t r0 = 0; r0 < rows_pad; r0 += kR) {
-      dot_tile<DP>(Q + r0 * dp, dp, kt + j0, ld, n, S);
+      dot_tile<DP>(Q + r0 * dp, dp, kt + j0 * dp, kBk, n, S);
       add_masks(a, kadd + j0, b, h, i0 + r0, std::min<int64_t>(kR, rows - r0), j0, n, S);
       for (int r = 0; r < kR; ++r) {
         float* s = S + r * kBk;
@@ -400,8 +406,9 @@ void bwd_chunk(const AttentionArgs& a, int64_t bh, int64_t c) {
   const float *qc = queries.buf.data(), *dof = qc + nq_pad * dp, *lse2 = dof + nq_pad * dp, *delta = lse2 + nq_pad;
   // This chunk's keys, packed here: k transposed (scores), k (grad_q), v transposed (dP).
   const int64_t k0 = c * a.chunk_blocks * kBk, ld = std::min(a.nk_pad, k0 + a.chunk_blocks * kBk) - k0;
-  float* kt = scratch(3 * dp * ld + ld + 2 * kR * kBk + 2 * kBk * dp + (a.chunks == 1 ? nq_pad * dp : 0));
-  float *kn = kt + dp * ld, *vt = kn + dp * ld, *kadd = vt + dp * ld;
+  const int64_t ldb = (ld + kBk - 1) / kBk * kBk;  // kt's and vt's blocks
+  float* kt = scratch(2 * dp * ldb + dp * ld + ld + 2 * kR * kBk + 2 * kBk * dp + (a.chunks == 1 ? nq_pad * dp : 0));
+  float *kn = kt + dp * ldb, *vt = kn + dp * ld, *kadd = vt + dp * ldb;
   float *S = kadd + ld, *dS = S + kR * kBk, *dV = dS + kR * kBk, *dK = dV + kBk * dp;
   pack_keys(a, b, h, k0, ld, kt, kn, nullptr, vt, kadd);
   // One chunk: grad_q is finished here; several: this chunk's partial, summed by attention_bwd_dq.
@@ -411,9 +418,9 @@ void bwd_chunk(const AttentionArgs& a, int64_t bh, int64_t c) {
     const int64_t n = std::min(kBk, ld - j0);
     std::fill(dV, dV + 2 * kBk * dp, 0.0f);  // dV and dK
     for (int64_t r0 = 0; r0 < nq_pad; r0 += kR) {
-      dot_tile<DP>(qc + r0 * dp, dp, kt + j0, ld, n, S);
+      dot_tile<DP>(qc + r0 * dp, dp, kt + j0 * dp, kBk, n, S);
       add_masks(a, kadd + j0, b, h, r0, std::min<int64_t>(kR, a.nq - r0), k0 + j0, n, S);
-      dot_tile<DP>(dof + r0 * dp, dp, vt + j0, ld, n, dS);  // dP = dO v^T
+      dot_tile<DP>(dof + r0 * dp, dp, vt + j0 * dp, kBk, n, dS);  // dP = dO v^T
       for (int r = 0; r < kR; ++r) {
         const vf l2 = splat(lse2[r0 + r]), dl = splat(delta[r0 + r]);
         for (int64_t j = 0; j < n; j += kW) {
