@@ -47,7 +47,7 @@ struct AttentionArgs {
 // Keys per block (the unit of the online softmax) and query rows per task of the forward.
 constexpr int64_t kAttnKeyBlock = 64;
 constexpr int64_t kAttnQueryBlock = 64;
-constexpr int64_t kAttnRows = 4;
+constexpr int64_t kAttnRows = 6;
 
 #define FASTDIFF_ATTENTION_DECLARE(isa)                                                                \
   namespace isa {                                                                                      \
