@@ -125,6 +125,7 @@ template <int NV>
 FD_INLINE void rows_pass(const float* P, const float* B, int64_t dp, int64_t n, float* O, const float* alpha,
                          int64_t c) {
   vf acc[kR][NV];
+  static_assert(kR <= kW, "one vector holds a tile's per-row factors");
   FD_UNROLL for (int r = 0; r < kR; ++r) {
     const vf a = splat(alpha ? alpha[r] : 1.0f);
     FD_UNROLL for (int u = 0; u < NV; ++u) acc[r][u] = loadv(O + r * dp + c + u * kW) * a;
@@ -226,7 +227,11 @@ FD_INLINE float exp_row(float* s, int64_t n, float sub) {
 // dst[d] = mul * src[d * stride] for d < D, 0 for D <= d < dp.
 template <typename T>
 void load_row_t(const T* src, int64_t stride, int64_t D, int64_t dp, float mul, float* dst) {
-  for (int64_t d = 0; d < D; ++d) dst[d] = mul * to_float(src[d * stride]);
+  if (stride == 1) {  // the usual case, written apart so that it vectorises
+    for (int64_t d = 0; d < D; ++d) dst[d] = mul * to_float(src[d]);
+  } else {
+    for (int64_t d = 0; d < D; ++d) dst[d] = mul * to_float(src[d * stride]);
+  }
   for (int64_t d = D; d < dp; ++d) dst[d] = 0.0f;
 }
 
@@ -343,7 +348,7 @@ template <int DP>
 void fwd_rows(const AttentionArgs& a, int64_t bh, int64_t i0, int64_t i1) {
   const int64_t dp = DP ? DP : a.dp, D = a.head_dim, b = bh / a.heads, h = bh % a.heads;
   const int64_t rows = i1 - i0, rows_pad = (rows + kR - 1) / kR * kR;
-  float* Q = scratch(2 * rows_pad * dp + 2 * rows_pad + kR * kBk + kR);
+  float* Q = scratch(2 * rows_pad * dp + 2 * rows_pad + kR * kBk + kW);
   float *O = Q + rows_pad * dp, *m = O + rows_pad * dp, *l = m + rows_pad, *S = l + rows_pad, *alpha = S + kR * kBk;
   const float qmul = a.scale * kLog2e;
   for (int64_t r = 0; r < rows_pad; ++r) {
@@ -369,15 +374,16 @@ void fwd_rows(const AttentionArgs& a, int64_t bh, int64_t i0, int64_t i1) {
     for (int64_t r0 = 0; r0 < rows_pad; r0 += kR) {
       dot_tile<DP>(Q + r0 * dp, dp, kt + j0 * dp, kBk, n, S);
       add_masks(a, kadd + j0, b, h, i0 + r0, std::min<int64_t>(kR, rows - r0), j0, n, S);
+      vf shift{}, m_use{};  // per row: m_old - m_use, and m_use (lanes >= kR unused)
       for (int r = 0; r < kR; ++r) {
-        float* s = S + r * kBk;
-        const float m_old = m[r0 + r], m_new = std::max(m_old, row_max(s, n));
+        const float m_old = m[r0 + r], m_new = std::max(m_old, row_max(S + r * kBk, n));
         // While every key so far is excluded (m = -inf), subtract 0: the probabilities are 2^-inf = 0.
-        const float m_use = m_new == -kInf ? 0.0f : m_new;
-        alpha[r] = std::exp2(m_old - m_use);
-        l[r0 + r] = l[r0 + r] * alpha[r] + exp_row(s, n, m_use);
+        m_use[r] = m_new == -kInf ? 0.0f : m_new;
+        shift[r] = m_old - m_use[r];
         m[r0 + r] = m_new;
       }
+      storev(alpha, vexp2(shift));  // the rows' rescaling factors, one vector exp for all of them
+      for (int r = 0; r < kR; ++r) l[r0 + r] = l[r0 + r] * alpha[r] + exp_row(S + r * kBk, n, m_use[r]);
       acc_rows<DP>(S, vn + j0 * dp, dp, n, O + r0 * dp, alpha);
     }
   }
