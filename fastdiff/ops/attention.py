@@ -207,7 +207,7 @@ def support() -> dict[str, str]:
             "their smallest chunk; Nk <= 256 in one key block (cross-attention), else tiled"
         ),
         "cpu": (
-            "CPU tensors, float32/fp16/bf16 (float32 arithmetic), any D (specialised for D in 8, 16, 32, 40, 64, 72, "
+            "CPU tensors, float32/fp16/bf16 (float32 arithmetic), any D (compiled for D rounded up to a multiple of 8 in 8, 16, 32, 40, 64, 72, "
             f"80, 128); forward + backward ({'compiled' if FAMILY.carried('cpu') else 'not in this build of fastdiff._C'})"
         ),
         "reference": "every device and float dtype (float32/float64 math; fp16/bf16 upcast to float32), any D",

@@ -19,50 +19,18 @@
 
 #include "cpu/kernels/attention.h"
 #include "cpu/kernels/convert.h"
+#include "cpu/kernels/vec8.h"
 
-#if defined(__AVX__)
-#include <immintrin.h>
-#endif
-
-// See geglu.cpp: 32-byte vector types on the base build; every helper is forced inline.
-#pragma GCC diagnostic ignored "-Wpsabi"
-#define FD_INLINE inline __attribute__((always_inline))
 #define FD_UNROLL _Pragma("GCC unroll 16")
 
 namespace fastdiff::cpu::FASTDIFF_ISA {
 namespace {
-
-constexpr int kW = 8;
-typedef float vf __attribute__((vector_size(kW * sizeof(float))));
-typedef int32_t vi __attribute__((vector_size(kW * sizeof(int32_t))));
 
 constexpr int64_t kBk = kAttnKeyBlock;
 constexpr int kR = static_cast<int>(kAttnRows);
 constexpr float kLog2e = 1.44269504088896341f;
 constexpr float kLn2 = 0.693147180559945309f;
 constexpr float kInf = std::numeric_limits<float>::infinity();
-
-FD_INLINE vf splat(float v) { return vf{} + v; }
-FD_INLINE vf loadv(const float* p) {
-  vf v;
-  std::memcpy(&v, p, sizeof v);
-  return v;
-}
-FD_INLINE void storev(float* p, vf v) { std::memcpy(p, &v, sizeof v); }
-
-// max(lo, v) and min(hi, v), v where v is NaN; 0 where x < lo (NaN kept). One instruction each on avx2.
-#if defined(__AVX__)
-FD_INLINE __m256 m256(vf v) { return reinterpret_cast<__m256>(v); }
-FD_INLINE vf vmax(vf lo, vf v) { return reinterpret_cast<vf>(_mm256_max_ps(m256(lo), m256(v))); }
-FD_INLINE vf vmin(vf hi, vf v) { return reinterpret_cast<vf>(_mm256_min_ps(m256(hi), m256(v))); }
-FD_INLINE vf zero_below(vf v, vf x, float lo) {
-  return reinterpret_cast<vf>(_mm256_andnot_ps(_mm256_cmp_ps(m256(x), _mm256_set1_ps(lo), _CMP_LT_OQ), m256(v)));
-}
-#else
-FD_INLINE vf vmax(vf lo, vf v) { return lo > v ? lo : v; }
-FD_INLINE vf vmin(vf hi, vf v) { return hi < v ? hi : v; }
-FD_INLINE vf zero_below(vf v, vf x, float lo) { return x < lo ? vf{} : v; }
-#endif
 
 // 2^x: x = k + r with k = round(x), |r| <= 1/2; 2^r by a degree-5 polynomial fitted for least
 // relative error (2.3e-7 evaluated in float32), 2^k built in the exponent bits and multiplied in
