@@ -2,8 +2,8 @@
 //
 // Flash-style on float32 copies: per (b, h), a block of kAttnKeyBlock keys at a time, tiles of
 // kAttnRows query rows. Scores of a tile are a small matrix product vectorised over keys (k packed
-// transposed, 8 keys per vector, 4 rows x 16 keys of accumulators); the online softmax rescales the
-// running output once per key block; P v accumulates 4 rows x 16 columns per pass over the block's
+// transposed, 8 keys per vector, 6 rows x 16 keys of accumulators); the online softmax rescales the
+// running output once per key block; P v accumulates 6 rows x 16 columns per pass over the block's
 // keys. Head dims that diffusion models use are compiled as constants (the loops over d unroll);
 // any other runs the same code with a run-time dp.
 //
@@ -65,8 +65,8 @@ FD_INLINE float hsum(vf v) {
 
 // ---- tiles --------------------------------------------------------------------------------------
 // S[r][j] = sum_d A[r][d] * Bt[d][j] for r < kR, j < n (a multiple of 16); A rows of dp floats,
-// Bt rows of ldb floats, S rows of kBk floats. 4 x 2 accumulators: each loaded vector of Bt serves
-// 4 rows, each broadcast element of A 16 keys.
+// Bt rows of ldb floats, S rows of kBk floats. kR x 2 accumulators: each loaded vector of Bt serves
+// kR rows, each broadcast element of A 16 keys.
 template <int DP>
 FD_INLINE void dot_tile(const float* A, int64_t dp_rt, const float* Bt, int64_t ldb, int64_t n, float* S) {
   const int64_t dp = DP ? DP : dp_rt;
@@ -88,7 +88,7 @@ FD_INLINE void dot_tile(const float* A, int64_t dp_rt, const float* Bt, int64_t 
 }
 
 // O[r][:] = alpha[r] * O[r][:] + sum_{j < n} P[r][j] * B[j][:] for r < kR (alpha null: 1); O and B
-// rows of dp floats, P rows of kBk floats. NV vectors (8 columns each) of all 4 rows per pass.
+// rows of dp floats, P rows of kBk floats. NV vectors (8 columns each) of all kR rows per pass.
 template <int NV>
 FD_INLINE void rows_pass(const float* P, const float* B, int64_t dp, int64_t n, float* O, const float* alpha,
                          int64_t c) {
@@ -120,7 +120,7 @@ FD_INLINE void acc_rows(const float* P, const float* B, int64_t dp_rt, int64_t n
 }
 
 // G[j][:] += sum_{r < kR} P[r][j] * A[r][:] for j < n: the transposed products of the backward
-// (dV += P^T dO, dK += dS^T q). A's NV vectors of the 4 rows stay in registers over the keys.
+// (dV += P^T dO, dK += dS^T q). A's NV vectors of the kR rows stay in registers over the keys.
 template <int NV>
 FD_INLINE void cols_pass(const float* P, const float* A, int64_t dp, int64_t n, float* G, int64_t c) {
   vf a[kR][NV];

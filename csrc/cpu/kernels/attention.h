@@ -1,11 +1,11 @@
 // Torch-free CPU kernels of attention_fwd / attention_bwd (contract: the attention block of csrc/ops.cpp).
 // Compiled once per ISA like kernels.h; csrc/cpu/attention.cpp checks the arguments, allocates the
-// outputs and the float32 scratch below, and threads the calls.
+// outputs (and dq_part below), and threads the calls.
 //
 // Everything runs on float32 copies, packed by each task into per-thread buffers and padded to whole
 // vectors: the head dim to dp = D rounded up to 8 (zero columns add nothing to a dot product), the
 // keys to nk_pad = Nk rounded up to 16 (their scores get -inf from an additive mask row, so their
-// probabilities are exactly 0), the queries to rows of 4. k and v are packed transposed where the
+// probabilities are exactly 0), the queries to tiles of kAttnRows rows. k and v are packed transposed where the
 // products run over keys (8 keys per vector).
 // Scores are kept in base 2: the queries are packed pre-multiplied by scale * log2(e), so that a
 // probability is one exp2 and the scale costs nothing per score.
@@ -44,7 +44,8 @@ struct AttentionArgs {
   uint64_t call;
 };
 
-// Keys per block (the unit of the online softmax) and query rows per task of the forward.
+// Keys per block (the unit of the online softmax), query rows per task (forward, grad_q sums) and
+// query rows per tile (6 rows x 16 keys: 12 of the 16 AVX2 registers accumulate).
 constexpr int64_t kAttnKeyBlock = 64;
 constexpr int64_t kAttnQueryBlock = 64;
 constexpr int64_t kAttnRows = 6;
