@@ -172,7 +172,7 @@ def test_the_cpu_kernel_serves_auto_and_copies_nothing():
 # ---------------------------------------------------------------------------------------------
 # Determinism, registration, bad input
 # ---------------------------------------------------------------------------------------------
-@pytest.mark.parametrize("b, h, nk", [(1, 1, 1000), (2, 4, 300), (2, 16, 100)])  # key chunks per (b, h): 8, 4, 1
+@pytest.mark.parametrize("b, h, nk", [(1, 1, 1000), (2, 4, 300), (2, 16, 100)])  # key chunks per (b, h): 8, 3, 1
 def test_same_bits_at_any_thread_count(b, h, nk):
     q, k, v = rand_qkv(b, 150, nk, h, 16, torch.float32, "cpu")
     g = torch.randn(b, 150, h, 16)

@@ -257,9 +257,9 @@ struct Packed {
 
 // Keys [j0, j0 + ld) of (b, h) (ld a multiple of 16; keys >= Nk are zeros), each output optional:
 // kn (ld, dp), vn (ld, dp), kadd (ld) additive mask, and kt, vt transposed per block of kBk keys,
-// (ld / kBk rounded up, dp, kBk): block j0 / kBk starts at j0 * dp and its dp rows are 256 bytes
+// (ld / kBk rounded up, dp, kBk): block j0 / kBk starts at j0 * dp and its dp rows are kBk floats
 // apart, where one (dp, ld) matrix had rows a power-of-two number of KiB apart for long sequences,
-// and dot_tile's rows fell into the same few L1 sets.
+// and dot_tile's rows fell into the same few L1 sets (D = 64 ran 1.4x slower).
 void pack_keys(const AttentionArgs& a, int64_t b, int64_t h, int64_t j0, int64_t ld, float* kt, float* kn, float* vn,
                float* vt, float* kadd) {
   const int64_t dp = a.dp, D = a.head_dim;
