@@ -96,6 +96,7 @@ TORCH_LIBRARY(fastdiff, m) {
   //   of 8 elements (16-byte aligned rows), copying otherwise, so kernels may use 16-byte vector loads.
   //   diffusers' (B, H, N, D) tensors are passed as q.transpose(1, 2) views: no copy.
   //   Nq, Nk >= 1; B, H >= 1; D a multiple of 8 in [8, 256] (empty inputs never reach a kernel).
+  //   The CPU kernel (cpu/attention.cpp) also takes float32, any D >= 1, any strides and empty inputs.
   // key_mask: bool (B, Nk), contiguous; True = attend, False = this key is excluded for every query.
   // bias: q's dtype, a (B, H, Nq, Nk)-shaped view with arbitrary strides (0 on broadcast dims, e.g.
   //   stride(2) == 0 for a bias shared by all queries); added after scaling:

@@ -77,7 +77,9 @@ def test_auto_choice_and_the_reasons_of_every_backend():
 
 def test_a_family_limits_each_backend_on_its_own_terms():
     why = attention.FAMILY.reasons(CPU, (torch.float16,), head_dim=12, bias_grad=False)
-    assert why["cpu"].startswith("there is no C++ CPU attention kernel")
+    assert why["cpu"] is None  # the CPU kernel takes any head dim
+    bias_grad = attention.FAMILY.reason("cpu", CPU, (torch.float32,), head_dim=12, bias_grad=True)
+    assert bias_grad == "cpu attention does not differentiate the bias, and this bias requires grad"
     if _backend.device_reason("triton", CPU) is None:
         assert why["triton"] == "triton attention needs fp16/bf16 and D a multiple of 8 <= 256, got torch.float16 and D=12"
         assert attention.FAMILY.reason("triton", CPU, (torch.float16,), head_dim=16, bias_grad=False) is None
@@ -95,8 +97,9 @@ def test_a_family_limits_each_backend_on_its_own_terms():
          r"fastdiff\.guidance_combine: backend 'cuda' cannot serve these inputs: the cuda backend serves CUDA tensors"),
         ("cpu", lambda: ops.sampler_update(torch.randn(2, 3), torch.randn(2, 3), torch.tensor([1.0, 0, 1, 0, 0, -1], dtype=torch.float64)),
          r"fastdiff\.sampler_update: backend 'cpu' cannot serve these inputs: the kernels take float32 coefficient rows"),
-        ("cpu", lambda: ops.attention(*[torch.randn(1, 4, 2, 16)] * 3),
-         r"fastdiff\.attention: backend 'cpu' cannot serve these inputs: there is no C\+\+ CPU attention kernel"),
+        ("cpu", lambda: ops.attention(*[torch.randn(1, 4, 2, 16, dtype=torch.float64)] * 3),
+         r"fastdiff\.attention: backend 'cpu' cannot serve these inputs: the cpu kernels of attention take float32, "
+         r"float16 or bfloat16, got torch\.float64"),
     ],
 )
 def test_a_forced_backend_that_cannot_serve_raises_with_the_reason(backend, call, match):

@@ -2,7 +2,7 @@
 
     python -m fastdiff.bench.attention [--models sd15,sdxl,dit,pixart] [--modes fwd,bwd,fwd+bwd]
                                        [--dtype bf16|fp16] [--out DIR] [--quick] [--tune [--table PATH]]
-    python -m fastdiff.bench.attention --cpu     # no GPU: the reference path vs eager, small shapes
+    python -m fastdiff.bench.attention --cpu [--threads 1 --clock cpu]   # the C++ CPU kernel vs SDPA, eager
 
 GPU: for each shape, fastdiff (each attention backend that serves it here: cuda, triton) and
 PyTorch's SDPA with each backend forced (flash, efficient, cudnn, math) and eager
@@ -18,9 +18,11 @@ runs: the kernel or SDPA, as the dispatch table says (fastdiff/ops/attention_dis
 ``--tune`` writes that table's entries from this run's forward times: per shape, SDPA's fastest
 backend where it beats the kernel that auto selection runs (cuda, else triton), the kernel otherwise.
 
-The numbers only mean something on a GPU: without one this module says so and, with ``--cpu``,
-times what a CPU runs (fastdiff's reference path, which is SDPA, against eager attention) on a
-few small shapes with ``torch.utils.benchmark``, as the median of back-to-back pair ratios.
+Without a GPU this module says so and, with ``--cpu``, times the C++ CPU kernel (forced, and
+``fastdiff-auto``: the kernel or SDPA as attention_dispatch.cpu_choice routes it) against SDPA and
+eager attention at CPU shapes, float32, forward and forward+backward, in interleaved rounds
+(bench/_timing.py; ``--clock cpu`` with one thread on a shared machine), reporting medians and
+medians of per-round ratios.
 """
 
 from __future__ import annotations
@@ -31,7 +33,6 @@ import json
 import math
 import os
 import platform
-import statistics
 import sys
 import time
 from typing import Any, Callable, Optional, Sequence
@@ -64,7 +65,10 @@ SHAPES: list[tuple[str, str, int, int, int, int, int]] = [
 ]
 QUICK = {("sd15", "64x64 self"), ("sd15", "64x64 cross"), ("dit", "512px self"), ("pixart", "1024px cross")}
 MODES = ("fwd", "bwd", "fwd+bwd")
-CPU_SHAPES = [(1, 8, 256, 77, 40), (1, 8, 256, 256, 40), (1, 8, 1024, 1024, 64), (2, 16, 256, 256, 72)]
+#: CPU shapes (B, H, Nq, Nk, D): a small SD-like U-Net's self- and cross-attention (head dims 8 and 16), then
+#: wider heads (64, DiT's 72).
+CPU_SHAPES = [(2, 4, 1024, 1024, 8), (2, 4, 1024, 77, 8), (2, 8, 256, 256, 16), (2, 4, 256, 77, 16),
+              (2, 4, 256, 256, 64), (2, 16, 256, 256, 72)]
 
 
 @dataclasses.dataclass
@@ -264,37 +268,57 @@ def tune(opts: argparse.Namespace, result: dict[str, Any]) -> list[Any]:
 
 
 # ---------------------------------------------------------------------------------------------
-# CPU: the reference path against eager attention
+# CPU: the C++ kernel against SDPA and eager attention
 # ---------------------------------------------------------------------------------------------
-def run_cpu(opts: argparse.Namespace) -> dict[str, Any]:
-    from torch.utils import benchmark
+CPU_IMPLS = ("fastdiff-cpu", "fastdiff-auto", "sdpa", "eager")
 
+
+def cpu_implementations(b: int, h: int, nq: int, nk: int, d: int) -> dict[str, tuple[Callable[[], torch.Tensor], tuple]]:
+    """name -> (forward callable, leaves), float32 CPU: the kernel forced, what auto runs, SDPA, eager."""
+    import fastdiff
     from fastdiff.ops import attention
 
+    g = torch.Generator().manual_seed(0)
+    qh, kh, vh = (torch.randn(b, h, n, d, generator=g).requires_grad_(True) for n in (nq, nk, nk))
+    qn, kn, vn = (t.transpose(1, 2) for t in (qh, kh, vh))  # diffusers' layout, as the patched models pass it
+    scale = 1.0 / math.sqrt(d)
+
+    def forced() -> torch.Tensor:
+        with fastdiff.backend("cpu"):
+            return attention(qn, kn, vn, scale=scale)
+
+    leaves = (qh, kh, vh)
+    return {
+        "fastdiff-cpu": (forced, leaves),
+        "fastdiff-auto": (lambda: attention(qn, kn, vn, scale=scale), leaves),
+        "sdpa": (lambda: F.scaled_dot_product_attention(qh, kh, vh, scale=scale), leaves),
+        "eager": (lambda: eager_attention(qh, kh, vh, scale), leaves),
+    }
+
+
+def run_cpu(opts: argparse.Namespace) -> dict[str, Any]:
+    from . import _timing
+
+    if opts.threads:
+        torch.set_num_threads(opts.threads)
+    plan = _timing.TimingPlan(rounds=opts.pairs, warmup=2, min_sample_s=opts.min_sample_ms * 1e-3, clock=opts.clock)
     rows: list[dict[str, Any]] = []
     shapes = CPU_SHAPES[:2] if opts.quick else CPU_SHAPES
     for b, h, nq, nk, d in shapes:
-        g = torch.Generator().manual_seed(0)
-        qn, kn, vn = (torch.randn(b, n, h, d, generator=g) for n in (nq, nk, nk))
-        qh, kh, vh = (t.transpose(1, 2).contiguous() for t in (qn, kn, vn))
-        scale = 1.0 / math.sqrt(d)
-        fast = benchmark.Timer("attention(q, k, v, scale=s)", globals=dict(attention=attention, q=qn, k=kn, v=vn, s=scale))
-        eager = benchmark.Timer("f(q, k, v, s)", globals=dict(f=eager_attention, q=qh, k=kh, v=vh, s=scale))
-        pairs = []
-        for _ in range(opts.pairs):  # back to back: CPU timings here drift between runs
-            a = fast.timeit(opts.number).median
-            e = eager.timeit(opts.number).median
-            pairs.append((a, e))
-        row = dict(
-            B=b, H=h, Nq=nq, Nk=nk, D=d, mode="fwd", dtype="float32",
-            fastdiff_ms=statistics.median(a for a, _ in pairs) * 1e3,
-            eager_ms=statistics.median(e for _, e in pairs) * 1e3,
-            eager_over_fastdiff=statistics.median(e / a for a, e in pairs),
-        )
-        rows.append(row)
-        print(f"B={b} H={h} Nq={nq} Nk={nk} D={d}: fastdiff (reference) {row['fastdiff_ms']:.3f} ms, "
-              f"eager {row['eager_ms']:.3f} ms, eager/fastdiff {row['eager_over_fastdiff']:.2f}x", flush=True)
-    return dict(meta=_meta(torch.float32, threads=torch.get_num_threads()), rows=rows)
+        impls = cpu_implementations(b, h, nq, nk, d)
+        for mode in [m for m in opts.modes if m in ("fwd", "fwd+bwd")]:
+            # Interleaved, rotated rounds (bench/_timing.py): ratios are per round, the same moment.
+            times = _timing.time_cpu({n: timed_callable(f, leaves, mode) for n, (f, leaves) in impls.items()}, plan)
+            row: dict[str, Any] = dict(B=b, H=h, Nq=nq, Nk=nk, D=d, mode=mode, dtype="float32",
+                                       ms={n: _timing.median(t) * 1e3 for n, t in times.items()})
+            for base in ("sdpa", "eager"):
+                for impl in ("fastdiff-cpu", "fastdiff-auto"):
+                    row[f"{base}/{impl}"] = _timing.speedup_summary(times[base], times[impl])["median"]
+            rows.append(row)
+            print(f"B={b} H={h} Nq={nq} Nk={nk} D={d} {mode}: "
+                  + ", ".join(f"{n} {ms:.3f} ms" for n, ms in row["ms"].items())
+                  + f"; sdpa/kernel {row['sdpa/fastdiff-cpu']:.2f}x, sdpa/auto {row['sdpa/fastdiff-auto']:.2f}x", flush=True)
+    return dict(meta=_meta(torch.float32, threads=torch.get_num_threads(), clock=opts.clock, rounds=opts.pairs), rows=rows)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -342,9 +366,13 @@ def markdown(result: dict[str, Any]) -> str:
     head = [f"# Attention benchmark: {meta['device']}, {meta['dtype']}", "",
             f"torch {meta['torch']}, triton {meta.get('triton', '-')}, commit {meta.get('commit')}, `{meta['command']}`", ""]
     if rows and "impl" not in rows[0]:  # CPU table
-        head += ["| B | H | Nq | Nk | D | fastdiff (reference) ms | eager ms | eager / fastdiff |", "|---|---|---|---|---|---|---|---|"]
-        head += [f"| {r['B']} | {r['H']} | {r['Nq']} | {r['Nk']} | {r['D']} | {r['fastdiff_ms']:.3f} | {r['eager_ms']:.3f} | "
-                 f"{r['eager_over_fastdiff']:.2f}x |" for r in rows]
+        head += [f"{meta.get('threads')} thread(s), {meta.get('clock')} clock, medians of {meta.get('rounds')} interleaved "
+                 "rounds; ratios are medians of per-round ratios.", "",
+                 "| shape (B, H, Nq, Nk, D) | mode | " + " | ".join(f"{i} ms" for i in CPU_IMPLS)
+                 + " | sdpa / fastdiff-cpu | sdpa / fastdiff-auto | eager / fastdiff-auto |", "|---|---|" + "---|" * (len(CPU_IMPLS) + 3)]
+        head += [f"| {r['B']}, {r['H']}, {r['Nq']}, {r['Nk']}, {r['D']} | {r['mode']} | "
+                 + " | ".join(f"{r['ms'][i]:.3f}" for i in CPU_IMPLS)
+                 + f" | {r['sdpa/fastdiff-cpu']:.2f}x | {r['sdpa/fastdiff-auto']:.2f}x | {r['eager/fastdiff-auto']:.2f}x |" for r in rows]
         return "\n".join(head) + "\n"
     impls = list(dict.fromkeys(r["impl"] for r in rows))
     out = head
@@ -384,9 +412,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     ap.add_argument("--quick", action="store_true", help="a few representative shapes only")
     ap.add_argument("--warmup", type=int, default=25, help="do_bench warmup, ms")
     ap.add_argument("--rep", type=int, default=100, help="do_bench repetition time, ms")
-    ap.add_argument("--cpu", action="store_true", help="no GPU: time the reference path against eager on small shapes")
-    ap.add_argument("--pairs", type=int, default=7, help="--cpu: back-to-back timing pairs")
-    ap.add_argument("--number", type=int, default=3, help="--cpu: runs per timing")
+    ap.add_argument("--cpu", action="store_true", help="time the C++ CPU kernel against SDPA and eager (float32)")
+    ap.add_argument("--pairs", type=int, default=7, help="--cpu: interleaved timing rounds")
+    ap.add_argument("--min-sample-ms", type=float, default=20.0, help="--cpu: each timing repeats the call for this long")
+    ap.add_argument("--threads", type=int, default=0, help="--cpu: torch threads (default: torch's current setting)")
+    ap.add_argument("--clock", default="wall", choices=("wall", "cpu"),
+                    help="--cpu: wall time or this process's CPU time (one thread on a shared machine)")
     ap.add_argument("--out", help="directory for attention.json and attention.md")
     ap.add_argument("--tune", action="store_true", help="GPU: write the forward timings' kernel-or-SDPA choice per "
                     "shape into the dispatch table (fastdiff/ops/attention_dispatch.py)")
@@ -404,12 +435,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         if opts.tune:
             tune(opts, result)
     elif opts.cpu:
-        print("fastdiff.bench.attention --cpu: CPU tensors run the reference (SDPA); timing it against eager attention."
+        print("fastdiff.bench.attention --cpu: the C++ CPU kernel (forced, and as auto dispatch routes it) against SDPA "
+              "and eager attention, float32."
               + (" --tune needs a GPU: the table is unchanged." if opts.tune else ""))
         result = run_cpu(opts)
     else:
         print("fastdiff.bench.attention: no CUDA device. The attention kernels are GPU kernels, so their benchmark needs "
-              "a GPU; run with --cpu to time the CPU (reference) path against eager attention instead."
+              "a GPU; run with --cpu to time the CPU kernel against SDPA and eager attention instead."
               + (" --tune needs a GPU: the table is unchanged." if opts.tune else ""))
         return 0
     table = markdown(result)

@@ -5,15 +5,16 @@ Layout is (B, N, H, D) — batch, tokens, heads, head dim — read through strid
 that view *is* a (B, N, H, D) tensor with different strides, and no kernel copies it. There is no
 layout keyword and no guessing from shapes.
 
-Kernels (fp16/bf16, D a multiple of 8 up to 256) run flash-style: online softmax with float32
-statistics, nothing of size Nq x Nk stored, the log-sum-exp kept for a backward that recomputes the
-probabilities. Everything else (float32, float64, CPU tensors, odd head dims, a bias that needs a
-gradient) runs through the reference, ``attention_reference``: PyTorch's SDPA in float32 (float64
-for float64 inputs) with fully masked rows defined as zeros.
+Kernels run flash-style: online softmax with float32 statistics, nothing of size Nq x Nk stored,
+the log-sum-exp kept for a backward that recomputes the probabilities. The GPU kernels take fp16/bf16
+and D a multiple of 8 up to 256; the C++ CPU kernel (csrc/cpu/kernels/attention.cpp) float32,
+fp16 and bf16 and any D. Everything else (float64, a bias that needs a gradient, fp32 or odd head
+dims on a GPU) runs through the reference, ``attention_reference``: PyTorch's SDPA in float32
+(float64 for float64 inputs) with fully masked rows defined as zeros.
 
 Backends, in auto order: ``cuda`` (fastdiff._C, when it holds an attention kernel) then ``triton``
-on CUDA tensors; the ``reference`` on CPU tensors (there is no C++ CPU attention kernel: forcing
-``cpu`` raises and says so). See ``support()`` for the table that ``fastdiff info`` prints.
+on CUDA tensors; ``cpu`` (fastdiff._C) on CPU tensors. See ``support()`` for the table that
+``fastdiff info`` prints.
 """
 
 from __future__ import annotations
@@ -32,6 +33,8 @@ from ._common import FLOAT_DTYPES, check_tensor, describe, fail, register_fake, 
 OP = "attention"
 #: dtypes the attention kernels (cuda, triton) take; other dtypes run through the reference.
 KERNEL_DTYPES = (torch.float16, torch.bfloat16)
+#: dtypes the C++ CPU kernel takes (any head dim).
+CPU_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 #: Largest head dim the kernels take; every multiple of 8 up to it is served.
 MAX_HEAD_DIM = 256
 #: Head dims the Triton kernels serve with no work on padding (see fastdiff/triton/attention.py).
@@ -168,10 +171,17 @@ def _limits(backend: str, dtypes: tuple[torch.dtype, ...], *, head_dim: int, bia
     return None
 
 
+def _cpu_limits(backend: str, dtypes: tuple[torch.dtype, ...], *, head_dim: int, bias_grad: bool) -> Optional[str]:
+    """What the CPU kernel takes beyond its dtypes: any head dim, no bias gradient."""
+    if bias_grad:
+        return f"{backend} attention does not differentiate the bias, and this bias requires grad"
+    return None
+
+
 #: The backends of attention and what each serves.
 FAMILY = _backend.Family(
     "attention",
-    cpu=_backend.Support(missing="there is no C++ CPU attention kernel; CPU tensors run the reference (SDPA math)"),
+    cpu=_backend.Support(dtypes=CPU_DTYPES, kernels=("attention_fwd", "attention_bwd"), check=_cpu_limits),
     cuda=_backend.Support(dtypes=KERNEL_DTYPES, kernels=("attention_fwd", "attention_bwd"), check=_limits),
     triton=_backend.Support(dtypes=KERNEL_DTYPES, check=_limits),
 )
@@ -196,13 +206,20 @@ def support() -> dict[str, str]:
             f"no padding work for D in {{{', '.join(map(str, TRITON_EXACT_HEAD_DIMS))}}}, the rest pad "
             "their smallest chunk; Nk <= 256 in one key block (cross-attention), else tiled"
         ),
-        "cpu": "no C++ kernel: CPU tensors run the reference",
+        "cpu": (
+            "CPU tensors, float32/fp16/bf16 (float32 arithmetic), any D (compiled for D rounded up to a multiple of 8 in 8, 16, 32, 40, 64, 72, "
+            f"80, 128); forward + backward ({'compiled' if FAMILY.carried('cpu') else 'not in this build of fastdiff._C'})"
+        ),
         "reference": "every device and float dtype (float32/float64 math; fp16/bf16 upcast to float32), any D",
     }
 
 
 def _kernel_layout(t: Tensor) -> Tensor:
-    """t itself when its rows are 16-byte aligned with a contiguous head dim (the schema's promise)."""
+    """t itself when its rows are 16-byte aligned with a contiguous head dim (the schema's promise).
+
+    The CPU kernel packs its rows anyway and reads any strides: CPU tensors are never copied."""
+    if t.device.type == "cpu":
+        return t
     if t.stride(-1) != 1 or t.storage_offset() % 8 or any(s % 8 for s in t.stride()[:-1]):
         return t.contiguous()
     return t

@@ -19,7 +19,13 @@ defaults. Measurements never carry across GPU architectures or dtypes.
 
 SDPA serves only calls it computes exactly as fastdiff defines them: no mask or bias (fastdiff gives
 fully masked rows zeros where SDPA gives NaN), inputs not forced onto a backend
-(``fastdiff.backend(...)`` always runs that backend), CUDA tensors.
+(``fastdiff.backend(...)`` always runs that backend), CUDA tensors and float32 CPU tensors.
+
+CPU (no table; `cpu_choice`): the C++ kernel is AVX2, PyTorch's CPU SDPA runs matrix products and
+exp on AVX-512 where the CPU has it. Measured (benchmarks/results/cpu/, one thread, float32), the
+kernel wins for head dim 8 (1.6-2.3x) and for short-K/V cross-attention up to D = 16; SDPA wins
+self-attention at D >= 16 and everything at D >= 64. So float32 CPU calls go to SDPA except those;
+fp16/bf16 (not measured against SDPA) and masked calls stay on the kernel.
 """
 
 from __future__ import annotations
@@ -144,6 +150,17 @@ def default_choice(head_dim: int, nq: int, nk: int) -> Choice:
     return Choice(impl, None, "default")
 
 
+#: CPU: the kernel serves every head dim up to this, and short-K/V cross-attention up to CPU_CROSS_HEAD_DIM.
+CPU_HEAD_DIM = 8
+CPU_CROSS_HEAD_DIM = 16
+
+
+def cpu_choice(head_dim: int, nq: int, nk: int) -> str:
+    """'kernel' or 'sdpa' for an unmasked float32 CPU call (module docstring)."""
+    short_cross = nk <= SHORT_KV_MAX and nk < nq
+    return "kernel" if head_dim <= CPU_HEAD_DIM or (short_cross and head_dim <= CPU_CROSS_HEAD_DIM) else "sdpa"
+
+
 def _distance(e: Entry, nq: int, nk: int) -> float:
     return abs(math.log2(nq / e.nq)) + abs(math.log2(nk / e.nk))
 
@@ -203,9 +220,13 @@ def sdpa(q: Tensor, k: Tensor, v: Tensor, scale: float, backend: Optional[str] =
 
 def maybe_sdpa(q: Tensor, k: Tensor, v: Tensor, scale: float, masked: bool, forced: bool) -> Optional[Tensor]:
     """SDPA's result when the table (or the default) sends this call to SDPA, else None (use the kernel)."""
-    if masked or forced or not q.is_cuda or q.dtype not in (torch.float16, torch.bfloat16):
+    if masked or forced:
         return None
     b, nq, h, d = q.shape
+    if q.device.type == "cpu" and q.dtype == torch.float32:
+        return sdpa(q, k, v, scale) if cpu_choice(d, nq, k.shape[1]) == "sdpa" else None
+    if not q.is_cuda or q.dtype not in (torch.float16, torch.bfloat16):
+        return None
     choice = choose(table(), arch_of(q.device), str(q.dtype).removeprefix("torch."), d, nq, k.shape[1])
     if choice.impl != "sdpa":
         return None
@@ -230,6 +251,8 @@ def describe() -> dict[str, Any]:
         "table": path,
         "default": (f"kernel for Nk <= {SHORT_KV_MAX} and Nk < Nq (short-K/V cross-attention) and for head dims other than "
                     f"{', '.join(map(str, SDPA_HEAD_DIMS))}; SDPA otherwise; masked calls always the kernel"),
+        "cpu": (f"float32: kernel for D <= {CPU_HEAD_DIM} and for short-K/V cross-attention with D <= {CPU_CROSS_HEAD_DIM}, "
+                "SDPA otherwise; fp16/bf16 and masked calls: the kernel"),
         "entries": rows or "none measured yet (`fastdiff bench attention --tune` on a GPU fills them)",
     }
 

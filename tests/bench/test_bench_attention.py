@@ -34,13 +34,16 @@ def test_without_a_gpu_it_says_so(capsys):
     assert "no CUDA device" in capsys.readouterr().out
 
 
-def test_cpu_mode_times_the_reference_against_eager(tmp_path, monkeypatch):
+def test_cpu_mode_times_the_kernel_against_sdpa_and_eager(tmp_path, monkeypatch):
     monkeypatch.setattr(bench, "CPU_SHAPES", [(1, 2, 16, 8, 8)])
-    assert bench.main(["--cpu", "--pairs", "1", "--number", "1", "--out", str(tmp_path)]) == 0
+    argv = ["--cpu", "--pairs", "1", "--min-sample-ms", "0", "--modes", "fwd,fwd+bwd", "--clock", "cpu", "--out", str(tmp_path)]
+    assert bench.main(argv) == 0
     result = json.loads((tmp_path / "attention.json").read_text())
-    (row,) = result["rows"]
-    assert row["fastdiff_ms"] > 0 and row["eager_ms"] > 0 and row["eager_over_fastdiff"] > 0
-    assert "eager / fastdiff" in (tmp_path / "attention.md").read_text()
+    assert [r["mode"] for r in result["rows"]] == ["fwd", "fwd+bwd"] and result["meta"]["clock"] == "cpu"
+    for row in result["rows"]:
+        assert set(row["ms"]) == set(bench.CPU_IMPLS) and all(ms > 0 for ms in row["ms"].values())
+        assert row["sdpa/fastdiff-cpu"] > 0 and row["eager/fastdiff-auto"] > 0
+    assert "sdpa / fastdiff-cpu" in (tmp_path / "attention.md").read_text()
 
 
 def test_gpu_table_reports_the_speedup_over_the_best_sdpa_backend():

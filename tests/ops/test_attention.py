@@ -30,10 +30,10 @@ _EPS = {torch.float16: 2.0**-10, torch.bfloat16: 2.0**-7}
 
 
 def _attention_backends():
-    """(backend, device) pairs that serve attention kernels here (the cpu backend has none)."""
+    """(backend, device) pairs that serve attention kernels here."""
     out = []
     for name, dev in kernel_backends():
-        if name == "triton" or (name == "cuda" and attn_mod.FAMILY.carried("cuda")):
+        if name == "triton" or (name in ("cuda", "cpu") and attn_mod.FAMILY.carried(name)):
             out.append((name, dev))
     return out
 
@@ -288,9 +288,9 @@ def test_reference_matches_the_formula_in_float64(kind):
     torch.testing.assert_close(out, naive(q, k, v, 0.4, key_mask, bias), rtol=1e-12, atol=1e-12)
 
 
-def test_cpu_float32_and_float64_run_the_reference():
-    assert attn_mod.select_backend(torch.randn(1, 2, 1, 8)) == "reference"
-    q, k, v = rand_qkv(1, 5, 6, 2, 12, torch.float32, "cpu")
+def test_cpu_float64_runs_the_reference():
+    assert attn_mod.select_backend(torch.randn(1, 2, 1, 8, dtype=torch.float64)) == "reference"
+    q, k, v = rand_qkv(1, 5, 6, 2, 12, torch.float64, "cpu")
     out = attention(q, k, v)
     torch.testing.assert_close(out.double(), naive(q.double(), k.double(), v.double(), 12**-0.5), rtol=1e-5, atol=1e-6)
 
@@ -329,8 +329,8 @@ def test_opcheck(backend, dev):
 # --------------------------------------------------------------------------------------------
 def test_forced_backends_that_cannot_serve_say_why():
     q = torch.randn(1, 4, 2, 16)
-    with pytest.raises(fastdiff.BackendUnavailable, match="no C\\+\\+ CPU attention kernel"):
-        run("cpu", q, q, q)
+    with pytest.raises(fastdiff.BackendUnavailable, match="the cpu kernels of attention take float32, float16 or bfloat16, got torch.float64"):
+        run("cpu", q.double(), q.double(), q.double())
     with pytest.raises(fastdiff.BackendUnavailable, match="backend 'cuda' cannot serve"):
         run("cuda", q, q, q)
     if _backend.device_reason("triton", q.device) is None:

@@ -140,6 +140,21 @@ def test_cpu_calls_never_consult_the_table(monkeypatch):
     attention(q, q, q)
 
 
+def test_float32_cpu_calls_go_to_sdpa_where_it_measured_faster(monkeypatch):
+    monkeypatch.setattr(dispatch, "table", lambda: pytest.fail("the table was read for a CPU call"))
+    g = torch.Generator().manual_seed(2)
+    q, k, v = (torch.randn(1, n, 2, 64, generator=g) for n in (300, 300, 300))
+    torch.testing.assert_close(dispatch.maybe_sdpa(q, k, v, 0.125, masked=False, forced=False), dispatch.sdpa(q, k, v, 0.125))
+    assert dispatch.maybe_sdpa(q, k, v, 0.125, masked=True, forced=False) is None
+    assert dispatch.maybe_sdpa(q, k, v, 0.125, masked=False, forced=True) is None
+    assert dispatch.maybe_sdpa(q.half(), k.half(), v.half(), 0.125, masked=False, forced=False) is None
+    for d, nq, nk, want in [(8, 300, 300, "kernel"), (8, 4, 1000, "kernel"), (16, 300, 77, "kernel"),
+                            (16, 300, 300, "sdpa"), (16, 50, 77, "sdpa"), (40, 300, 77, "sdpa"), (64, 300, 300, "sdpa")]:
+        assert dispatch.cpu_choice(d, nq, nk) == want, (d, nq, nk)
+    d8 = [t[..., :8] for t in (q, k, v)]
+    assert dispatch.maybe_sdpa(*d8, 0.125, masked=False, forced=False) is None
+
+
 def test_masked_and_forced_calls_stay_on_the_kernel(monkeypatch):
     monkeypatch.setattr(torch.Tensor, "is_cuda", property(lambda self: True))
     monkeypatch.setattr(dispatch, "table", lambda: pytest.fail("the table was read"))

@@ -12,6 +12,7 @@ import fastdiff._C as C
 
 ROOT = Path(__file__).resolve().parents[2]
 CPU_KERNEL_TESTS = ["test_group_norm.py", "test_geglu.py", "test_adaln.py", "test_guidance.py", "test_sampler_update.py",
+                    "test_attention_cpu.py",
                     "test_cpu_threading.py"]
 
 
