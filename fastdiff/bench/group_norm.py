@@ -97,8 +97,11 @@ def markdown(rows: list[dict], env: dict) -> str:
     lines = [f"# group_norm + SiLU benchmark ({env['date']}, commit {env['commit']})", "",
              f"Device: {env['device']}" + (f", {env['threads']} threads" if env.get("threads") else "")
              + f"; fastdiff backend `{env['backend']}`; torch {env['torch']}; G={GROUPS}.",
-             f"Command: `{env['command']}`", "",
-             "Times are medians (ms); 'vs X' = median over rounds of (X's time / fastdiff's time), measured back to "
+             f"Command: `{env['command']}`", ""]
+    if "load" in env:
+        lines += [f"Timer clock: {env['clock']}; load average (1 min): {env['load'][0]:.1f} at the start, "
+                  f"{env['load'][1]:.1f} at the end (a shared machine).", ""]
+    lines += ["Times are medians (ms); 'vs X' = median over rounds of (X's time / fastdiff's time), measured back to "
              "back in the same round. Eager is `F.silu(F.group_norm(x, 32, w, b))`.", ""]
     keys = [k for k in ("eager", "compile") if any(k in r["times"] for r in rows)]
     head = ["shape", "(N, C, H, W)", "layout", "mode", "dtype"] + [f"{k} ms" for k in keys] + ["fastdiff ms"] + [
@@ -127,6 +130,9 @@ def main(argv: Optional[list[str]] = None) -> int:
     p.add_argument("--threads", type=int, default=2, help="CPU threads (torch.set_num_threads)")
     p.add_argument("--rounds", type=int, default=None, help="timing rounds (default 7 CPU, 5 GPU)")
     p.add_argument("--no-compile", action="store_true", help="skip the torch.compile comparison")
+    p.add_argument("--clock", choices=["wall", "cpu"], default="wall",
+                   help="CPU timer: wall time or this process's CPU time (steadier on a shared machine; with one "
+                        "thread, as idle OpenMP workers spin)")
     p.add_argument("--save", default=None, metavar="DIR", help="write <date>-<commit>-group_norm.md/.json into DIR")
     args = p.parse_args(argv)
     if args.device == "cuda" and not torch.cuda.is_available():
@@ -142,9 +148,11 @@ def main(argv: Optional[list[str]] = None) -> int:
         return 2
     dtype = getattr(torch, args.dtype or ("float32" if args.device == "cpu" else "float16"))
     rounds = args.rounds or (7 if args.device == "cpu" else 5)
-    timer = make_timer(args.device)
+    timer = make_timer(args.device, args.clock)
     env = environment(args.device, backend, args.threads)
     env["command"] = "python -m fastdiff bench group_norm " + " ".join(sys.argv[1:] if argv is None else argv)
+    if args.device == "cpu":
+        env["clock"], env["load"] = args.clock, [os.getloadavg()[0]]
     rows = []
     for name in names:
         for mode in args.modes.split(","):
@@ -153,6 +161,8 @@ def main(argv: Optional[list[str]] = None) -> int:
             rows.append(row)
             extra = "".join(f", vs {k} {v:.2f}x" for k, v in row["speedup"].items())
             print(f"{name:20s} {mode:9s} fastdiff {row['times']['fastdiff'] * 1e3:8.2f} ms{extra}", flush=True)
+    if "load" in env:
+        env["load"].append(os.getloadavg()[0])
     table = markdown(rows, env)
     print()
     print(table)
