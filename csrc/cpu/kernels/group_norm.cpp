@@ -7,12 +7,15 @@
 // take one pass (sums around a sampled centre), the output one more with scale and shift folded
 // per channel; the backward one pass for the sums (keeping dy) and one for dx.
 // Channels-last: a task walks "rows" (one position's C channels) with per-channel constants held as
-// rows, reductions across rows per channel.
-// SiLU needs exp: the avx2 build evaluates it 8 lanes at a time with a polynomial (GCC does not
-// vectorise std::exp without -ffast-math), the base build calls std::exp.
+// rows, reductions across rows per channel (statistics in one pass around the mean of the first rows);
+// on the avx2 build the row loops are 8-channel vectors like the NCHW ones, and the backward keeps
+// k1 * dy of a float32 tensor in grad_x between its two passes as the NCHW path does.
+// Outputs of 4 MiB or more are written with non-temporal stores on the avx2 build (stream_output).
+// SiLU needs exp: the avx2 build evaluates it 8 lanes at a time with a table and a polynomial (GCC does
+// not vectorise std::exp without -ffast-math), the base build calls std::exp.
 #include <algorithm>
 #include <cmath>
-#include <cstdlib>
+#include <type_traits>
 #include <vector>
 
 #if defined(__AVX2__) && defined(__FMA__)
@@ -859,7 +862,7 @@ void seg_stats_task(const GroupNormArgs& a, int64_t n, int64_t c0, int64_t c1, i
   }
 }
 
-// How far ahead the avx2 loops prefetch x (and grad_out): when a channel is one block, by the task's
+// How far ahead the avx2 forward's output pass prefetches x: when a channel is one block, by the task's
 // channels, i.e. into the next task in memory order (in the group-local mode, the thread's next
 // group, which would otherwise arrive from memory during its statistics pass while the vector units
 // idle); nothing past the tensor's end, nothing when the hardware's stream prefetch already sees it.
