@@ -8,6 +8,7 @@
 // larger groups and channels-last inputs run in three phases over tasks of about kGrain elements.
 #include <torch/library.h>
 
+#include <algorithm>
 #include <atomic>
 #include <tuple>
 #include <vector>
@@ -24,6 +25,19 @@ namespace fill = group_norm_fill;
 
 // Elements of an NCHW group that one task handles whole (1 MiB of float32: an L2 on the machines we use).
 constexpr int64_t kLocalGroup = 1 << 18;
+
+// Channels-last tasks on CPU: blocks of about kRowsBlock elements in whole rows, overriding the shared
+// partition (group_norm_args.h, sized for CUDA blocks) before the buffers are sized. Larger blocks
+// than the shared 16K elements: each per-channel record costs the finalize a step, and a block of
+// few rows (12 at C = 1280) has too little work per task; 64K float32 (256 KiB) of x and of
+// grad_out still fit the L2 together. Still a function of the shape only (determinism).
+constexpr int64_t kRowsBlock = 1 << 16;
+
+void cpu_partition(GroupNormArgs& a) {
+  if (!a.channels_last || a.spatial <= 0) return;
+  a.block_len = std::clamp<int64_t>(kRowsBlock / std::max<int64_t>(a.channels, 1), 1, a.spatial);
+  a.blocks = (a.spatial + a.block_len - 1) / a.block_len;
+}
 
 bool group_local(const GroupNormArgs& a) {
   return !a.channels_last && (a.channels / a.groups) * a.spatial <= kLocalGroup;
@@ -93,6 +107,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> group_norm(const at::Tensor& x, i
                                                           const Opt& bias, double eps, bool silu) {
   constexpr const char* op = "group_norm";
   GroupNormArgs a = fill::inputs(x, num_groups, weight, bias, silu, c10::DeviceType::CPU, op);
+  cpu_partition(a);
   a.eps = static_cast<float>(eps);
   fill::Buffers f = fill::forward_buffers(a, x);
   advise_huge_pages(f.out.data_ptr(), f.out.nbytes());
@@ -120,6 +135,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> group_norm_backward(const at::Ten
   constexpr const char* op = "group_norm_backward";
   GroupNormArgs a =
       fill::backward_inputs(grad_out, x, weight, bias, mean, rstd, num_groups, silu, c10::DeviceType::CPU, op);
+  cpu_partition(a);
   fill::Buffers f = fill::backward_buffers(a, x, weight, bias);
   advise_huge_pages(f.grad_x.data_ptr(), f.grad_x.nbytes());
   auto coef = [&](int64_t n, int64_t g) { FASTDIFF_CPU_CALL(group_norm_grad_group, a, n, g); };

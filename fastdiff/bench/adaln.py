@@ -98,8 +98,10 @@ def bytes_moved(op: str, mode: str, b: int, n: int, d: int, elem: int) -> int:
 # ---------------------------------------------------------------------------------------------
 # Timing
 # ---------------------------------------------------------------------------------------------
-def make_timer(device: str) -> Callable[[Callable[[], object]], tuple[float, float]]:
-    """(median, best) seconds per call: torch.utils.benchmark blocks on CPU, CUDA events (triton's do_bench) on GPU."""
+def make_timer(device: str, clock: str = "wall") -> Callable[[Callable[[], object]], tuple[float, float]]:
+    """(median, best) seconds per call: torch.utils.benchmark blocks on CPU, CUDA events (triton's do_bench) on GPU.
+
+    clock (CPU only): "wall" or "cpu", this process's CPU time (see fastdiff.bench._timing.CLOCKS)."""
     if device == "cuda":
         try:
             from triton.testing import do_bench
@@ -129,8 +131,12 @@ def make_timer(device: str) -> Callable[[Callable[[], object]], tuple[float, flo
 
     from torch.utils import benchmark
 
+    from ._timing import CLOCKS
+
+    now = CLOCKS[clock]
+
     def cpu_time(fn):
-        m = benchmark.Timer("fn()", globals={"fn": fn}).blocked_autorange(min_run_time=0.3)
+        m = benchmark.Timer("fn()", globals={"fn": fn}, timer=lambda: now() * 1e-9).blocked_autorange(min_run_time=0.3)
         return m.median, min(m.times)
 
     return cpu_time

@@ -53,6 +53,19 @@ def bytes_moved(mode: str, numel: int, elem: int) -> int:
     return (2 if mode == "forward" else 5) * numel * elem
 
 
+def steady_allocator() -> None:
+    """Frees one 24 MiB tensor, so that glibc serves every later CPU tensor under 32 MiB from its heap.
+
+    glibc maps a block above its dynamic threshold afresh on every allocation (each page then faults
+    on first write, ~2000 faults per 8 MB output here) and raises that threshold to the largest such
+    block freed, up to 32 MiB. Without this, whether a candidate's outputs fault depends on what ran
+    before it: eager F.silu(F.group_norm(...)) at (1, 512, 64, 64) measured 1.9 ms or 9 ms in the same
+    process. Tensors of 32 MiB and more are mapped afresh whatever this does, for every candidate."""
+    big = torch.empty(6 << 20)
+    big.fill_(0)
+    del big
+
+
 def bench_one(name, mode, dtype, device, backend, rounds, compile_, timer, channels_last) -> dict:
     import fastdiff
     from fastdiff.ops import group_norm
@@ -97,8 +110,12 @@ def markdown(rows: list[dict], env: dict) -> str:
     lines = [f"# group_norm + SiLU benchmark ({env['date']}, commit {env['commit']})", "",
              f"Device: {env['device']}" + (f", {env['threads']} threads" if env.get("threads") else "")
              + f"; fastdiff backend `{env['backend']}`; torch {env['torch']}; G={GROUPS}.",
-             f"Command: `{env['command']}`", "",
-             "Times are medians (ms); 'vs X' = median over rounds of (X's time / fastdiff's time), measured back to "
+             f"Command: `{env['command']}`", ""]
+    if "load" in env:
+        lines += [f"Timer clock: {env['clock']}; load average (1 min): {env['load'][0]:.1f} at the start, "
+                  f"{env['load'][1]:.1f} at the end (a shared machine). glibc's mmap threshold raised to 32 MiB "
+                  "first (steady_allocator): tensors under 32 MiB are reused from the heap by every candidate.", ""]
+    lines += ["Times are medians (ms); 'vs X' = median over rounds of (X's time / fastdiff's time), measured back to "
              "back in the same round. Eager is `F.silu(F.group_norm(x, 32, w, b))`.", ""]
     keys = [k for k in ("eager", "compile") if any(k in r["times"] for r in rows)]
     head = ["shape", "(N, C, H, W)", "layout", "mode", "dtype"] + [f"{k} ms" for k in keys] + ["fastdiff ms"] + [
@@ -127,6 +144,9 @@ def main(argv: Optional[list[str]] = None) -> int:
     p.add_argument("--threads", type=int, default=2, help="CPU threads (torch.set_num_threads)")
     p.add_argument("--rounds", type=int, default=None, help="timing rounds (default 7 CPU, 5 GPU)")
     p.add_argument("--no-compile", action="store_true", help="skip the torch.compile comparison")
+    p.add_argument("--clock", choices=["wall", "cpu"], default="wall",
+                   help="CPU timer: wall time or this process's CPU time (steadier on a shared machine; with one "
+                        "thread, as idle OpenMP workers spin)")
     p.add_argument("--save", default=None, metavar="DIR", help="write <date>-<commit>-group_norm.md/.json into DIR")
     args = p.parse_args(argv)
     if args.device == "cuda" and not torch.cuda.is_available():
@@ -142,9 +162,12 @@ def main(argv: Optional[list[str]] = None) -> int:
         return 2
     dtype = getattr(torch, args.dtype or ("float32" if args.device == "cpu" else "float16"))
     rounds = args.rounds or (7 if args.device == "cpu" else 5)
-    timer = make_timer(args.device)
+    timer = make_timer(args.device, args.clock)
     env = environment(args.device, backend, args.threads)
     env["command"] = "python -m fastdiff bench group_norm " + " ".join(sys.argv[1:] if argv is None else argv)
+    if args.device == "cpu":
+        env["clock"], env["load"] = args.clock, [os.getloadavg()[0]]
+        steady_allocator()
     rows = []
     for name in names:
         for mode in args.modes.split(","):
@@ -153,6 +176,8 @@ def main(argv: Optional[list[str]] = None) -> int:
             rows.append(row)
             extra = "".join(f", vs {k} {v:.2f}x" for k, v in row["speedup"].items())
             print(f"{name:20s} {mode:9s} fastdiff {row['times']['fastdiff'] * 1e3:8.2f} ms{extra}", flush=True)
+    if "load" in env:
+        env["load"].append(os.getloadavg()[0])
     table = markdown(rows, env)
     print()
     print(table)

@@ -95,13 +95,16 @@ SMALL_CASES = [
     ((2, 6, 3, 9), 1, "strided", True),
     ((1, 12, 1, 3), 4, "contiguous", True),
 ]
-# Groups that span several partial blocks (16384 elements), in both CPU paths: whole groups per task
-# (C/G * S <= 2^18) and the three-phase path.
+# Groups that span several partial blocks (16384 elements; 65536 for the CPU's channels-last rows), in
+# both CPU NCHW paths: whole groups per task (C/G * S <= 2^18) and the three-phase path; channels-last
+# rows of 4 vectors, of single vectors and of a padded last vector (C = 40, 20).
 LARGE_CASES = [
     ((1, 4, 130, 130), 2, "contiguous", True),
     ((1, 4, 130, 130), 2, "channels_last", True),
     ((1, 8, 256, 260), 1, "contiguous", True),
     ((2, 32, 40, 40), 8, "channels_last", False),
+    ((1, 40, 64, 50), 10, "channels_last", True),
+    ((1, 20, 70, 70), 5, "channels_last", True),
 ]
 
 
@@ -156,6 +159,18 @@ def test_every_backend_agrees_with_torch_at_an_unet_shape(backend_device):
     x, w, b = make((2, 64, 16, 16), 32, torch.float32, dev, seed=4)
     out = run(backend, group_norm, x, 32, w, b, activation="silu")
     torch.testing.assert_close(out, F.silu(F.group_norm(x, 32, w, b)), rtol=1e-5, atol=1e-5)
+
+
+# Outputs of 4 MiB or more are written with non-temporal stores on the avx2 build (kStreamBytes in
+# csrc/cpu/kernels/group_norm.cpp), each channel's segment only where it is aligned for them: H * W
+# a multiple of 8 (every segment aligned) and not (alternate segments fall back to plain stores).
+@pytest.mark.parametrize("silu", [False, True], ids=["plain", "silu"])
+@pytest.mark.parametrize("shape, dtype", [((1, 64, 128, 130), torch.float32), ((1, 64, 127, 130), torch.float32),
+                                          ((1, 32, 256, 256), torch.float16)])
+def test_large_outputs_written_by_streaming_stores_match_the_reference(shape, dtype, silu):
+    x, w, b = make(shape, 16, dtype, seed=5)
+    assert x.numel() * x.element_size() >= 4 << 20
+    check_against_reference("cpu", x, 16, w, b, silu, seed=5)
 
 
 @pytest.mark.parametrize("shape, groups, layout", [((2, 8, 300, 300), 2, "contiguous"), ((1, 8, 40, 40), 4, "contiguous"),
