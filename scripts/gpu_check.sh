@@ -269,12 +269,12 @@ run_bench() {
   bench adaln 150 75 "adaln --device cuda --shapes dit-xl-512 --rounds 3 --modes forward,forward+backward --save {dir}" \
     "--device cpu --rounds 1 --no-compile"
   bench attention 150 70 "attention --quick --modes fwd,fwd+bwd --warmup 5 --rep 30 --out {dir}" \
-    "--cpu --pairs 1 --number 1"
+    "--cpu --pairs 1 --min-sample-ms 1"
   bench overhead 90 40 "overhead --device cuda --steps 20 --repeats 3 --shapes 1x4x64x64,2x4x128x128 --out {dir}" \
     "--device cpu --steps 2 --repeats 1 --shapes 1x4x8x8"
   # The dispatch table from forward timings (commit {dir}/attention_table.json as fastdiff/ops/attention_table.json).
   bench attention-tune 150 60 "attention --tune --table {dir}/attention_table.json --models sdxl,sd15 --modes fwd --warmup 5 --rep 30 --out {dir}" \
-    "--cpu --pairs 1 --number 1 --quick"
+    "--cpu --pairs 1 --min-sample-ms 1 --quick"
   # The two newest families last: the dispatch table above matters more if the deadline cuts the run.
   bench geglu 60 30 "geglu --device cuda --quick --rounds 3 --no-compile --save {dir}" \
     "--device cpu --rounds 1"

@@ -314,7 +314,7 @@ def markdown(result: dict) -> str:
                        "DDIM's (eta 0) on these sigmas"}
     lines = [f"Exact mixture denoiser, 8-component ring in 2-D, N = {result['n']}, float32; fastdiff = fastdiff.sample, "
              f"diffusers = its scheduler of the same name and config; the same starting noise for both. Actual NFE in "
-             "parentheses where it differs (Heun: 2 steps - 1)."]
+             "parentheses where it differs (two-stage samplers, Heun, DPM-Solver-2 and -SDE: 2 steps - 1)."]
     for config in _present(result, "config"):
         names = [n for n in _present(result, "sampler") if any(r["config"] == config and r["sampler"] == n for r in result["rows"])]
         lines += ["", f"## Grid `{config}`: {about[config]}", "",
