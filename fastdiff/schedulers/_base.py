@@ -281,7 +281,8 @@ class AffinePass:
     """``c_x x + c_m m (+ c_z z)`` in one pass: the fused update with a fixed row (d = m), for the steps
     that no table row expresses (DDIM's clipped x0 recombined with the unclipped noise estimate), where
     PyTorch would take two or three passes. Rows are kept per coefficient tuple: a schedule reuses its
-    few. ``usable`` says whether a call can take it (kernel dtypes, no autograd), else use PyTorch."""
+    few. ``usable`` says whether a call can take it (CPU tensors of a kernel dtype, no autograd), else use
+    PyTorch. CPU only: on a GPU a new row would be a host-to-device copy in the step, which keeps none."""
 
     _KERNEL_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
@@ -291,8 +292,8 @@ class AffinePass:
 
     def usable(self, *tensors: Tensor) -> bool:
         t0 = tensors[0]
-        return all(t.dtype == t0.dtype and t.device == t0.device and t.dtype in self._KERNEL_DTYPES and not t.requires_grad
-                   and t.shape == t0.shape for t in tensors)
+        return t0.device.type == "cpu" and all(t.dtype == t0.dtype and t.device == t0.device and t.dtype in self._KERNEL_DTYPES
+                                               and not t.requires_grad and t.shape == t0.shape for t in tensors)
 
     def __call__(self, x: Tensor, m: Tensor, c_x: float, c_m: float, z: Optional[Tensor] = None, c_z: float = 0.0) -> Tensor:
         key = (c_x, c_m, c_z, x.device)

@@ -88,3 +88,39 @@ def test_second_stage_x0_is_the_launch_s_own_output_and_matches_diffusers(name, 
         torch.testing.assert_close(mine.pred_original_sample, ref.pred_original_sample, rtol=1e-5, atol=1e-5)
         torch.testing.assert_close(mine.prev_sample, ref.prev_sample, rtol=1e-5, atol=1e-5)
         x = ref.prev_sample
+
+
+@pytest.mark.parametrize("name,kw", [("DDIMScheduler", {}), ("DDIMScheduler", {"eta": 0.7}), ("DDIMInverseScheduler", {})])
+def test_clipped_ddim_steps_are_two_one_pass_launches_with_diffusers_values(name, kw):
+    """clip_sample (diffusers' default): x0 = a x + b m, clamped, recombined with the unclipped epsilon
+    (an epsilon model's output): two fixed-row sampler_update launches (the noise folded into the second)."""
+    from tests.helpers import DispatchedOps
+
+    ours, theirs = getattr(fs, name)(), getattr(diffusers, name)()
+    assert ours.config.clip_sample
+    ours.set_timesteps(6)
+    theirs.set_timesteps(6)
+    x = 3 * torch.randn(2, 4, 8, 8)
+    y_ours = y_theirs = x
+    for t in theirs.timesteps:
+        m = torch.tanh(y_theirs)
+        gen = {"generator": torch.Generator().manual_seed(int(t))} if kw else {}
+        with DispatchedOps() as seen:
+            o = ours.step(m, t, y_theirs, **kw, **gen)
+        r = theirs.step(m, t, y_theirs, **kw, **({"generator": torch.Generator().manual_seed(int(t))} if kw else {}))
+        assert [op for op in seen.ops if op.startswith("fastdiff.")] == ["fastdiff.sampler_update.default"] * 2
+        torch.testing.assert_close(o.prev_sample, r.prev_sample, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(o.pred_original_sample, r.pred_original_sample, rtol=1e-5, atol=1e-5)
+        y_theirs = r.prev_sample
+
+
+def test_clipped_ddim_steps_of_float64_or_autograd_inputs_take_pytorch():
+    for dtype, grad in ((torch.float64, False), (torch.float32, True)):
+        ours, theirs = fs.DDIMScheduler(), diffusers.DDIMScheduler()
+        ours.set_timesteps(4)
+        theirs.set_timesteps(4)
+        x = torch.randn(1, 4, 4, 4, dtype=dtype, requires_grad=grad)
+        t = theirs.timesteps[1]
+        out = ours.step(torch.tanh(x), t, x).prev_sample
+        torch.testing.assert_close(out, theirs.step(torch.tanh(x), t, x).prev_sample, rtol=1e-6, atol=1e-6)
+        assert out.requires_grad == grad
