@@ -32,7 +32,7 @@ class DispatchedOps(TorchDispatchMode):
         self.ops: list[str] = []
 
     def __enter__(self):
-        fast_path_reason()
+        fast_path_reason(torch.float32), fast_path_reason(torch.bfloat16)
         return super().__enter__()
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):

@@ -8,9 +8,9 @@ not use a different generator: ``fastdiff._C``'s ``torch_randn_`` runs PyTorch's
 (the engine, the 24-bit uniforms, Box-Muller over 16-value blocks with ATen's AVX2 log/sincos, the
 redrawn tail) in a tight loop.
 
-Whether this build reproduces PyTorch's values is checked at run time, once, against
-``torch.randn`` itself (float32 and bfloat16, sizes that end mid-block); a build or a PyTorch that
-does not match, a CPU without AVX2, PyTorch's own non-AVX2 kernels (``ATEN_CPU_CAPABILITY=default``)
+Whether this build reproduces PyTorch's values is checked at run time against ``torch.randn``
+itself, once for float32 and once for float16/bfloat16 (sizes that end mid-block); a build or a
+PyTorch that does not match (for that precision), a CPU without AVX2, PyTorch's own non-AVX2 kernels (``ATEN_CPU_CAPABILITY=default``)
 and everything the fast path does not take (other devices and dtypes, fewer than 16 values,
 tracing) get ``torch.randn`` itself, as does a run with a backend other than ``cpu`` forced
 (``fastdiff.backend("reference")`` samples with plain PyTorch throughout).
@@ -28,7 +28,7 @@ from .. import _backend
 
 #: dtypes the fast sampler fills (PyTorch computes float16/bfloat16 noise in float32 and rounds)
 FAST_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
-_state: dict[str, object] = {}
+_state: dict[bool, Optional[str]] = {}  # reduced precision? -> why not fast (None: fast)
 
 
 def randn_reference(shape: Sequence[int], *, generator: Optional[torch.Generator] = None,
@@ -37,8 +37,9 @@ def randn_reference(shape: Sequence[int], *, generator: Optional[torch.Generator
     return torch.randn(tuple(shape), generator=generator, device=device, dtype=dtype)
 
 
-def _self_check() -> Optional[str]:
-    """None when torch_randn_ reproduces torch.randn here, else why not."""
+def _self_check(reduced: bool) -> Optional[str]:
+    """None when torch_randn_ reproduces torch.randn here for float32 (``reduced``: float16 and
+    bfloat16, whose path PyTorch has changed across versions), else why not."""
     if _backend.compiled() is None:
         return "fastdiff._C is not available"
     try:
@@ -48,7 +49,8 @@ def _self_check() -> Optional[str]:
         return "fastdiff._C has no torch_randn_"
     if torch.backends.cpu.get_cpu_capability() not in ("AVX2", "AVX512"):
         return f"PyTorch runs its {torch.backends.cpu.get_cpu_capability()} kernels, whose normal sampler differs"
-    for n, dtype in ((1249, torch.float32), (1249, torch.bfloat16), (2 * 624 * 16 + 48, torch.float32)):
+    cases = ((1249, torch.bfloat16), (1249, torch.float16)) if reduced else ((1249, torch.float32), (2 * 624 * 16 + 48, torch.float32))
+    for n, dtype in cases:
         ours, theirs = torch.Generator().manual_seed(n), torch.Generator().manual_seed(n)
         got = torch.ops.fastdiff.torch_randn_(torch.empty(n, dtype=dtype), ours)
         want = torch.randn(n, generator=theirs, dtype=dtype)
@@ -57,11 +59,15 @@ def _self_check() -> Optional[str]:
     return None
 
 
-def fast_path_reason() -> Optional[str]:
-    """None when `randn` can take the fast sampler on CPU, else why it cannot (checked once)."""
-    if "reason" not in _state:
-        _state["reason"] = _self_check()
-    return _state["reason"]  # type: ignore[return-value]
+def fast_path_reason(dtype: torch.dtype = torch.float32) -> Optional[str]:
+    """None when `randn` can take the fast sampler for CPU tensors of ``dtype``, else why it cannot
+    (checked once per process for float32, and once for float16/bfloat16)."""
+    if dtype not in FAST_DTYPES:
+        return f"the fast sampler fills float32, float16 or bfloat16, not {dtype}"
+    reduced = dtype != torch.float32
+    if reduced not in _state:
+        _state[reduced] = _self_check(reduced)
+    return _state[reduced]  # type: ignore[return-value]
 
 
 def randn(shape: Sequence[int], *, generator: Optional[torch.Generator] = None,
@@ -73,6 +79,6 @@ def randn(shape: Sequence[int], *, generator: Optional[torch.Generator] = None,
     shape = tuple(shape)
     if (dev.type == "cpu" and dtype in FAST_DTYPES and math.prod(shape) >= 16
             and (generator is None or generator.device.type == "cpu")
-            and _backend.forced() in (None, "cpu") and not torch.compiler.is_compiling() and fast_path_reason() is None):
+            and _backend.forced() in (None, "cpu") and not torch.compiler.is_compiling() and fast_path_reason(dtype) is None):
         return torch.ops.fastdiff.torch_randn_(torch.empty(shape, dtype=dtype), generator)
     return torch.randn(shape, generator=generator, device=device, dtype=dtype)

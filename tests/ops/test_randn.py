@@ -35,15 +35,20 @@ def same_draws(shape, dtype, seed: int, *, skip: int = 0) -> None:
     assert torch.equal(torch.rand(700, generator=ours), torch.rand(700, generator=theirs))
 
 
+@pytest.mark.skipif(not torch.__version__.startswith("2.13."), reason="reproduction verified against PyTorch 2.13; "
+                    "other versions are checked at run time and may take torch.randn")
 def test_the_fast_path_is_taken_on_avx2_machines():
     if C.cpu_isa() == "avx2" and torch.backends.cpu.get_cpu_capability() in ("AVX2", "AVX512"):
-        assert fast_path_reason() is None
+        assert fast_path_reason(torch.float32) is None and fast_path_reason(torch.bfloat16) is None
+    assert "float64" in fast_path_reason(torch.float64)
 
 
 @needs_fast
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
 @pytest.mark.parametrize("n", [16, 17, 31, 32, 623, 624, 625, 1247, 1248, 1249, 5000, 65536 + 9])
 def test_values_and_generator_state_match_torch(dtype, n):
+    if fast_path_reason(dtype) is not None:
+        pytest.skip(fast_path_reason(dtype))
     for seed, skip in ((0, 0), (1, 1), (2, 623), (12345, 311)):
         same_draws((n,), dtype, seed, skip=skip)
 
@@ -104,3 +109,17 @@ def test_a_forced_reference_backend_draws_with_torch_randn(monkeypatch):
     with fastdiff.backend("reference"):
         got = randn((64,), generator=torch.Generator().manual_seed(2))
     assert calls == [] and torch.equal(got, torch.randn(64, generator=torch.Generator().manual_seed(2)))
+
+
+@needs_fast
+def test_a_precision_whose_check_failed_draws_with_torch_randn(monkeypatch):
+    from fastdiff.ops import randn as module
+
+    monkeypatch.setitem(module._state, True, "torch_randn_ does not reproduce torch.randn (bfloat16)")
+    calls = []
+    real = torch.ops.fastdiff.torch_randn_
+    monkeypatch.setattr(torch.ops.fastdiff, "torch_randn_", lambda *a: calls.append(a[0].dtype) or real(*a))
+    got = randn((64,), generator=torch.Generator().manual_seed(4), dtype=torch.bfloat16)
+    assert torch.equal(got, torch.randn(64, generator=torch.Generator().manual_seed(4), dtype=torch.bfloat16))
+    randn((64,), generator=torch.Generator().manual_seed(4))  # float32 keeps its fast path
+    assert calls == [torch.float32]
