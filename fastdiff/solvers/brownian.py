@@ -62,7 +62,16 @@ class BrownianNoise:
         # depend on the exact query points
         self.tree = torchsde.BrownianInterval(t0=torch.as_tensor(sigma_min), t1=torch.as_tensor(sigma_max), size=x.shape,
                                               dtype=x.dtype, device=x.device, entropy=seed, tol=1e-6, pool_size=24,
-                                              halfway_tree=True)
+                                              halfway_tree=True, cache_size=self.cache_size(x))
+
+    @staticmethod
+    def cache_size(x: Tensor) -> int:
+        """How many interval results the tree keeps. The values do not depend on it (an evicted interval
+        is recomputed from the same seeds); a sampling run's queries recompute far less with twice
+        torchsde's default 45, so take up to 90 while the cache (two tensors like x per entry) stays
+        under 64 MiB."""
+        per_entry = 2 * max(1, x.numel() * x.element_size())
+        return max(45, min(90, (64 << 20) // per_entry))
 
     def raw(self, sigma, sigma_next) -> tuple[Tensor, float]:
         """(w, scale): the tree's increment over [min, max] of the two levels, and the factor

@@ -232,6 +232,14 @@ def test_brownian_noise_draws_through_fastdiff_randn_with_torchsde_values_and_re
         w, _ = ours.raw(a, b)
         torch.testing.assert_close(w, plain(b, a), rtol=0, atol=0)
     assert brownian_interval._randn is original
+    assert ours.tree._cache_size == 90  # a larger cache than torchsde's default 45: the same values, above
+
+
+def test_brownian_noise_cache_stays_under_64_mib():
+    from fastdiff.solvers.brownian import BrownianNoise
+
+    assert BrownianNoise.cache_size(torch.empty(4, 4, 64, 64)) == 90  # 512 KiB an entry: 45 MiB
+    assert BrownianNoise.cache_size(torch.empty(8, 4, 128, 128)) == 45  # 4 MiB an entry: torchsde's default
 
 
 def test_without_torchsde_a_clear_import_error():
