@@ -16,6 +16,7 @@
 namespace fastdiff::cpu {
 namespace {
 
+// x86-64 builds carry the sampler; it runs where the avx2 kernels do (fastdiff._C.cpu_isa()).
 bool available() {
 #if defined(FASTDIFF_TORCH_RNG_AVX2)
   return best_isa() == Isa::avx2;
@@ -57,14 +58,7 @@ at::Tensor& torch_randn_(at::Tensor& out, const std::optional<at::Generator>& ge
   return out;
 }
 
-bool torch_randn_available() { return available(); }
-
 }  // namespace
 }  // namespace fastdiff::cpu
 
 TORCH_LIBRARY_IMPL(fastdiff, CPU, m) { m.impl("torch_randn_", &fastdiff::cpu::torch_randn_); }
-
-TORCH_LIBRARY_FRAGMENT(fastdiff, m) {
-  // Whether torch_randn_ can run here at all (an x86-64 build on an AVX2 CPU, ISA not forced to base).
-  m.def("torch_randn_available() -> bool", [] { return fastdiff::cpu::torch_randn_available(); });
-}

@@ -15,6 +15,7 @@ from typing import Any, Optional, Union
 import torch
 from torch import Tensor
 
+from .._backend import KERNEL_DTYPES
 from ..ops.randn import randn
 from ..ops.sampler_update import LoopUpdate
 from ..solvers.methods import ve_conversion
@@ -284,24 +285,22 @@ class AffinePass:
     few. ``usable`` says whether a call can take it (CPU tensors of a kernel dtype, no autograd), else use
     PyTorch. CPU only: on a GPU a new row would be a host-to-device copy in the step, which keeps none."""
 
-    _KERNEL_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
-
     def __init__(self):
         self._update = LoopUpdate(None, None)
         self._rows: dict[tuple, Tensor] = {}
 
     def usable(self, *tensors: Tensor) -> bool:
         t0 = tensors[0]
-        return t0.device.type == "cpu" and all(t.dtype == t0.dtype and t.device == t0.device and t.dtype in self._KERNEL_DTYPES
+        return t0.device.type == "cpu" and all(t.dtype == t0.dtype and t.device == t0.device and t.dtype in KERNEL_DTYPES
                                                and not t.requires_grad and t.shape == t0.shape for t in tensors)
 
     def __call__(self, x: Tensor, m: Tensor, c_x: float, c_m: float, z: Optional[Tensor] = None, c_z: float = 0.0) -> Tensor:
-        key = (c_x, c_m, c_z, x.device)
+        key = (c_x, c_m, c_z)
         row = self._rows.get(key)
         if row is None:
             if len(self._rows) >= 4096:
                 self._rows.clear()
-            row = self._rows[key] = torch.tensor([0.0, 1.0, c_x, c_m, c_z, -1.0], dtype=torch.float32, device=x.device)
+            row = self._rows[key] = torch.tensor([0.0, 1.0, c_x, c_m, c_z, -1.0], dtype=torch.float32)
         return self._update(x, m, row, z if c_z != 0.0 else None)
 
 

@@ -11,7 +11,7 @@ from torch import Tensor
 
 from ..solvers.rows import x0_conversion
 from ..solvers.scheduling import ddim as core
-from ._base import FusedStep, affine_pass, clip_x0, conform, draw_noise, threshold_sample, x0_from_coeffs
+from ._base import FusedStep, affine_pass, clip_x0, conform, draw_noise, x0_from_coeffs
 
 
 @conform
@@ -109,13 +109,8 @@ class DDIMScheduler(FusedStep, core.DDIMScheduler, diffusers.DDIMScheduler):
         self._step_index += 1
         affine = affine_pass(self)
         x0 = affine(sample, model_output, *x0_conversion("epsilon", math.sqrt(ab), math.sqrt(1.0 - ab)))
-        cfg = self.config
-        if cfg.thresholding:
-            x0 = threshold_sample(x0, cfg.dynamic_thresholding_ratio, cfg.sample_max_value)
-        else:
-            x0 = x0.clamp_(-cfg.clip_sample_range, cfg.clip_sample_range)  # a new tensor: clip in place
-        std = eta * math.sqrt(max((1.0 - abp) / (1.0 - ab) * (1.0 - ab / abp), 0.0))
-        c_eps = math.sqrt(max(1.0 - abp - std * std, 0.0))
+        x0 = clip_x0(self.config, x0)
+        std, c_eps = _noise_and_eps_coeffs(ab, abp, eta)
         if eta > 0:
             if variance_noise is None:
                 variance_noise = draw_noise(model_output.shape, generator, model_output.device, model_output.dtype)
@@ -134,8 +129,7 @@ class DDIMScheduler(FusedStep, core.DDIMScheduler, diffusers.DDIMScheduler):
             eps = model_output
         else:
             eps = (sample - math.sqrt(ab) * (x0 if use_clipped else x0_raw)) / math.sqrt(1.0 - ab)
-        std = eta * math.sqrt(max((1.0 - abp) / (1.0 - ab) * (1.0 - ab / abp), 0.0))
-        c_eps = math.sqrt(max(1.0 - abp - std * std, 0.0))
+        std, c_eps = _noise_and_eps_coeffs(ab, abp, eta)
         if eps.dtype == x0.dtype == torch.float32:
             prev = torch.mul(eps, c_eps).add_(x0, alpha=math.sqrt(abp))
         else:
@@ -145,3 +139,9 @@ class DDIMScheduler(FusedStep, core.DDIMScheduler, diffusers.DDIMScheduler):
                 variance_noise = draw_noise(model_output.shape, generator, model_output.device, model_output.dtype)
             prev = prev + std * variance_noise
         return self._output(return_dict, prev, pred_original_sample=x0)
+
+
+def _noise_and_eps_coeffs(ab: float, abp: float, eta: float) -> tuple[float, float]:
+    """DDIM's (eq. 12) noise std and the epsilon coefficient, stepping from abar ``ab`` to ``abp``."""
+    std = eta * math.sqrt(max((1.0 - abp) / (1.0 - ab) * (1.0 - ab / abp), 0.0))
+    return std, math.sqrt(max(1.0 - abp - std * std, 0.0))

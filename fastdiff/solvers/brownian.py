@@ -5,10 +5,8 @@ settings diffusers uses, so the same seed gives diffusers' noise."""
 
 from __future__ import annotations
 
-from typing import Optional
-
 import contextlib
-from typing import Iterator
+from typing import Iterator, Optional
 
 import torch
 from torch import Tensor
